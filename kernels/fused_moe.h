@@ -1,0 +1,48 @@
+#pragma once
+// Fused MoE forward (kernel level; the registry's FusedMoE layer calls it):
+//   router: softmax(router_logits) over all experts (fp32) -> top-k (ties: lowest index) ->
+//           renormalize the k weights when routing.renormalize
+//   out[t] = Σ_slot weight[t, slot] · W2_e (SiLU(W13_e[gate] x_t) ⊙ W13_e[up] x_t)
+// Weights are one tensor-parallel rank's shard (the intermediate size I is sharded; the caller
+// all-reduces). CPU tensors run the reference; CUDA tensors run the kernels with no host sync.
+#include <cuda_runtime.h>
+
+#include <memory>
+
+#include "engine/tensor.h"
+#include "kernels/mxfp8.h"
+
+namespace mxmoe {
+
+struct MoeWeights {
+  // Exactly one form is set.
+  MxTensor w13_mx, w2_mx;  // MXFP8: [E, 2I, H] (gate rows, then up rows) / [E, H, I]
+  Tensor w13, w2;          // bf16:  [E, 2I, H] / [E, H, I]
+  bool quantized() const { return w13_mx.elems.defined() && w13_mx.elems.numel() > 0; }
+};
+
+struct MoeRouting {
+  int top_k = 2;
+  bool renormalize = true;  // Mixtral, Qwen3-MoE (norm_topk_prob); OLMoE and Qwen2-MoE: false
+};
+
+// Device scratch reused across calls (grown on demand). Default-constructible and movable, so a
+// layer can hold one as a member; its contents are private to fused_moe.
+class MoeWorkspace {
+ public:
+  MoeWorkspace();
+  ~MoeWorkspace();
+  MoeWorkspace(MoeWorkspace&&) noexcept;
+  MoeWorkspace& operator=(MoeWorkspace&&) noexcept;
+  struct Impl;
+  Impl& impl();
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// x [T, H] bf16; router_logits [T, E] f32; out [T, H] bf16.
+void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
+               const Tensor& out, MoeWorkspace& workspace, cudaStream_t stream);
+
+}  // namespace mxmoe
