@@ -1,0 +1,43 @@
+#pragma once
+// Benchmark helpers: event timing (median of repeats after warm-up) and the device-to-device
+// copy bandwidth that every memory-bound kernel is compared against in the same run.
+#include <algorithm>
+#include <vector>
+
+#include "engine/stream.h"
+#include "engine/tensor.h"
+
+namespace mxmoe::bench {
+
+// Median milliseconds of `fn(i)` over `repeats` runs after `warmup` runs; i counts calls so the
+// caller can rotate buffers to keep data out of L2.
+template <class Fn>
+double median_ms(cudaStream_t stream, Fn&& fn, int warmup = 5, int repeats = 50) {
+  int call = 0;
+  for (int i = 0; i < warmup; ++i) fn(call++);
+  std::vector<double> times;
+  Event start, stop;
+  for (int i = 0; i < repeats; ++i) {
+    start.record(stream);
+    fn(call++);
+    stop.record(stream);
+    stop.synchronize();
+    times.push_back(stop.elapsed_since(start));
+  }
+  std::nth_element(times.begin(), times.begin() + repeats / 2, times.end());
+  return times[repeats / 2];
+}
+
+// Bytes read + written per second by cudaMemcpyAsync D2D of a 1 GiB buffer (far above L2).
+inline double copy_bandwidth_gbs(cudaStream_t stream) {
+  const size_t bytes = size_t(1) << 30;
+  Tensor a = Tensor::empty({int64_t(bytes)}, DType::u8, Device::cuda);
+  Tensor b = Tensor::empty({int64_t(bytes)}, DType::u8, Device::cuda);
+  CUDA_CHECK(cudaMemsetAsync(a.data(), 1, bytes, stream));
+  const double ms = median_ms(stream, [&](int) {
+    CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, stream));
+  }, 3, 20);
+  return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
+}
+
+}  // namespace mxmoe::bench
