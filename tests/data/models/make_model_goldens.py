@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Tiny random checkpoints + golden outputs from Hugging Face transformers (the independent
+implementation the engine is tested against).
+
+For each architecture: a tiny random model is built from a config, its weights rounded to bf16
+and saved as a Hugging Face checkpoint (config.json, generation_config.json, model.safetensors)
+in the hub's own tensor naming: transformers 5 fuses MoE experts in memory
+(experts.gate_up_proj [E, 2I, H], experts.down_proj [E, H, I]), while published checkpoints keep
+one tensor per expert, so experts are split back to the per-expert names here and the written
+checkpoint is reloaded with from_pretrained to prove transformers reads it as the same model.
+Goldens (goldens.json), computed in float32 from the bf16 weights with eager attention:
+  - logits [T, V] of every position for fixed prompts
+  - the greedy continuation of each prompt (and the top-1 margin at each step)
+  - "mxfp8": logits with every linear weight except embeddings, router gates and lm_head replaced
+    by its MXFP8 (RCEIL) quantize->dequantize round trip, and KL(bf16 || mxfp8) / top-1 agreement.
+
+    python3 tests/data/models/make_model_goldens.py OUT_DIR     (needs torch + transformers 5)
+"""
+import json
+import os
+import sys
+
+import torch
+import transformers
+from safetensors.torch import save_file
+
+V, H, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 256, 64, 2, 4, 2, 16
+COMMON = dict(vocab_size=V, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+              num_key_value_heads=KV_HEADS, max_position_embeddings=256, rms_norm_eps=1e-6,
+              initializer_range=0.25, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+              pad_token_id=0)
+
+ARCHS = {
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        **COMMON, head_dim=HEAD_DIM, intermediate_size=128, moe_intermediate_size=32, num_experts=8,
+        num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1]),
+    "mixtral": lambda: transformers.MixtralConfig(
+        **COMMON, head_dim=HEAD_DIM, intermediate_size=64, num_local_experts=8, num_experts_per_tok=2,
+        rope_theta=1e6),
+    "olmoe": lambda: transformers.OlmoeConfig(
+        **COMMON, intermediate_size=32, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False),
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
+        **COMMON, intermediate_size=128, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+        num_experts=8, num_experts_per_tok=2, norm_topk_prob=False, decoder_sparse_step=1),
+    "llama": lambda: transformers.LlamaConfig(
+        **COMMON, head_dim=HEAD_DIM, intermediate_size=96,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    "qwen2": lambda: transformers.Qwen2Config(**{**COMMON, "tie_word_embeddings": True}, intermediate_size=96),
+    "qwen3": lambda: transformers.Qwen3Config(
+        **COMMON, head_dim=HEAD_DIM, intermediate_size=96,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+}
+PROMPTS = [[1, 17, 42, 99, 3, 250, 7], [1, 5, 5, 5, 200, 13, 64, 128, 31, 77, 9, 180]]
+NEW_TOKENS = 8
+
+
+def hub_state_dict(model, arch):
+    """The model's tensors under the per-expert names published checkpoints use."""
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.bfloat16).contiguous()
+        if arch == "mixtral":
+            name = name.replace(".mlp.", ".block_sparse_moe.")
+        if name.endswith("experts.gate_up_proj"):
+            prefix, inter = name[: -len("gate_up_proj")], t.shape[1] // 2
+            gate, up = ("w1", "w3") if arch == "mixtral" else ("gate_proj", "up_proj")
+            for e in range(t.shape[0]):
+                out[f"{prefix}{e}.{gate}.weight"] = t[e, :inter].clone()
+                out[f"{prefix}{e}.{up}.weight"] = t[e, inter:].clone()
+        elif name.endswith("experts.down_proj"):
+            prefix = name[: -len("down_proj")]
+            down = "w2" if arch == "mixtral" else "down_proj"
+            for e in range(t.shape[0]):
+                out[f"{prefix}{e}.{down}.weight"] = t[e].clone()
+        else:
+            out[name] = t
+    if model.config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def mxfp8_roundtrip(w):
+    """RCEIL MXFP8 along the last dim: scale = smallest power of two >= amax/448; e4m3 RNE, saturating."""
+    blocks = w.float().reshape(*w.shape[:-1], w.shape[-1] // 32, 32)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    mant, exp = torch.frexp(amax / 448.0)  # amax/448 = mant·2^exp, mant in [0.5, 1)
+    exp = torch.where(mant == 0.5, exp - 1, exp).clamp(-127, 127)
+    scale = torch.where(amax == 0, torch.full_like(amax, 2.0 ** -127), torch.pow(2.0, exp.float()))
+    q = (blocks / scale).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    return (q * scale).reshape(w.shape)
+
+
+def quantized_copy(model):
+    m = type(model)(model.config).float()
+    m.load_state_dict(model.state_dict())
+    for name, p in m.named_parameters():
+        keep_bf16 = "embed_tokens" in name or "lm_head" in name or name.endswith("mlp.gate.weight") \
+            or "norm" in name or p.dim() < 2 or name.endswith("shared_expert_gate.weight")
+        if not keep_bf16:
+            with torch.no_grad():
+                p.copy_(mxfp8_roundtrip(p))
+    return m
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+def main(out_root):
+    torch.manual_seed(20261123)
+    for arch, make_config in ARCHS.items():
+        out = os.path.join(out_root, arch)
+        os.makedirs(out, exist_ok=True)
+        config = make_config()
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        model = model.to(torch.bfloat16).float().eval()
+        config.dtype = "bfloat16"
+        config.save_pretrained(out)
+        transformers.GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0).save_pretrained(out)
+        save_file(hub_state_dict(model, arch), os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+
+        reloaded, info = transformers.AutoModelForCausalLM.from_pretrained(
+            out, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+        reloaded.eval()
+        bad = {k: v for k, v in info.items() if v and k != "error_msgs" or (k == "error_msgs" and v)}
+        assert not any(bad.values()), f"{arch}: checkpoint not read cleanly: {bad}"
+        for name, p in model.named_parameters():  # the written checkpoint is exactly this model
+            assert torch.equal(p, reloaded.get_parameter(name)), f"{arch}: {name} differs after reload"
+        quant = quantized_copy(reloaded).eval()
+        goldens = {"arch": arch, "transformers": transformers.__version__, "prompts": []}
+        for ids in PROMPTS:
+            ref = logits_of(reloaded, ids)
+            seq, margins = list(ids), []
+            for _ in range(NEW_TOKENS):
+                last = logits_of(reloaded, seq)[-1]
+                top2 = torch.topk(last, 2).values
+                margins.append(float(top2[0] - top2[1]))
+                seq.append(int(last.argmax()))
+            q = logits_of(quant, ids)
+            kl = torch.nn.functional.kl_div(q.log_softmax(-1), ref.log_softmax(-1), log_target=True,
+                                            reduction="none").sum(-1)
+            goldens["prompts"].append({
+                "ids": ids, "logits": [[round(v, 5) for v in row] for row in ref.tolist()],
+                "greedy": seq[len(ids):], "greedy_margins": margins,
+                "mxfp8_logits": [[round(v, 5) for v in row] for row in q.tolist()],
+                "mxfp8_kl_mean": float(kl.mean()),
+                "mxfp8_top1_agreement": float((q.argmax(-1) == ref.argmax(-1)).float().mean()),
+            })
+        with open(os.path.join(out, "goldens.json"), "w") as f:
+            json.dump(goldens, f)
+        p = goldens["prompts"]
+        print(f"{arch}: greedy {[x['greedy'] for x in p]} min margin "
+              f"{min(min(x['greedy_margins']) for x in p):.4f} mxfp8 KL {p[0]['mxfp8_kl_mean']:.2e} "
+              f"top1 {p[0]['mxfp8_top1_agreement']:.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__)))
