@@ -45,4 +45,30 @@ class MoeWorkspace {
 void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
                const Tensor& out, MoeWorkspace& workspace, cudaStream_t stream);
 
+// CUDA expert path. T is known on the host (the routing is not), so the path is chosen by T:
+// decode (T <= kMoeDecodeMaxTokens) reads only the active experts' weights once with GEMV-like
+// kernels; prefill gathers x into expert order and runs two grouped tensor-core GEMMs.
+// The workspace grows on the first call of a size; run one call at the largest T before capturing
+// a CUDA graph (growing inside a capture fails, as any allocation does).
+enum class MoePath : uint8_t { automatic, decode, prefill };
+constexpr int64_t kMoeDecodeMaxTokens = 16;
+// The same as fused_moe with the path forced (tests and benchmarks compare the two).
+void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
+               const Tensor& out, MoeWorkspace& workspace, cudaStream_t stream, MoePath path);
+
+// CPU reference (fused_moe on CPU tensors calls it): moe_route_ref, then per (token, slot) with
+// the weights dequantized exactly (mxfp8_dequantize_ref): gate/up accumulated in double,
+// act = SiLU(gate) · up rounded to bf16 (the GPU paths hold act in bf16 between the two GEMMs),
+// y = W2_e act in double, out = Σ weight · y rounded to bf16 once. The GPU prefill path also
+// rounds gate/up and y to bf16 (GEMM outputs); both paths stay within bf16 error of this.
+void fused_moe_ref(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
+                   const Tensor& out);
+
+// Shapes of one call (checked: throws an Error naming the bad tensor and shape).
+struct MoeShape {
+  int64_t tokens, hidden, inter, experts;  // T, H, I (this rank's shard), E
+};
+MoeShape check_fused_moe_args(const Tensor& x, const Tensor& router_logits, const MoeWeights& w,
+                              const MoeRouting& routing, const Tensor& out, const char* op);
+
 }  // namespace mxmoe

@@ -1,0 +1,276 @@
+// MoE permutation and data movement kernels (see moe_permute.h).
+//
+// The permutation is a stable counting sort of the T*k pairs by expert in three launches over
+// 256-pair chunks: count (shared-memory histogram per chunk) -> scan (one block: per-chunk bases
+// per expert, expert offsets, active list) -> place (one warp per chunk walks it in order, ranking
+// equal experts with __match_any_sync, so pairs stay ascending within an expert).
+#include <cub/block/block_scan.cuh>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "engine/cuda_check.h"
+#include "engine/gpu_info.h"
+#include "kernels/moe_permute.h"
+#include "kernels/moe_routing.h"
+
+namespace mxmoe {
+
+namespace {
+
+constexpr int kChunk = 256;         // pairs per chunk
+constexpr int kScanThreads = kMoeMaxExperts;
+constexpr int kThreads = 256;
+
+int grid_for(int64_t threads_needed) {
+  const int64_t full = (threads_needed + kThreads - 1) / kThreads;
+  return int(std::max<int64_t>(1, std::min<int64_t>(full, int64_t(gpu_info().sm_count) * 16)));
+}
+
+// chunk_counts[c, e] = pairs of chunk c routed to expert e.
+__global__ void __launch_bounds__(kChunk) count_kernel(const int32_t* __restrict__ ids, int64_t n_pairs,
+                                                       int n_experts, int32_t* __restrict__ chunk_counts) {
+  extern __shared__ int32_t hist[];  // [E]
+  for (int e = threadIdx.x; e < n_experts; e += kChunk) hist[e] = 0;
+  __syncthreads();
+  const int64_t p = int64_t(blockIdx.x) * kChunk + threadIdx.x;
+  if (p < n_pairs) atomicAdd(&hist[ids[p]], 1);
+  __syncthreads();
+  for (int e = threadIdx.x; e < n_experts; e += kChunk) chunk_counts[int64_t(blockIdx.x) * n_experts + e] = hist[e];
+}
+
+// One block, thread e = expert e: turns chunk_counts into each chunk's first sorted position per
+// expert and writes expert_offsets, active_experts (unused tail = -1) and num_active.
+__global__ void __launch_bounds__(kScanThreads)
+    scan_kernel(int32_t* __restrict__ chunk_counts, int64_t chunks, int n_experts, int32_t* __restrict__ offsets,
+                int32_t* __restrict__ active, int32_t* __restrict__ num_active) {
+  using Scan = cub::BlockScan<int32_t, kScanThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  const int e = threadIdx.x;
+  int32_t total = 0;  // pairs of expert e
+  if (e < n_experts)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int32_t v = chunk_counts[c * n_experts + e];
+      chunk_counts[c * n_experts + e] = total;
+      total += v;
+    }
+  int32_t offset, n_pairs;
+  Scan(scan_storage).ExclusiveSum(total, offset, n_pairs);
+  __syncthreads();
+  int32_t rank, n_active;
+  Scan(scan_storage).ExclusiveSum(total > 0 ? 1 : 0, rank, n_active);
+  if (e < n_experts) {
+    offsets[e] = offset;
+    for (int64_t c = 0; c < chunks; ++c) chunk_counts[c * n_experts + e] += offset;
+    if (total > 0) active[rank] = e;
+    else active[n_active + (e - rank)] = -1;  // e - rank = inactive experts before e
+  }
+  if (e == 0) {
+    offsets[n_experts] = n_pairs;
+    *num_active = n_active;
+  }
+}
+
+// One warp per chunk: stable placement of its pairs from the chunk's bases.
+__global__ void __launch_bounds__(32) place_kernel(const int32_t* __restrict__ ids, int64_t n_pairs, int n_experts,
+                                                   const int32_t* __restrict__ chunk_bases,
+                                                   int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ pair_rows) {
+  extern __shared__ int32_t next[];  // [E]: next free sorted position of each expert
+  const int lane = threadIdx.x;
+  for (int e = lane; e < n_experts; e += 32) next[e] = chunk_bases[int64_t(blockIdx.x) * n_experts + e];
+  __syncwarp();
+  const uint32_t lanes_below = (1u << lane) - 1;
+  for (int step = 0; step < kChunk / 32; ++step) {
+    const int64_t p = int64_t(blockIdx.x) * kChunk + step * 32 + lane;
+    const int e = p < n_pairs ? ids[p] : -1;
+    const uint32_t same = __match_any_sync(0xffffffffu, e);
+    if (e >= 0) {
+      const int32_t pos = next[e] + __popc(same & lanes_below);
+      sorted_pairs[pos] = int32_t(p);
+      pair_rows[p] = pos;
+    }
+    __syncwarp();
+    if (e >= 0 && (same & lanes_below) == 0) next[e] += __popc(same);
+    __syncwarp();
+  }
+}
+
+// One thread per 8 bf16 (16 bytes) of xs.
+__global__ void gather_kernel(const uint4* __restrict__ x, const int32_t* __restrict__ sorted_pairs, int top_k,
+                              int64_t vecs_per_row, int64_t total, uint4* __restrict__ xs) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / vecs_per_row, col = i % vecs_per_row;
+    xs[i] = x[int64_t(sorted_pairs[row] / top_k) * vecs_per_row + col];
+  }
+}
+
+__device__ float silu(float g) { return g / (1.f + expf(-g)); }
+
+// One thread per 8 outputs.
+__global__ void silu_mul_kernel(const uint4* __restrict__ h, int64_t vecs_per_half, int64_t total,
+                                uint4* __restrict__ act) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / vecs_per_half, col = i % vecs_per_half;
+    union { uint4 raw; __nv_bfloat162 v[4]; } gate, up, out;
+    gate.raw = h[row * 2 * vecs_per_half + col];
+    up.raw = h[row * 2 * vecs_per_half + vecs_per_half + col];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 g = __bfloat1622float2(gate.v[j]), u = __bfloat1622float2(up.v[j]);
+      out.v[j] = __floats2bfloat162_rn(silu(g.x) * u.x, silu(g.y) * u.y);
+    }
+    act[i] = out.raw;
+  }
+}
+
+__device__ void load8(const float* p, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ void load8(const __nv_bfloat16* p, float (&v)[8]) {
+  union { uint4 raw; __nv_bfloat162 h[4]; } in;
+  in.raw = *reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(in.h[j]);
+    v[2 * j] = f.x, v[2 * j + 1] = f.y;
+  }
+}
+
+// One thread per 8 outputs of out [T, H].
+template <class Y>
+__global__ void combine_kernel(const Y* __restrict__ y, const float* __restrict__ weights,
+                               const int32_t* __restrict__ rows, int top_k, int64_t hidden, int64_t total,
+                               __nv_bfloat16* __restrict__ out) {
+  const int64_t vecs_per_row = hidden / 8;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / vecs_per_row, col = (i % vecs_per_row) * 8;
+    float acc[8] = {};
+    for (int k = 0; k < top_k; ++k) {
+      const int64_t pair = t * top_k + k;
+      const int64_t row = rows ? rows[pair] : pair;
+      const float w = weights[pair];
+      float v[8];
+      load8(y + row * hidden + col, v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] += w * v[j];
+    }
+    union { uint4 raw; __nv_bfloat162 h[4]; } o;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) o.h[j] = __floats2bfloat162_rn(acc[2 * j], acc[2 * j + 1]);
+    reinterpret_cast<uint4*>(out)[i] = o.raw;
+  }
+}
+
+void check_cuda_contiguous(const Tensor& t, DType dtype, const char* op, const char* name) {
+  MXMOE_CHECK(t.device() == Device::cuda && t.is_contiguous() && t.dtype() == dtype, op, ": ", name,
+              " must be a contiguous CUDA ", dtype_name(dtype), " tensor, got ", dtype_name(t.dtype()), " ",
+              shape_str(t.shape()));
+}
+
+void check_rows(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* name) {
+  MXMOE_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, op, ": ", name, " ", shape_str(t.shape()),
+              ", expected [", rows, ", ", cols, "]");
+  MXMOE_CHECK(cols % 8 == 0, op, ": ", name, " row length ", cols, " must be a multiple of 8");
+}
+
+}  // namespace
+
+int64_t moe_permute_chunks(int64_t n_pairs) { return std::max<int64_t>(1, (n_pairs + kChunk - 1) / kChunk); }
+
+MoePermuteBuffers moe_permute_buffers(int64_t n_pairs, int64_t n_experts) {
+  MXMOE_CHECK(n_experts >= 1 && n_experts <= kMoeMaxExperts, "moe_permute: ", n_experts, " experts (supported: 1..",
+              kMoeMaxExperts, ")");
+  MoePermuteBuffers b;
+  b.perm.expert_offsets = Tensor::empty({n_experts + 1}, DType::i32, Device::cuda);
+  b.perm.sorted_pairs = Tensor::empty({n_pairs}, DType::i32, Device::cuda);
+  b.perm.active_experts = Tensor::empty({n_experts}, DType::i32, Device::cuda);
+  b.perm.num_active = Tensor::empty({1}, DType::i32, Device::cuda);
+  b.pair_rows = Tensor::empty({n_pairs}, DType::i32, Device::cuda);
+  b.chunk_counts = Tensor::empty({moe_permute_chunks(n_pairs), n_experts}, DType::i32, Device::cuda);
+  return b;
+}
+
+void moe_permute(const Tensor& topk_ids, const MoePermuteBuffers& out, cudaStream_t stream) {
+  check_cuda_contiguous(topk_ids, DType::i32, "moe_permute", "topk_ids");
+  const int64_t n_pairs = topk_ids.numel(), n_experts = out.perm.active_experts.numel();
+  MXMOE_CHECK(out.perm.sorted_pairs.numel() == n_pairs && out.pair_rows.numel() == n_pairs &&
+                  out.perm.expert_offsets.numel() == n_experts + 1 &&
+                  out.chunk_counts.numel() == moe_permute_chunks(n_pairs) * n_experts,
+              "moe_permute: buffers made for ", out.perm.sorted_pairs.numel(), " pairs and ", n_experts,
+              " experts, given ", n_pairs, " pairs (use moe_permute_buffers)");
+  const int64_t chunks = moe_permute_chunks(n_pairs);
+  const size_t smem = size_t(n_experts) * sizeof(int32_t);
+  auto* counts = out.chunk_counts.data_as<int32_t>();
+  count_kernel<<<unsigned(chunks), kChunk, smem, stream>>>(topk_ids.data_as<const int32_t>(), n_pairs,
+                                                          int(n_experts), counts);
+  CUDA_CHECK_LAUNCH();
+  scan_kernel<<<1, kScanThreads, 0, stream>>>(counts, chunks, int(n_experts), out.perm.expert_offsets.data_as<int32_t>(),
+                                              out.perm.active_experts.data_as<int32_t>(),
+                                              out.perm.num_active.data_as<int32_t>());
+  CUDA_CHECK_LAUNCH();
+  place_kernel<<<unsigned(chunks), 32, smem, stream>>>(topk_ids.data_as<const int32_t>(), n_pairs, int(n_experts),
+                                                       counts, out.perm.sorted_pairs.data_as<int32_t>(),
+                                                       out.pair_rows.data_as<int32_t>());
+  CUDA_CHECK_LAUNCH();
+}
+
+void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream) {
+  check_cuda_contiguous(x, DType::bf16, "moe_gather_rows", "x");
+  check_cuda_contiguous(xs, DType::bf16, "moe_gather_rows", "xs");
+  MXMOE_CHECK(x.dim() == 2, "moe_gather_rows: x must be [T, H], got ", shape_str(x.shape()));
+  const int64_t m = x.size(0) * top_k, hidden = x.size(1);
+  check_rows(xs, m, hidden, "moe_gather_rows", "xs");
+  MXMOE_CHECK(perm.sorted_pairs.numel() == m, "moe_gather_rows: permutation of ", perm.sorted_pairs.numel(),
+              " pairs for ", m);
+  const int64_t total = m * hidden / 8;
+  if (total == 0) return;
+  gather_kernel<<<grid_for(total), kThreads, 0, stream>>>(x.data_as<const uint4>(),
+                                                          perm.sorted_pairs.data_as<const int32_t>(), top_k,
+                                                          hidden / 8, total, xs.data_as<uint4>());
+  CUDA_CHECK_LAUNCH();
+}
+
+void moe_silu_mul(const Tensor& h, const Tensor& act, cudaStream_t stream) {
+  check_cuda_contiguous(h, DType::bf16, "moe_silu_mul", "h");
+  check_cuda_contiguous(act, DType::bf16, "moe_silu_mul", "act");
+  MXMOE_CHECK(h.dim() == 2, "moe_silu_mul: h must be [M, 2I], got ", shape_str(h.shape()));
+  const int64_t m = h.size(0), inter = h.size(1) / 2;
+  MXMOE_CHECK(h.size(1) == 2 * inter, "moe_silu_mul: odd width ", h.size(1));
+  check_rows(act, m, inter, "moe_silu_mul", "act");
+  const int64_t total = m * inter / 8;
+  if (total == 0) return;
+  silu_mul_kernel<<<grid_for(total), kThreads, 0, stream>>>(h.data_as<const uint4>(), inter / 8, total,
+                                                            act.data_as<uint4>());
+  CUDA_CHECK_LAUNCH();
+}
+
+void moe_combine(const Tensor& y, const Tensor& weights, const Tensor* rows, int top_k, const Tensor& out,
+                 cudaStream_t stream) {
+  check_cuda_contiguous(out, DType::bf16, "moe_combine", "out");
+  check_cuda_contiguous(weights, DType::f32, "moe_combine", "weights");
+  MXMOE_CHECK(out.dim() == 2, "moe_combine: out must be [T, H], got ", shape_str(out.shape()));
+  const int64_t n_tokens = out.size(0), hidden = out.size(1), n_pairs = n_tokens * top_k;
+  MXMOE_CHECK(y.dtype() == DType::f32 || y.dtype() == DType::bf16, "moe_combine: y must be f32 or bf16, got ",
+              dtype_name(y.dtype()));
+  check_cuda_contiguous(y, y.dtype(), "moe_combine", "y");
+  check_rows(y, n_pairs, hidden, "moe_combine", "y");
+  MXMOE_CHECK(weights.numel() == n_pairs, "moe_combine: ", weights.numel(), " weights for ", n_pairs, " pairs");
+  if (rows) {
+    check_cuda_contiguous(*rows, DType::i32, "moe_combine", "rows");
+    MXMOE_CHECK(rows->numel() == n_pairs, "moe_combine: ", rows->numel(), " rows for ", n_pairs, " pairs");
+  }
+  const int64_t total = n_tokens * hidden / 8;
+  if (total == 0) return;
+  const int32_t* r = rows ? rows->data_as<const int32_t>() : nullptr;
+  if (y.dtype() == DType::f32)
+    combine_kernel<<<grid_for(total), kThreads, 0, stream>>>(y.data_as<const float>(), weights.data_as<const float>(),
+                                                             r, top_k, hidden, total, out.data_as<__nv_bfloat16>());
+  else
+    combine_kernel<<<grid_for(total), kThreads, 0, stream>>>(y.data_as<const __nv_bfloat16>(),
+                                                             weights.data_as<const float>(), r, top_k, hidden, total,
+                                                             out.data_as<__nv_bfloat16>());
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace mxmoe

@@ -1,0 +1,40 @@
+#pragma once
+// Device-side token -> expert permutation and the data movement around the expert GEMMs
+// (all asynchronous on `stream`, no host sync, capturable in a CUDA graph):
+//   moe_permute       topk_ids -> MoePermutation (+ each pair's row in the sorted order)
+//   moe_gather_rows   x rows into expert order (prefill)
+//   moe_silu_mul      act = SiLU(gate) ⊙ up (prefill, between the two grouped GEMMs)
+//   moe_combine       out[t] = Σ_slot weight[t, slot] · y[row of pair (t, slot)]
+#include <cuda_runtime.h>
+
+#include "engine/tensor.h"
+#include "kernels/moe_permutation.h"
+
+namespace mxmoe {
+
+// Device buffers of a permutation for `n_pairs` = T * top_k pairs and `n_experts` experts, plus
+// the scratch moe_permute needs (per-chunk expert counts).
+struct MoePermuteBuffers {
+  MoePermutation perm;
+  Tensor pair_rows;     // [n_pairs] i32: pair p sits at sorted_pairs[pair_rows[p]] (the inverse)
+  Tensor chunk_counts;  // [n_chunks, E] i32 scratch
+};
+MoePermuteBuffers moe_permute_buffers(int64_t n_pairs, int64_t n_experts);
+int64_t moe_permute_chunks(int64_t n_pairs);  // rows of chunk_counts
+
+// topk_ids [T * top_k] i32, every id in [0, E) (as moe_route writes them). Fills all of `out`.
+void moe_permute(const Tensor& topk_ids, const MoePermuteBuffers& out, cudaStream_t stream);
+
+// xs[i] = x[sorted_pairs[i] / top_k]. x [T, H] bf16; xs [T * top_k, H] bf16.
+void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream);
+
+// act[m, i] = SiLU(h[m, i]) · h[m, I + i]. h [M, 2I] bf16 (gate columns, then up); act [M, I] bf16.
+void moe_silu_mul(const Tensor& h, const Tensor& act, cudaStream_t stream);
+
+// out[t] = Σ_slot weights[t, slot] · y[rows[t * top_k + slot]], summed in fp32 in slot order and
+// rounded to bf16 once. y [T * top_k, H] f32 or bf16; weights [T * top_k] f32; rows [T * top_k]
+// i32, or nullptr for the identity (y indexed by pair); out [T, H] bf16.
+void moe_combine(const Tensor& y, const Tensor& weights, const Tensor* rows, int top_k, const Tensor& out,
+                 cudaStream_t stream);
+
+}  // namespace mxmoe
