@@ -1,0 +1,171 @@
+// Fused-MoE benchmark (issue 5): the whole fused_moe call (router, permutation, experts, combine)
+// on real model shapes, MXFP8 and bf16 expert weights.
+//  decode (T = 1, 8): GB/s on the bytes of the experts actually used (fp8 + scales, or bf16),
+//    against the device copy bandwidth measured in this run (target >= 80%). 16 routing patterns
+//    are cycled so consecutive calls touch different experts (not L2-resident). Times: eager
+//    launches, and a CUDA graph of the 16 calls replayed (per call), as a decode step would run.
+//  prefill (T = 4096): TFLOP/s (6·T·k·H·I flops) against cuBLASLt bf16 running the two dense
+//    GEMMs of the same shapes ([T·k, H]·[2I, H]ᵀ and [T·k, I]·[H, I]ᵀ, same total flops).
+// apps/bench_moe_torch.py runs the same shapes with torch._grouped_mm for comparison.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <set>
+
+#include "apps/bench_util.h"
+#include "kernels/cublaslt_gemm.h"
+#include "kernels/fused_moe.h"
+
+using namespace mxmoe;
+
+namespace {
+
+struct Model {
+  const char* name;
+  int64_t experts, hidden, inter;
+  int top_k;
+};
+
+// Uniform values in [-a, a) from a hash of the index (no host round trip, never all zeros).
+__global__ void fill_uniform(__nv_bfloat16* p, int64_t n, uint64_t seed, float a) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (uint64_t(i) + seed) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    p[i] = __float2bfloat16(a * (float(z >> 40) * 0x1p-23f - 1.f));
+  }
+}
+
+Tensor random_bf16(const Shape& shape, uint64_t seed, float a, cudaStream_t stream) {
+  Tensor t = Tensor::empty(shape, DType::bf16, Device::cuda);
+  fill_uniform<<<1024, 256, 0, stream>>>(t.data_as<__nv_bfloat16>(), t.numel(), seed, a);
+  CUDA_CHECK_LAUNCH();
+  return t;
+}
+
+// Expert weights in both forms; MXFP8 quantized from the bf16 values, one expert at a time.
+struct Experts {
+  MoeWeights mx, bf16;
+};
+
+Experts make_experts(const Model& m, cudaStream_t stream) {
+  Experts e;
+  e.bf16.w13 = random_bf16({m.experts, 2 * m.inter, m.hidden}, 1, 1.f / std::sqrt(float(m.hidden)), stream);
+  e.bf16.w2 = random_bf16({m.experts, m.hidden, m.inter}, 2, 1.f / std::sqrt(float(m.inter)), stream);
+  e.mx.w13_mx = mxfp8_empty(e.bf16.w13.shape(), Device::cuda);
+  e.mx.w2_mx = mxfp8_empty(e.bf16.w2.shape(), Device::cuda);
+  mxfp8_quantize(e.bf16.w13, e.mx.w13_mx, ScaleRule::rceil, stream);
+  mxfp8_quantize(e.bf16.w2, e.mx.w2_mx, ScaleRule::rceil, stream);
+  return e;
+}
+
+double expert_bytes(const Model& m, bool mx) {
+  const double weights = 3.0 * double(m.hidden) * double(m.inter);
+  return mx ? weights * (1.0 + 1.0 / kMxBlock) : weights * 2.0;
+}
+
+// Router logits [T, E] f32 on the device, and the number of distinct experts they route to.
+struct Routed {
+  Tensor logits;
+  int distinct;
+};
+
+Routed random_routing(const Model& m, int64_t tokens, std::mt19937_64& rng) {
+  Tensor host = Tensor::empty({tokens, m.experts}, DType::f32, Device::cpu);
+  std::normal_distribution<float> dist;
+  float* l = host.data_as<float>();
+  std::set<int64_t> used;
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::vector<std::pair<float, int64_t>> row;
+    for (int64_t e = 0; e < m.experts; ++e) row.push_back({l[t * m.experts + e] = dist(rng), -e});
+    std::partial_sort(row.begin(), row.begin() + m.top_k, row.end(), std::greater<>());
+    for (int k = 0; k < m.top_k; ++k) used.insert(-row[size_t(k)].second);
+  }
+  return {host.to(Device::cuda), int(used.size())};
+}
+
+void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy_gbs, cudaStream_t stream) {
+  constexpr int kPatterns = 16;
+  std::mt19937_64 rng(uint64_t(tokens) * 7919 + uint64_t(m.experts));
+  std::vector<Routed> routes;
+  double bytes[2] = {0, 0};
+  for (int i = 0; i < kPatterns; ++i) {
+    routes.push_back(random_routing(m, tokens, rng));
+    for (int mx = 0; mx < 2; ++mx) bytes[mx] += routes.back().distinct * expert_bytes(m, mx) / kPatterns;
+  }
+  const Tensor x = random_bf16({tokens, m.hidden}, 3, 1.f, stream);
+  Tensor out = Tensor::empty({tokens, m.hidden}, DType::bf16, Device::cuda);
+  const MoeRouting routing{m.top_k, true};
+  for (int mx = 1; mx >= 0; --mx) {
+    const MoeWeights& w = mx ? ex.mx : ex.bf16;
+    MoeWorkspace ws;
+    auto call = [&](int i) { fused_moe(x, routes[size_t(i % kPatterns)].logits, w, routing, out, ws, stream); };
+    const double eager_ms = bench::median_ms(stream, call, 5, 48);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    for (int i = 0; i < kPatterns; ++i) call(i);
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const double graph_ms =
+        bench::median_ms(stream, [&](int) { CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, 3, 20) / kPatterns;
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    const double gbs = bytes[mx] / (graph_ms * 1e-3) / 1e9;
+    std::printf("| decode %-14s T=%-4lld | %-5s | %6.1f experts, %7.1f MB | %8.1f us | %8.1f us | %6.0f GB/s | %5.1f%% |\n",
+                m.name, (long long)tokens, mx ? "mxfp8" : "bf16", bytes[mx] / expert_bytes(m, mx), bytes[mx] / 1e6,
+                eager_ms * 1e3, graph_ms * 1e3, gbs, 100 * gbs / copy_gbs);
+  }
+}
+
+void bench_prefill(const Model& m, const Experts& ex, int64_t tokens, cudaStream_t stream) {
+  std::mt19937_64 rng(17);
+  const Routed r = random_routing(m, tokens, rng);
+  const Tensor x = random_bf16({tokens, m.hidden}, 4, 1.f, stream);
+  Tensor out = Tensor::empty({tokens, m.hidden}, DType::bf16, Device::cuda);
+  const double flops = 6.0 * double(tokens) * m.top_k * double(m.hidden) * double(m.inter);
+  const int64_t rows = tokens * m.top_k;
+  // cuBLASLt bf16 reference: the two dense GEMMs of the same shapes.
+  const Tensor xs = random_bf16({rows, m.hidden}, 5, 1.f, stream), act = random_bf16({rows, m.inter}, 6, 1.f, stream);
+  Tensor h = Tensor::empty({rows, 2 * m.inter}, DType::bf16, Device::cuda);
+  Tensor y = Tensor::empty({rows, m.hidden}, DType::bf16, Device::cuda);
+  const Tensor w13 = ex.bf16.w13.select(0);  // expert 0 as a dense [2I, H]
+  const Tensor w2 = ex.bf16.w2.select(0);    // [H, I]
+  const double lt_ms = bench::median_ms(stream, [&](int) {
+    cublaslt_gemm_bf16(xs, w13, nullptr, h, stream);
+    cublaslt_gemm_bf16(act, w2, nullptr, y, stream);
+  }, 5, 30);
+  const double lt_tflops = flops / (lt_ms * 1e-3) / 1e12;
+  const MoeRouting routing{m.top_k, true};
+  for (int mx = 1; mx >= 0; --mx) {
+    MoeWorkspace ws;
+    const double ms = bench::median_ms(
+        stream, [&](int) { fused_moe(x, r.logits, mx ? ex.mx : ex.bf16, routing, out, ws, stream); }, 5, 30);
+    const double tf = flops / (ms * 1e-3) / 1e12;
+    std::printf("| prefill %-13s T=%-4lld | %-5s | %8.1f us | %6.1f TFLOP/s | cuBLASLt bf16 dense %6.1f TFLOP/s | %4.2fx |\n",
+                m.name, (long long)tokens, mx ? "mxfp8" : "bf16", ms * 1e3, tf, lt_tflops, tf / lt_tflops);
+  }
+}
+
+}  // namespace
+
+int main() {
+  Stream stream;
+  const double copy_gbs = bench::copy_bandwidth_gbs(stream);
+  std::printf("device copy bandwidth (read+write): %.0f GB/s\n\n", copy_gbs);
+  const Model models[] = {{"Qwen3-30B-A3B", 128, 2048, 768, 8}, {"Mixtral-8x7B", 8, 4096, 14336, 2}};
+  std::printf("| case | weights | experts read/call | eager | graph | GB/s (graph) | of copy |\n|---|---|---|---|---|---|---|\n");
+  std::vector<Experts> experts;
+  for (const Model& m : models) {
+    experts.push_back(make_experts(m, stream));
+    for (int64_t t : {1, 8}) bench_decode(m, experts.back(), t, copy_gbs, stream);
+  }
+  std::printf("\n| case | weights | time | MoE | reference | ratio |\n|---|---|---|---|---|---|\n");
+  for (size_t i = 0; i < 2; ++i) bench_prefill(models[i], experts[i], 4096, stream);
+  return 0;
+}

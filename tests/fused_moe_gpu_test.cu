@@ -1,0 +1,189 @@
+// fused_moe on the GPU against the CPU reference (fused_moe_ref) on fresh random inputs:
+// token counts 1, 7, 64, 4096; E=8 k=2, E=128 k=8, E=60 k=4; MXFP8 and bf16 weights; both the
+// decode and the prefill path; uneven loads (idle experts, one expert taking every token);
+// TP shards of 2 and 4 summing to the unsharded output; a CUDA-graph replay.
+// Threshold: rel error <= 1e-2 (bf16 level: the GPU paths round act, and on the prefill path also
+// gate/up and the expert outputs, to bf16; the reference rounds act and out only).
+#include <cuda_runtime.h>
+
+#include "engine/cuda_check.h"
+#include "engine/error.h"
+#include "engine/stream.h"
+#include "tests/moe_test_util.h"
+
+namespace mxmoe {
+namespace {
+
+using testing::Load;
+
+constexpr double kTol = 1e-2;
+constexpr int64_t kHidden = 256, kInter = 128;
+
+struct Config {
+  int64_t experts;
+  int top_k;
+  bool renormalize;
+  bool mxfp8;
+};
+
+std::string config_name(const ::testing::TestParamInfo<Config>& info) {
+  const Config& c = info.param;
+  return cat("E", c.experts, "_k", c.top_k, c.renormalize ? "_renorm" : "", c.mxfp8 ? "_mxfp8" : "_bf16");
+}
+
+struct Problem {
+  Tensor x, logits, ref;  // CPU: [T, H] bf16, [T, E] f32, [T, H] bf16
+};
+
+Problem make_problem(int64_t tokens, const Config& c, const MoeWeights& w, Load load, std::mt19937_64& rng) {
+  Problem p{testing::random_tensor({tokens, kHidden}, DType::bf16, rng),
+            testing::moe_logits(tokens, c.experts, c.top_k, load, rng),
+            Tensor::empty({tokens, kHidden}, DType::bf16, Device::cpu)};
+  fused_moe_ref(p.x, p.logits, w, {c.top_k, c.renormalize}, p.ref);
+  return p;
+}
+
+// GPU output of one call (out poisoned with NaN first).
+Tensor run_gpu(const Problem& p, const MoeWeights& dw, const MoeRouting& r, MoePath path, MoeWorkspace& ws) {
+  Tensor out = Tensor::empty({p.x.size(0), kHidden}, DType::bf16, Device::cuda);
+  CUDA_CHECK(cudaMemset(out.data(), 0xff, out.nbytes()));
+  fused_moe(p.x.to(Device::cuda), p.logits.to(Device::cuda), dw, r, out, ws, nullptr, path);
+  return out.to(Device::cpu);
+}
+
+class FusedMoeGpu : public ::testing::TestWithParam<Config> {};
+
+TEST_P(FusedMoeGpu, MatchesReference) {
+  MXMOE_REQUIRE_GPU();
+  const Config c = GetParam();
+  std::mt19937_64 rng(testing::fresh_seed());
+  const MoeWeights w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
+  const MoeWeights dw = testing::moe_weights_to(w, Device::cuda);
+  const MoeRouting r{c.top_k, c.renormalize};
+  MoeWorkspace ws;
+  for (int64_t tokens : {1, 7, 64, 4096})
+    for (Load load : {Load::random, Load::half_idle, Load::one_takes_all}) {
+      if (tokens == 4096 && load != Load::random) continue;  // the reference is slow at that size
+      const Problem p = make_problem(tokens, c, w, load, rng);
+      for (MoePath path : {MoePath::automatic, MoePath::decode, MoePath::prefill}) {
+        if (tokens == 4096 && path == MoePath::decode) continue;  // decode kernels are for few tokens
+        SCOPED_TRACE(cat("T=", tokens, " load=", load, " path=", int(path)));
+        const double err = testing::rel_error(run_gpu(p, dw, r, path, ws), p.ref);
+        RecordProperty(cat("err_T", tokens, "_", int(load), "_path", int(path)), std::to_string(err));
+        EXPECT_LT(err, kTol);
+      }
+    }
+}
+
+// Each rank holds I/ranks of the intermediate dimension; the sum of the rank outputs (what the
+// caller's all-reduce computes) equals the unsharded reference.
+TEST_P(FusedMoeGpu, TensorParallelShardsSum) {
+  MXMOE_REQUIRE_GPU();
+  const Config c = GetParam();
+  std::mt19937_64 rng(testing::fresh_seed());
+  const MoeWeights w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
+  const MoeRouting r{c.top_k, c.renormalize};
+  MoeWorkspace ws;
+  for (int64_t tokens : {7, 64}) {
+    const Problem p = make_problem(tokens, c, w, Load::random, rng);
+    for (int ranks : {2, 4})
+      for (MoePath path : {MoePath::decode, MoePath::prefill}) {
+        SCOPED_TRACE(cat("T=", tokens, " ranks=", ranks, " path=", int(path)));
+        std::vector<Tensor> parts;
+        for (int rank = 0; rank < ranks; ++rank)
+          parts.push_back(
+              run_gpu(p, testing::moe_weights_to(testing::shard_moe_weights(w, rank, ranks), Device::cuda), r, path, ws));
+        EXPECT_LT(testing::rel_error(testing::sum_f32(parts), p.ref), kTol);
+      }
+  }
+}
+
+// The whole call captured in a CUDA graph (no host sync inside, or capture fails) and replayed.
+TEST_P(FusedMoeGpu, CudaGraphReplay) {
+  MXMOE_REQUIRE_GPU();
+  const Config c = GetParam();
+  std::mt19937_64 rng(testing::fresh_seed());
+  const MoeWeights w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
+  const MoeWeights dw = testing::moe_weights_to(w, Device::cuda);
+  const MoeRouting r{c.top_k, c.renormalize};
+  for (int64_t tokens : {7, 64}) {
+    SCOPED_TRACE(cat("T=", tokens));
+    const Problem p = make_problem(tokens, c, w, Load::random, rng);
+    const Tensor x = p.x.to(Device::cuda), logits = p.logits.to(Device::cuda);
+    Tensor out = Tensor::empty({tokens, kHidden}, DType::bf16, Device::cuda);
+    MoeWorkspace ws;
+    Stream stream;
+    fused_moe(x, logits, dw, r, out, ws, stream);  // grows the workspace
+    stream.synchronize();
+    cudaGraph_t graph;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    fused_moe(x, logits, dw, r, out, ws, stream);
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaMemset(out.data(), 0xff, out.nbytes()));
+    CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    stream.synchronize();
+    EXPECT_LT(testing::rel_error(out, p.ref), kTol);
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, FusedMoeGpu,
+                         ::testing::Values(Config{8, 2, true, true}, Config{8, 2, true, false},
+                                           Config{128, 8, true, true}, Config{128, 8, true, false},
+                                           Config{60, 4, false, true}, Config{60, 4, false, false}),
+                         config_name);
+
+// A realistic-width shard (Qwen3-30B-A3B hidden size, I = 768 / 4) on both paths, MXFP8.
+TEST(FusedMoeGpuWide, QwenShapeShard) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(testing::fresh_seed());
+  const int64_t hidden = 2048, inter = 192, experts = 128;
+  const int k = 8;
+  for (bool mx : {true, false}) {
+    const MoeWeights w = testing::random_moe_weights(experts, hidden, inter, mx, rng);
+    const MoeWeights dw = testing::moe_weights_to(w, Device::cuda);
+    MoeWorkspace ws;
+    for (int64_t tokens : {1, 8, 100}) {
+      SCOPED_TRACE(cat("mxfp8=", mx, " T=", tokens));
+      const Tensor x = testing::random_tensor({tokens, hidden}, DType::bf16, rng);
+      const Tensor logits = testing::moe_logits(tokens, experts, k, Load::random, rng);
+      Tensor ref = Tensor::empty({tokens, hidden}, DType::bf16, Device::cpu);
+      fused_moe_ref(x, logits, w, {k, true}, ref);
+      for (MoePath path : {MoePath::decode, MoePath::prefill}) {
+        Tensor out = Tensor::empty({tokens, hidden}, DType::bf16, Device::cuda);
+        CUDA_CHECK(cudaMemset(out.data(), 0xff, out.nbytes()));
+        fused_moe(x.to(Device::cuda), logits.to(Device::cuda), dw, {k, true}, out, ws, nullptr, path);
+        EXPECT_LT(testing::rel_error(out, ref), kTol) << "path " << int(path);
+      }
+    }
+  }
+}
+
+TEST(FusedMoeGpuArgs, CpuTensorsRunTheReference) {
+  std::mt19937_64 rng(testing::fresh_seed());
+  const MoeWeights w = testing::random_moe_weights(8, 64, 32, true, rng);
+  const Tensor x = testing::random_tensor({3, 64}, DType::bf16, rng);
+  const Tensor logits = testing::moe_logits(3, 8, 2, Load::random, rng);
+  Tensor a = Tensor::empty({3, 64}, DType::bf16, Device::cpu), b = Tensor::empty({3, 64}, DType::bf16, Device::cpu);
+  MoeWorkspace ws;
+  fused_moe(x, logits, w, {2, true}, a, ws, nullptr);
+  fused_moe_ref(x, logits, w, {2, true}, b);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.nbytes()));
+}
+
+TEST(FusedMoeGpuArgs, MixedDevicesThrow) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(testing::fresh_seed());
+  const MoeWeights w = testing::random_moe_weights(8, 64, 32, true, rng);  // CPU weights
+  const Tensor x = testing::random_tensor({3, 64}, DType::bf16, rng).to(Device::cuda);
+  const Tensor logits = testing::moe_logits(3, 8, 2, Load::random, rng).to(Device::cuda);
+  Tensor out = Tensor::empty({3, 64}, DType::bf16, Device::cuda);
+  MoeWorkspace ws;
+  EXPECT_THROW(fused_moe(x, logits, w, {2, true}, out, ws, nullptr), Error);
+}
+
+}  // namespace
+}  // namespace mxmoe

@@ -1,0 +1,169 @@
+// GPU router and permutation kernels against the CPU reference / exact expectations: routing ids
+// exact and weights within 1e-6; the permutation equal to a stable sort by expert with all its
+// invariants; gather, SiLU·up and combine against plain CPU loops. Outputs are poisoned first.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "engine/cuda_check.h"
+#include "engine/error.h"
+#include "engine/numerics.h"
+#include "kernels/moe_permute.h"
+#include "kernels/moe_routing.h"
+#include "tests/moe_test_util.h"
+
+namespace mxmoe {
+namespace {
+
+using testing::Load;
+
+void poison(const Tensor& t) { CUDA_CHECK(cudaMemset(t.data(), 0xff, t.nbytes())); }
+
+std::vector<int32_t> ints(const Tensor& t) {
+  const Tensor c = t.to(Device::cpu);
+  return std::vector<int32_t>(c.data_as<int32_t>(), c.data_as<int32_t>() + c.numel());
+}
+
+TEST(MoeRoutingGpu, MatchesReference) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(testing::fresh_seed());
+  for (auto [t, e, k] : {std::tuple{1, 8, 2}, {7, 128, 8}, {64, 60, 4}, {4096, 128, 8}, {33, 1024, 32}, {5, 3, 3}})
+    for (Load load : {Load::random, Load::ties, Load::half_idle, Load::one_takes_all})
+      for (bool renorm : {false, true}) {
+        SCOPED_TRACE(cat("T=", t, " E=", e, " k=", k, " load=", load, " renormalize=", renorm));
+        const Tensor logits = testing::moe_logits(t, e, k, load, rng);
+        Tensor ids = Tensor::empty({t, k}, DType::i32, Device::cpu), w = Tensor::empty({t, k}, DType::f32, Device::cpu);
+        moe_route_ref(logits, k, renorm, ids, w);
+        Tensor d_ids = Tensor::empty({t, k}, DType::i32, Device::cuda);
+        Tensor d_w = Tensor::empty({t, k}, DType::f32, Device::cuda);
+        poison(d_ids);
+        poison(d_w);
+        moe_route(logits.to(Device::cuda), k, renorm, d_ids, d_w, nullptr);
+        ASSERT_EQ(ints(d_ids), ints(ids));
+        const std::vector<float> got = to_f32_vector(d_w.to(Device::cpu)), want = to_f32_vector(w);
+        for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-6) << "pair " << i;
+      }
+}
+
+TEST(MoeRoutingGpu, NanLogitsGiveValidIds) {
+  MXMOE_REQUIRE_GPU();
+  Tensor logits = Tensor::empty({1, 40}, DType::f32, Device::cpu);
+  std::fill(logits.data_as<float>(), logits.data_as<float>() + 40, NAN);
+  logits.data_as<float>()[37] = 1.f;
+  Tensor ids = Tensor::empty({1, 4}, DType::i32, Device::cuda), w = Tensor::empty({1, 4}, DType::f32, Device::cuda);
+  moe_route(logits.to(Device::cuda), 4, true, ids, w, nullptr);
+  EXPECT_EQ(ints(ids), (std::vector<int32_t>{37, 0, 1, 2}));
+}
+
+// Permutation of `ids` (E experts) checked against a stable sort.
+void check_permutation(const std::vector<int32_t>& ids, int64_t experts) {
+  const int64_t n = int64_t(ids.size());
+  MoePermuteBuffers b = moe_permute_buffers(n, experts);
+  for (const Tensor* t : {&b.perm.expert_offsets, &b.perm.sorted_pairs, &b.perm.active_experts,
+                          &b.perm.num_active, &b.pair_rows})
+    poison(*t);
+  Tensor d_ids = Tensor::empty({n}, DType::i32, Device::cpu);
+  std::copy(ids.begin(), ids.end(), d_ids.data_as<int32_t>());
+  moe_permute(d_ids.to(Device::cuda), b, nullptr);
+
+  std::vector<int32_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int c) { return ids[size_t(a)] < ids[size_t(c)]; });
+  std::vector<int32_t> offsets(size_t(experts + 1), 0), active;
+  for (int32_t e : ids) ++offsets[size_t(e + 1)];
+  for (int64_t e = 0; e < experts; ++e) {
+    if (offsets[size_t(e + 1)] > 0) active.push_back(int32_t(e));
+    offsets[size_t(e + 1)] += offsets[size_t(e)];
+  }
+  const int n_active = int(active.size());
+  active.resize(size_t(experts), -1);
+  std::vector<int32_t> rows(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) rows[size_t(order[size_t(i)])] = int32_t(i);
+
+  EXPECT_EQ(ints(b.perm.expert_offsets), offsets);
+  EXPECT_EQ(ints(b.perm.sorted_pairs), order);
+  EXPECT_EQ(ints(b.perm.active_experts), active);
+  EXPECT_EQ(ints(b.perm.num_active), std::vector<int32_t>{n_active});
+  EXPECT_EQ(ints(b.pair_rows), rows);
+}
+
+TEST(MoePermuteGpu, StableSortByExpert) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(testing::fresh_seed());
+  for (auto [t, e, k] : {std::tuple{1, 8, 2}, {7, 128, 8}, {64, 60, 4}, {4096, 128, 8}, {1000, 1024, 8}})
+    for (Load load : {Load::random, Load::half_idle, Load::one_takes_all}) {
+      SCOPED_TRACE(cat("T=", t, " E=", e, " k=", k, " load=", load));
+      const Tensor logits = testing::moe_logits(t, e, k, load, rng);
+      Tensor ids = Tensor::empty({t, k}, DType::i32, Device::cpu), w = Tensor::empty({t, k}, DType::f32, Device::cpu);
+      moe_route_ref(logits, k, true, ids, w);
+      check_permutation(std::vector<int32_t>(ids.data_as<int32_t>(), ids.data_as<int32_t>() + t * k), e);
+    }
+  // Every pair on one expert (k = 1), and on the last expert.
+  check_permutation(std::vector<int32_t>(3000, 5), 8);
+  check_permutation(std::vector<int32_t>(300, 127), 128);
+}
+
+TEST(MoePermuteGpu, GatherSiluMulCombine) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(testing::fresh_seed());
+  const int64_t t = 37, e = 16, k = 4, hidden = 96, inter = 64, m = t * k;
+  const Tensor logits = testing::moe_logits(t, e, k, Load::random, rng);
+  Tensor ids = Tensor::empty({t, k}, DType::i32, Device::cpu), w = Tensor::empty({t, k}, DType::f32, Device::cpu);
+  moe_route_ref(logits, k, true, ids, w);
+  MoePermuteBuffers b = moe_permute_buffers(m, e);
+  moe_permute(ids.to(Device::cuda), b, nullptr);
+  const std::vector<int32_t> sorted = ints(b.perm.sorted_pairs), rows = ints(b.pair_rows);
+
+  // gather: exact copies of x rows.
+  const Tensor x = testing::random_tensor({t, hidden}, DType::bf16, rng);
+  Tensor xs = Tensor::empty({m, hidden}, DType::bf16, Device::cuda);
+  poison(xs);
+  moe_gather_rows(x.to(Device::cuda), b.perm, int(k), xs, nullptr);
+  const Tensor xs_host = xs.to(Device::cpu);
+  for (int64_t i = 0; i < m; ++i)
+    ASSERT_EQ(0, std::memcmp(xs_host.data_as<uint16_t>() + i * hidden,
+                             x.data_as<uint16_t>() + (sorted[size_t(i)] / k) * hidden, size_t(hidden) * 2))
+        << "row " << i;
+
+  // SiLU(gate) · up from bf16 inputs, rounded to bf16: within one bf16 rounding.
+  const Tensor h = testing::random_tensor({m, 2 * inter}, DType::bf16, rng, 2.f);
+  Tensor act = Tensor::empty({m, inter}, DType::bf16, Device::cuda);
+  poison(act);
+  moe_silu_mul(h.to(Device::cuda), act, nullptr);
+  const std::vector<float> hv = to_f32_vector(h);
+  std::vector<float> want(size_t(m * inter));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t i = 0; i < inter; ++i) {
+      const double g = hv[size_t(r * 2 * inter + i)], u = hv[size_t(r * 2 * inter + inter + i)];
+      want[size_t(r * inter + i)] = float(g / (1 + std::exp(-g)) * u);
+    }
+  Tensor want_t = Tensor::empty({m, inter}, DType::f32, Device::cpu);
+  from_f32_vector(want, want_t);
+  EXPECT_LT(testing::rel_error(act, want_t), 4e-3);
+
+  // combine, pair-indexed f32 y and expert-ordered bf16 y.
+  const Tensor d_w = w.to(Device::cuda);
+  for (DType ydt : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(ydt));
+    const Tensor y = testing::random_tensor({m, hidden}, ydt, rng);
+    const std::vector<float> yv = to_f32_vector(y);
+    const bool sorted_rows = ydt == DType::bf16;
+    std::vector<float> ref(size_t(t * hidden), 0.f);
+    for (int64_t i = 0; i < t; ++i)
+      for (int64_t s = 0; s < k; ++s) {
+        const int64_t row = sorted_rows ? rows[size_t(i * k + s)] : i * k + s;
+        for (int64_t j = 0; j < hidden; ++j)
+          ref[size_t(i * hidden + j)] += w.data_as<float>()[i * k + s] * yv[size_t(row * hidden + j)];
+      }
+    Tensor ref_t = Tensor::empty({t, hidden}, DType::f32, Device::cpu);
+    from_f32_vector(ref, ref_t);
+    Tensor out = Tensor::empty({t, hidden}, DType::bf16, Device::cuda);
+    poison(out);
+    moe_combine(y.to(Device::cuda), d_w, sorted_rows ? &b.pair_rows : nullptr, int(k), out, nullptr);
+    EXPECT_LT(testing::rel_error(out, ref_t), 4e-3);
+  }
+}
+
+}  // namespace
+}  // namespace mxmoe
