@@ -3,7 +3,8 @@
 //  decode (T = 1, 8): GB/s on the bytes of the experts actually used (fp8 + scales, or bf16),
 //    against the device copy bandwidth measured in this run (target >= 80%). 16 routing patterns
 //    are cycled so consecutive calls touch different experts (not L2-resident). Times: eager
-//    launches, and a CUDA graph of the 16 calls replayed (per call), as a decode step would run.
+//    launches, and a CUDA graph of the 16 calls replayed (per call), as a decode step would run;
+//    also the two expert kernels alone (routing precomputed) to show the orchestration's share.
 //  prefill (T = 4096): TFLOP/s (6·T·k·H·I flops) against cuBLASLt bf16 running the two dense
 //    GEMMs of the same shapes ([T·k, H]·[2I, H]ᵀ and [T·k, I]·[H, I]ᵀ, same total flops).
 // apps/bench_moe_torch.py runs the same shapes with torch._grouped_mm for comparison.
@@ -19,6 +20,9 @@
 #include "apps/bench_util.h"
 #include "kernels/cublaslt_gemm.h"
 #include "kernels/fused_moe.h"
+#include "kernels/moe_decode.h"
+#include "kernels/moe_permute.h"
+#include "kernels/w8a16_gemm.h"
 
 using namespace mxmoe;
 
@@ -89,6 +93,22 @@ Routed random_routing(const Model& m, int64_t tokens, std::mt19937_64& rng) {
   return {host.to(Device::cuda), int(used.size())};
 }
 
+// Per-call milliseconds of `calls` calls of fn(i) captured in one CUDA graph and replayed.
+template <class Fn>
+double graph_ms_per_call(Fn&& fn, int calls, cudaStream_t stream) {
+  fn(0);  // grows any workspace outside the capture
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  for (int i = 0; i < calls; ++i) fn(i);
+  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  const double ms = bench::median_ms(stream, [&](int) { CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, 3, 20) / calls;
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  return ms;
+}
+
 void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy_gbs, cudaStream_t stream) {
   constexpr int kPatterns = 16;
   std::mt19937_64 rng(uint64_t(tokens) * 7919 + uint64_t(m.experts));
@@ -101,25 +121,38 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
   const Tensor x = random_bf16({tokens, m.hidden}, 3, 1.f, stream);
   Tensor out = Tensor::empty({tokens, m.hidden}, DType::bf16, Device::cuda);
   const MoeRouting routing{m.top_k, true};
+  // The routing of every pattern precomputed, for timing the expert kernels alone.
+  std::vector<MoePermuteBuffers> perms;
+  const int64_t pairs = tokens * m.top_k;
+  Tensor ids = Tensor::empty({pairs}, DType::i32, Device::cuda), weights = Tensor::empty({pairs}, DType::f32, Device::cuda);
+  for (const Routed& r : routes) {
+    perms.push_back(moe_permute_buffers(pairs, m.experts));
+    moe_route_permute(r.logits, m.top_k, true, ids, weights, perms.back(), stream);
+  }
+  Tensor act = Tensor::empty({pairs, m.inter}, DType::bf16, Device::cuda);
+  Tensor y = Tensor::empty({pairs, m.hidden}, DType::f32, Device::cuda);
   for (int mx = 1; mx >= 0; --mx) {
     const MoeWeights& w = mx ? ex.mx : ex.bf16;
     MoeWorkspace ws;
     auto call = [&](int i) { fused_moe(x, routes[size_t(i % kPatterns)].logits, w, routing, out, ws, stream); };
+    auto experts_only = [&](int i) {
+      const MoePermutation& perm = perms[size_t(i % kPatterns)].perm;
+      if (mx) {
+        moe_gate_up_decode(x, w.w13_mx, perm, m.top_k, act, stream);
+        moe_down_decode(act, w.w2_mx, perm, y, stream);
+      } else {
+        moe_gate_up_decode(x, w.w13, perm, m.top_k, act, stream);
+        moe_down_decode(act, w.w2, perm, y, stream);
+      }
+    };
     const double eager_ms = bench::median_ms(stream, call, 5, 48);
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    for (int i = 0; i < kPatterns; ++i) call(i);
-    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    const double graph_ms =
-        bench::median_ms(stream, [&](int) { CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, 3, 20) / kPatterns;
-    CUDA_CHECK(cudaGraphExecDestroy(exec));
-    CUDA_CHECK(cudaGraphDestroy(graph));
+    const double graph_ms = graph_ms_per_call(call, kPatterns, stream);
+    const double experts_ms = graph_ms_per_call(experts_only, kPatterns, stream);
     const double gbs = bytes[mx] / (graph_ms * 1e-3) / 1e9;
-    std::printf("| decode %-14s T=%-4lld | %-5s | %6.1f experts, %7.1f MB | %8.1f us | %8.1f us | %6.0f GB/s | %5.1f%% |\n",
+    std::printf("| decode %-14s T=%-4lld | %-5s | %6.1f experts, %7.1f MB | %8.1f us | %8.1f us | %8.1f us | %6.0f GB/s "
+                "| %5.1f%% |\n",
                 m.name, (long long)tokens, mx ? "mxfp8" : "bf16", bytes[mx] / expert_bytes(m, mx), bytes[mx] / 1e6,
-                eager_ms * 1e3, graph_ms * 1e3, gbs, 100 * gbs / copy_gbs);
+                eager_ms * 1e3, graph_ms * 1e3, experts_ms * 1e3, gbs, 100 * gbs / copy_gbs);
   }
 }
 
@@ -141,14 +174,30 @@ void bench_prefill(const Model& m, const Experts& ex, int64_t tokens, cudaStream
     cublaslt_gemm_bf16(act, w2, nullptr, y, stream);
   }, 5, 30);
   const double lt_tflops = flops / (lt_ms * 1e-3) / 1e12;
+  // The routing precomputed, for timing the two grouped GEMMs alone.
+  MoePermuteBuffers perm = moe_permute_buffers(rows, m.experts);
+  Tensor ids = Tensor::empty({rows}, DType::i32, Device::cuda), weights = Tensor::empty({rows}, DType::f32, Device::cuda);
+  moe_route_permute(r.logits, m.top_k, true, ids, weights, perm, stream);
+  const Tensor& offsets = perm.perm.expert_offsets;
   const MoeRouting routing{m.top_k, true};
   for (int mx = 1; mx >= 0; --mx) {
     MoeWorkspace ws;
     const double ms = bench::median_ms(
         stream, [&](int) { fused_moe(x, r.logits, mx ? ex.mx : ex.bf16, routing, out, ws, stream); }, 5, 30);
+    const double gemms_ms = bench::median_ms(stream, [&](int) {
+      if (mx) {
+        w8a16_grouped_gemm(xs, ex.mx.w13_mx, offsets, h, stream);
+        w8a16_grouped_gemm(act, ex.mx.w2_mx, offsets, y, stream);
+      } else {
+        bf16_grouped_gemm(xs, ex.bf16.w13, offsets, h, stream);
+        bf16_grouped_gemm(act, ex.bf16.w2, offsets, y, stream);
+      }
+    }, 5, 30);
     const double tf = flops / (ms * 1e-3) / 1e12;
-    std::printf("| prefill %-13s T=%-4lld | %-5s | %8.1f us | %6.1f TFLOP/s | cuBLASLt bf16 dense %6.1f TFLOP/s | %4.2fx |\n",
-                m.name, (long long)tokens, mx ? "mxfp8" : "bf16", ms * 1e3, tf, lt_tflops, tf / lt_tflops);
+    std::printf("| prefill %-13s T=%-4lld | %-5s | %8.1f us | %6.1f TFLOP/s | %8.1f us | cuBLASLt bf16 dense %6.1f "
+                "TFLOP/s | %4.2fx |\n",
+                m.name, (long long)tokens, mx ? "mxfp8" : "bf16", ms * 1e3, tf, gemms_ms * 1e3, lt_tflops,
+                tf / lt_tflops);
   }
 }
 
@@ -159,13 +208,14 @@ int main() {
   const double copy_gbs = bench::copy_bandwidth_gbs(stream);
   std::printf("device copy bandwidth (read+write): %.0f GB/s\n\n", copy_gbs);
   const Model models[] = {{"Qwen3-30B-A3B", 128, 2048, 768, 8}, {"Mixtral-8x7B", 8, 4096, 14336, 2}};
-  std::printf("| case | weights | experts read/call | eager | graph | GB/s (graph) | of copy |\n|---|---|---|---|---|---|---|\n");
+  std::printf("| case | weights | experts read/call | eager | graph | expert kernels only (graph) | GB/s (graph) | of copy |\n"
+              "|---|---|---|---|---|---|---|---|\n");
   std::vector<Experts> experts;
   for (const Model& m : models) {
     experts.push_back(make_experts(m, stream));
     for (int64_t t : {1, 8}) bench_decode(m, experts.back(), t, copy_gbs, stream);
   }
-  std::printf("\n| case | weights | time | MoE | reference | ratio |\n|---|---|---|---|---|---|\n");
+  std::printf("\n| case | weights | time | MoE | grouped GEMMs only | reference | ratio |\n|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < 2; ++i) bench_prefill(models[i], experts[i], 4096, stream);
   return 0;
 }

@@ -5,7 +5,6 @@
 #include "kernels/fused_moe.h"
 #include "kernels/moe_decode.h"
 #include "kernels/moe_permute.h"
-#include "kernels/moe_routing.h"
 #include "kernels/w8a16_gemm.h"
 
 namespace mxmoe {
@@ -50,8 +49,6 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
 
   const Tensor ids = Impl::take(ws.topk_ids, {pairs}, DType::i32);
   const Tensor weights = Impl::take(ws.topk_weights, {pairs}, DType::f32);
-  moe_route(router_logits, k, routing.renormalize, ids, weights, stream);
-
   MoePermuteBuffers pb;
   pb.perm.expert_offsets = Impl::take(ws.expert_offsets, {s.experts + 1}, DType::i32);
   pb.perm.sorted_pairs = Impl::take(ws.sorted_pairs, {pairs}, DType::i32);
@@ -59,7 +56,7 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
   pb.perm.num_active = Impl::take(ws.num_active, {1}, DType::i32);
   pb.pair_rows = Impl::take(ws.pair_rows, {pairs}, DType::i32);
   pb.chunk_counts = Impl::take(ws.chunk_counts, {moe_permute_chunks(pairs), s.experts}, DType::i32);
-  moe_permute(ids, pb, stream);
+  moe_route_permute(router_logits, k, routing.renormalize, ids, weights, pb, stream);
   const MoePermutation& perm = pb.perm;
 
   const Tensor act = Impl::take(ws.act, {pairs, s.inter}, DType::bf16);

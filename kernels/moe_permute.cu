@@ -13,13 +13,14 @@
 #include "engine/gpu_info.h"
 #include "kernels/moe_permute.h"
 #include "kernels/moe_routing.h"
+#include "kernels/moe_routing.cuh"
 
 namespace mxmoe {
 
 namespace {
 
 constexpr int kChunk = 256;         // pairs per chunk
-constexpr int kScanThreads = kMoeMaxExperts;
+constexpr int kScanThreads = kMoeMaxExperts;  // one thread per expert
 constexpr int kThreads = 256;
 
 int grid_for(int64_t threads_needed) {
@@ -39,13 +40,36 @@ __global__ void __launch_bounds__(kChunk) count_kernel(const int32_t* __restrict
   for (int e = threadIdx.x; e < n_experts; e += kChunk) chunk_counts[int64_t(blockIdx.x) * n_experts + e] = hist[e];
 }
 
-// One block, thread e = expert e: turns chunk_counts into each chunk's first sorted position per
-// expert and writes expert_offsets, active_experts (unused tail = -1) and num_active.
+using Scan = cub::BlockScan<int32_t, kScanThreads>;
+
+// Called by all kScanThreads threads, thread e = expert e with `total` = its pair count (0 past E):
+// writes expert_offsets, active_experts (unused tail = -1) and num_active; returns e's offset.
+__device__ int32_t scan_experts(Scan::TempStorage& storage, int32_t total, int n_experts, int32_t* __restrict__ offsets,
+                                int32_t* __restrict__ active, int32_t* __restrict__ num_active) {
+  const int e = threadIdx.x;
+  int32_t offset, n_pairs;
+  Scan(storage).ExclusiveSum(total, offset, n_pairs);
+  __syncthreads();
+  int32_t rank, n_active;
+  Scan(storage).ExclusiveSum(total > 0 ? 1 : 0, rank, n_active);
+  if (e < n_experts) {
+    offsets[e] = offset;
+    if (total > 0) active[rank] = e;
+    else active[n_active + (e - rank)] = -1;  // e - rank = inactive experts before e
+  }
+  if (e == 0) {
+    offsets[n_experts] = n_pairs;
+    *num_active = n_active;
+  }
+  return offset;
+}
+
+// One block: turns chunk_counts into each chunk's first sorted position per expert, plus the
+// permutation's offsets and active list.
 __global__ void __launch_bounds__(kScanThreads)
     scan_kernel(int32_t* __restrict__ chunk_counts, int64_t chunks, int n_experts, int32_t* __restrict__ offsets,
                 int32_t* __restrict__ active, int32_t* __restrict__ num_active) {
-  using Scan = cub::BlockScan<int32_t, kScanThreads>;
-  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ Scan::TempStorage storage;
   const int e = threadIdx.x;
   int32_t total = 0;  // pairs of expert e
   if (e < n_experts)
@@ -54,34 +78,21 @@ __global__ void __launch_bounds__(kScanThreads)
       chunk_counts[c * n_experts + e] = total;
       total += v;
     }
-  int32_t offset, n_pairs;
-  Scan(scan_storage).ExclusiveSum(total, offset, n_pairs);
-  __syncthreads();
-  int32_t rank, n_active;
-  Scan(scan_storage).ExclusiveSum(total > 0 ? 1 : 0, rank, n_active);
-  if (e < n_experts) {
-    offsets[e] = offset;
+  const int32_t offset = scan_experts(storage, total, n_experts, offsets, active, num_active);
+  if (e < n_experts)
     for (int64_t c = 0; c < chunks; ++c) chunk_counts[c * n_experts + e] += offset;
-    if (total > 0) active[rank] = e;
-    else active[n_active + (e - rank)] = -1;  // e - rank = inactive experts before e
-  }
-  if (e == 0) {
-    offsets[n_experts] = n_pairs;
-    *num_active = n_active;
-  }
 }
 
-// One warp per chunk: stable placement of its pairs from the chunk's bases.
-__global__ void __launch_bounds__(32) place_kernel(const int32_t* __restrict__ ids, int64_t n_pairs, int n_experts,
-                                                   const int32_t* __restrict__ chunk_bases,
-                                                   int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ pair_rows) {
-  extern __shared__ int32_t next[];  // [E]: next free sorted position of each expert
-  const int lane = threadIdx.x;
-  for (int e = lane; e < n_experts; e += 32) next[e] = chunk_bases[int64_t(blockIdx.x) * n_experts + e];
-  __syncwarp();
+// One warp places pairs [first, min(first + 32·steps, n_pairs)) in order: next[e] is the next free
+// sorted position of expert e (shared memory, advanced here); equal experts within a step are
+// ranked by lane with __match_any_sync, so pairs stay ascending within an expert.
+// (ids without __restrict__: the fused kernel wrote them, so no read-only-cache loads.)
+__device__ void place_pairs(const int32_t* ids, int64_t first, int64_t steps, int64_t n_pairs,
+                            int32_t* next, int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ pair_rows) {
+  const int lane = threadIdx.x & 31;
   const uint32_t lanes_below = (1u << lane) - 1;
-  for (int step = 0; step < kChunk / 32; ++step) {
-    const int64_t p = int64_t(blockIdx.x) * kChunk + step * 32 + lane;
+  for (int64_t step = 0; step < steps; ++step) {
+    const int64_t p = first + step * 32 + lane;
     const int e = p < n_pairs ? ids[p] : -1;
     const uint32_t same = __match_any_sync(0xffffffffu, e);
     if (e >= 0) {
@@ -93,6 +104,40 @@ __global__ void __launch_bounds__(32) place_kernel(const int32_t* __restrict__ i
     if (e >= 0 && (same & lanes_below) == 0) next[e] += __popc(same);
     __syncwarp();
   }
+}
+
+// One warp per chunk: stable placement of its pairs from the chunk's bases.
+__global__ void __launch_bounds__(32) place_kernel(const int32_t* __restrict__ ids, int64_t n_pairs, int n_experts,
+                                                   const int32_t* __restrict__ chunk_bases,
+                                                   int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ pair_rows) {
+  extern __shared__ int32_t next[];  // [E]
+  for (int e = threadIdx.x; e < n_experts; e += 32) next[e] = chunk_bases[int64_t(blockIdx.x) * n_experts + e];
+  __syncwarp();
+  place_pairs(ids, int64_t(blockIdx.x) * kChunk, kChunk / 32, n_pairs, next, sorted_pairs, pair_rows);
+}
+
+// Small batches (T·k <= kMoeFusedRoutePairs) in one launch instead of four: the block's warps
+// route the tokens, then the block counts and scans, and warp 0 places every pair. The routing's
+// global writes are visible to the whole block after __syncthreads.
+__global__ void __launch_bounds__(kScanThreads)
+    route_permute_kernel(const float* __restrict__ logits, int n_tokens, int n_experts, int top_k, bool renormalize,
+                         int32_t* __restrict__ ids, float* __restrict__ weights, int32_t* __restrict__ offsets,
+                         int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ active,
+                         int32_t* __restrict__ num_active, int32_t* __restrict__ pair_rows) {
+  __shared__ Scan::TempStorage storage;
+  __shared__ int32_t next[kScanThreads];  // per expert: pair count, then next free sorted position
+  next[threadIdx.x] = 0;
+  for (int t = threadIdx.x / 32; t < n_tokens; t += kScanThreads / 32)
+    moe_detail::route_token(logits + int64_t(t) * n_experts, n_experts, top_k, renormalize, ids + t * top_k,
+                            weights + t * top_k);
+  __syncthreads();
+  const int n_pairs = n_tokens * top_k;
+  for (int p = threadIdx.x; p < n_pairs; p += kScanThreads) atomicAdd(&next[ids[p]], 1);
+  __syncthreads();
+  const int32_t offset = scan_experts(storage, next[threadIdx.x], n_experts, offsets, active, num_active);
+  next[threadIdx.x] = offset;
+  __syncthreads();
+  if (threadIdx.x < 32) place_pairs(ids, 0, (n_pairs + 31) / 32, n_pairs, next, sorted_pairs, pair_rows);
 }
 
 // One thread per 8 bf16 (16 bytes) of xs.
@@ -178,6 +223,19 @@ void check_rows(const Tensor& t, int64_t rows, int64_t cols, const char* op, con
 
 int64_t moe_permute_chunks(int64_t n_pairs) { return std::max<int64_t>(1, (n_pairs + kChunk - 1) / kChunk); }
 
+namespace {
+
+void check_buffers(const MoePermuteBuffers& out, int64_t n_pairs, const char* op) {
+  const int64_t n_experts = out.perm.active_experts.numel();
+  MXMOE_CHECK(out.perm.sorted_pairs.numel() == n_pairs && out.pair_rows.numel() == n_pairs &&
+                  out.perm.expert_offsets.numel() == n_experts + 1 && out.perm.num_active.numel() == 1 &&
+                  out.chunk_counts.numel() == moe_permute_chunks(n_pairs) * n_experts,
+              op, ": buffers made for ", out.perm.sorted_pairs.numel(), " pairs and ", n_experts, " experts, given ",
+              n_pairs, " pairs (use moe_permute_buffers)");
+}
+
+}  // namespace
+
 MoePermuteBuffers moe_permute_buffers(int64_t n_pairs, int64_t n_experts) {
   MXMOE_CHECK(n_experts >= 1 && n_experts <= kMoeMaxExperts, "moe_permute: ", n_experts, " experts (supported: 1..",
               kMoeMaxExperts, ")");
@@ -194,11 +252,7 @@ MoePermuteBuffers moe_permute_buffers(int64_t n_pairs, int64_t n_experts) {
 void moe_permute(const Tensor& topk_ids, const MoePermuteBuffers& out, cudaStream_t stream) {
   check_cuda_contiguous(topk_ids, DType::i32, "moe_permute", "topk_ids");
   const int64_t n_pairs = topk_ids.numel(), n_experts = out.perm.active_experts.numel();
-  MXMOE_CHECK(out.perm.sorted_pairs.numel() == n_pairs && out.pair_rows.numel() == n_pairs &&
-                  out.perm.expert_offsets.numel() == n_experts + 1 &&
-                  out.chunk_counts.numel() == moe_permute_chunks(n_pairs) * n_experts,
-              "moe_permute: buffers made for ", out.perm.sorted_pairs.numel(), " pairs and ", n_experts,
-              " experts, given ", n_pairs, " pairs (use moe_permute_buffers)");
+  check_buffers(out, n_pairs, "moe_permute");
   const int64_t chunks = moe_permute_chunks(n_pairs);
   const size_t smem = size_t(n_experts) * sizeof(int32_t);
   auto* counts = out.chunk_counts.data_as<int32_t>();
@@ -212,6 +266,26 @@ void moe_permute(const Tensor& topk_ids, const MoePermuteBuffers& out, cudaStrea
   place_kernel<<<unsigned(chunks), 32, smem, stream>>>(topk_ids.data_as<const int32_t>(), n_pairs, int(n_experts),
                                                        counts, out.perm.sorted_pairs.data_as<int32_t>(),
                                                        out.pair_rows.data_as<int32_t>());
+  CUDA_CHECK_LAUNCH();
+}
+
+void moe_route_permute(const Tensor& logits, int top_k, bool renormalize, const Tensor& topk_ids,
+                       const Tensor& topk_weights, const MoePermuteBuffers& out, cudaStream_t stream) {
+  const int64_t n_pairs = topk_ids.numel();
+  MXMOE_CHECK(logits.dim() == 2 && logits.size(1) == out.perm.active_experts.numel(), "moe_route_permute: logits ",
+              shape_str(logits.shape()), " for buffers of ", out.perm.active_experts.numel(), " experts");
+  if (n_pairs > kMoeFusedRoutePairs) {
+    moe_route(logits, top_k, renormalize, topk_ids, topk_weights, stream);
+    moe_permute(topk_ids, out, stream);
+    return;
+  }
+  check_moe_route_args(logits, top_k, topk_ids, topk_weights, Device::cuda, "moe_route_permute");
+  check_buffers(out, n_pairs, "moe_route_permute");
+  route_permute_kernel<<<1, kScanThreads, 0, stream>>>(
+      logits.data_as<const float>(), int(logits.size(0)), int(logits.size(1)), top_k, renormalize,
+      topk_ids.data_as<int32_t>(), topk_weights.data_as<float>(), out.perm.expert_offsets.data_as<int32_t>(),
+      out.perm.sorted_pairs.data_as<int32_t>(), out.perm.active_experts.data_as<int32_t>(),
+      out.perm.num_active.data_as<int32_t>(), out.pair_rows.data_as<int32_t>());
   CUDA_CHECK_LAUNCH();
 }
 

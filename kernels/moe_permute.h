@@ -2,6 +2,7 @@
 // Device-side token -> expert permutation and the data movement around the expert GEMMs
 // (all asynchronous on `stream`, no host sync, capturable in a CUDA graph):
 //   moe_permute       topk_ids -> MoePermutation (+ each pair's row in the sorted order)
+//   moe_route_permute router (moe_routing.h) + moe_permute, fused for small batches
 //   moe_gather_rows   x rows into expert order (prefill)
 //   moe_silu_mul      act = SiLU(gate) ⊙ up (prefill, between the two grouped GEMMs)
 //   moe_combine       out[t] = Σ_slot weight[t, slot] · y[row of pair (t, slot)]
@@ -24,6 +25,12 @@ int64_t moe_permute_chunks(int64_t n_pairs);  // rows of chunk_counts
 
 // topk_ids [T * top_k] i32, every id in [0, E) (as moe_route writes them). Fills all of `out`.
 void moe_permute(const Tensor& topk_ids, const MoePermuteBuffers& out, cudaStream_t stream);
+
+// moe_route (moe_routing.h) then moe_permute, in one single-block launch when T·k <=
+// kMoeFusedRoutePairs (decode: saves three dependent launches), else in the four launches.
+constexpr int64_t kMoeFusedRoutePairs = 1024;
+void moe_route_permute(const Tensor& logits, int top_k, bool renormalize, const Tensor& topk_ids,
+                       const Tensor& topk_weights, const MoePermuteBuffers& out, cudaStream_t stream);
 
 // xs[i] = x[sorted_pairs[i] / top_k]. x [T, H] bf16; xs [T * top_k, H] bf16.
 void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream);

@@ -56,17 +56,9 @@ TEST(MoeRoutingGpu, NanLogitsGiveValidIds) {
   EXPECT_EQ(ints(ids), (std::vector<int32_t>{37, 0, 1, 2}));
 }
 
-// Permutation of `ids` (E experts) checked against a stable sort.
-void check_permutation(const std::vector<int32_t>& ids, int64_t experts) {
+// A permutation `b` of `ids` (E experts) checked against a stable sort.
+void check_permutation(const std::vector<int32_t>& ids, int64_t experts, const MoePermuteBuffers& b) {
   const int64_t n = int64_t(ids.size());
-  MoePermuteBuffers b = moe_permute_buffers(n, experts);
-  for (const Tensor* t : {&b.perm.expert_offsets, &b.perm.sorted_pairs, &b.perm.active_experts,
-                          &b.perm.num_active, &b.pair_rows})
-    poison(*t);
-  Tensor d_ids = Tensor::empty({n}, DType::i32, Device::cpu);
-  std::copy(ids.begin(), ids.end(), d_ids.data_as<int32_t>());
-  moe_permute(d_ids.to(Device::cuda), b, nullptr);
-
   std::vector<int32_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int a, int c) { return ids[size_t(a)] < ids[size_t(c)]; });
@@ -88,6 +80,24 @@ void check_permutation(const std::vector<int32_t>& ids, int64_t experts) {
   EXPECT_EQ(ints(b.pair_rows), rows);
 }
 
+MoePermuteBuffers poisoned_buffers(int64_t n_pairs, int64_t experts) {
+  MoePermuteBuffers b = moe_permute_buffers(n_pairs, experts);
+  for (const Tensor* t : {&b.perm.expert_offsets, &b.perm.sorted_pairs, &b.perm.active_experts,
+                          &b.perm.num_active, &b.pair_rows})
+    poison(*t);
+  return b;
+}
+
+// moe_permute of `ids` checked against a stable sort.
+void check_permutation(const std::vector<int32_t>& ids, int64_t experts) {
+  const int64_t n = int64_t(ids.size());
+  MoePermuteBuffers b = poisoned_buffers(n, experts);
+  Tensor d_ids = Tensor::empty({n}, DType::i32, Device::cpu);
+  std::copy(ids.begin(), ids.end(), d_ids.data_as<int32_t>());
+  moe_permute(d_ids.to(Device::cuda), b, nullptr);
+  check_permutation(ids, experts, b);
+}
+
 TEST(MoePermuteGpu, StableSortByExpert) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(testing::fresh_seed());
@@ -102,6 +112,31 @@ TEST(MoePermuteGpu, StableSortByExpert) {
   // Every pair on one expert (k = 1), and on the last expert.
   check_permutation(std::vector<int32_t>(3000, 5), 8);
   check_permutation(std::vector<int32_t>(300, 127), 128);
+}
+
+// Router + permutation in one call: the single-block fused kernel (T·k <= 1024) and the four
+// launches beyond it give the reference routing and the stable-sort permutation.
+TEST(MoePermuteGpu, RoutePermuteMatchesReference) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(testing::fresh_seed());
+  for (auto [t, e, k] : {std::tuple{1, 8, 2}, {8, 128, 8}, {16, 60, 4}, {128, 8, 8}, {33, 1024, 32}, {129, 8, 8},
+                         {4096, 128, 8}})
+    for (Load load : {Load::random, Load::ties, Load::one_takes_all}) {
+      SCOPED_TRACE(cat("T=", t, " E=", e, " k=", k, " load=", load));
+      const Tensor logits = testing::moe_logits(t, e, k, load, rng);
+      Tensor ids = Tensor::empty({t, k}, DType::i32, Device::cpu), w = Tensor::empty({t, k}, DType::f32, Device::cpu);
+      moe_route_ref(logits, k, true, ids, w);
+      Tensor d_ids = Tensor::empty({t * k}, DType::i32, Device::cuda), d_w = Tensor::empty({t * k}, DType::f32, Device::cuda);
+      poison(d_ids);
+      poison(d_w);
+      MoePermuteBuffers b = poisoned_buffers(t * k, e);
+      moe_route_permute(logits.to(Device::cuda), k, true, d_ids, d_w, b, nullptr);
+      const std::vector<int32_t> want = ints(ids);
+      ASSERT_EQ(ints(d_ids), want);
+      const std::vector<float> got_w = to_f32_vector(d_w.to(Device::cpu)), want_w = to_f32_vector(w);
+      for (size_t i = 0; i < got_w.size(); ++i) ASSERT_NEAR(got_w[i], want_w[i], 1e-6) << "pair " << i;
+      check_permutation(want, e, b);
+    }
 }
 
 TEST(MoePermuteGpu, GatherSiluMulCombine) {
