@@ -1,0 +1,265 @@
+// Decode-size fused-MoE expert kernels on the tile machinery of kernels/w8a16_dot.cuh. A job is
+// (active-expert slot, tile group): the grid is sized for the most experts T·k pairs can touch and
+// the slots past num_active (read on the device: no host sync, graph-capturable) return at once.
+// Each expert's tiles are read once for all its pairs (up to 16 per pass; more loop).
+//   gate/up: a 16-row tile is 8 gate rows and the 8 matching up rows, so SiLU(gate)·up is formed in
+//            the accumulators; act [T·k, I] bf16.
+//   down:    16 rows of W2_e; y [T·k, H] f32 per pair.
+#include "kernels/moe_decode.h"
+
+#include "kernels/w8a16_dot.cuh"
+
+namespace mxmoe {
+
+namespace {
+
+using namespace w8a16;
+
+// Routing state shared by both problems.
+struct Routing {
+  const int* offsets;  // [E + 1]
+  const int* pairs;    // [T·k]
+  const int* active;   // [E]
+  const int* num_active;
+  int groups;          // tile groups per expert
+
+  template <class W>
+  __device__ bool job(int index, const W& all, int64_t rows_per_expert, Job<W>& j) const {
+    const int slot = index / groups;
+    if (slot >= *num_active) return false;
+    const int e = active[slot];
+    j.w = all.offset(int64_t(e) * rows_per_expert);
+    j.group = index % groups;
+    j.first = offsets[e];
+    j.tokens = offsets[e + 1] - j.first;
+    return true;
+  }
+  template <class W>
+  __device__ int pair(const Job<W>& j, int m) const {
+    return pairs[j.first + m];
+  }
+};
+
+template <class W, int NT>
+struct GateUp {
+  using Weights = W;
+  static constexpr int kNTiles = NT;
+  Plan plan;
+  int64_t k;                 // H
+  Routing route;
+  W w13;                     // [E, 2I, H]
+  const __nv_bfloat16* x;    // [T, H]
+  __nv_bfloat16* act;        // [T·k, I]
+  int64_t inter;             // I
+  int top_k;
+
+  __device__ bool job(int index, Job<W>& j) const { return route.job(index, w13, 2 * inter, j); }
+  __device__ int64_t row(const Job<W>&, int tile, int r) const {
+    const int64_t n = int64_t(tile) * 8 + (r & 7);
+    return n >= inter ? -1 : (r < 8 ? n : inter + n);
+  }
+  __device__ const __nv_bfloat16* x_row(const Job<W>& j, int m) const {
+    return x + int64_t(route.pair(j, m) / top_k) * k;
+  }
+  __device__ void store(const Job<W>& j, int tile, int g, int t, int m0, const float (&acc)[NT][4]) const {
+    const int64_t n = int64_t(tile) * 8 + g;
+    if (n >= inter) return;
+#pragma unroll
+    for (int h = 0; h < NT; ++h)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int m = m0 + h * 8 + 2 * t + i;
+        if (m < j.tokens) act[int64_t(route.pair(j, m)) * inter + n] = __float2bfloat16(silu(acc[h][i]) * acc[h][2 + i]);
+      }
+  }
+};
+
+template <class W, int NT>
+struct Down {
+  using Weights = W;
+  static constexpr int kNTiles = NT;
+  Plan plan;
+  int64_t k;                  // I
+  Routing route;
+  W w2;                       // [E, H, I]
+  const __nv_bfloat16* act;   // [T·k, I]
+  float* y;                   // [T·k, H]
+  int64_t hidden;             // H
+
+  __device__ bool job(int index, Job<W>& j) const { return route.job(index, w2, hidden, j); }
+  __device__ int64_t row(const Job<W>&, int tile, int r) const {
+    const int64_t n = int64_t(tile) * kTileRows + r;
+    return n < hidden ? n : -1;
+  }
+  __device__ const __nv_bfloat16* x_row(const Job<W>& j, int m) const {
+    return act + int64_t(route.pair(j, m)) * k;
+  }
+  __device__ void store(const Job<W>& j, int tile, int g, int t, int m0, const float (&acc)[NT][4]) const {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t n = row(j, tile, g + 8 * half);
+      if (n < 0) continue;
+#pragma unroll
+      for (int h = 0; h < NT; ++h)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int m = m0 + h * 8 + 2 * t + i;
+          if (m < j.tokens) y[int64_t(route.pair(j, m)) * hidden + n] = acc[h][2 * half + i];
+        }
+    }
+  }
+};
+
+void check_cuda_contiguous(const Tensor& t, const char* op, const char* name) {
+  MXMOE_CHECK(t.device() == Device::cuda && t.is_contiguous(), op, ": ", name, " must be a contiguous CUDA tensor");
+}
+
+// Checks the permutation against E experts and `pairs` = T·k pairs.
+void check_perm(const MoePermutation& perm, int64_t experts, int64_t pairs, const char* op) {
+  const auto ok = [&](const Tensor& t, int64_t n, const char* name) {
+    MXMOE_CHECK(t.dtype() == DType::i32 && t.shape() == Shape({n}), op, ": ", name, " must be i32 [", n, "], got ",
+                dtype_name(t.dtype()), " ", shape_str(t.shape()));
+    check_cuda_contiguous(t, op, name);
+  };
+  ok(perm.expert_offsets, experts + 1, "expert_offsets");
+  ok(perm.sorted_pairs, pairs, "sorted_pairs");
+  ok(perm.active_experts, experts, "active_experts");
+  ok(perm.num_active, 1, "num_active");
+}
+
+Routing routing(const MoePermutation& perm, int64_t tiles) {
+  return {perm.expert_offsets.data_as<const int>(), perm.sorted_pairs.data_as<const int>(),
+          perm.active_experts.data_as<const int>(), perm.num_active.data_as<const int>(),
+          int((tiles + kWarps - 1) / kWarps)};
+}
+
+// Weight-format views of an expert stack [E, rows, K].
+Fp8Rows rows_of(const MxTensor& w) {
+  return {w.elems.data_as<const uint8_t>(), w.scales.data_as<const uint8_t>(), w.elems.size(2)};
+}
+Bf16Rows rows_of(const Tensor& w) { return {w.data_as<const __nv_bfloat16>(), w.size(2)}; }
+
+void check_weights(const MxTensor& w, const char* op, const char* name) {
+  MXMOE_CHECK(w.elems.dim() == 3 && w.elems.dtype() == DType::e4m3 && w.scales.dtype() == DType::e8m0 &&
+                  w.scales.shape() == Shape({w.elems.size(0), w.elems.size(1), w.elems.size(2) / kMxBlock}),
+              op, ": ", name, " must be MXFP8 [E, N, K] with scales [E, N, K/32], got ", shape_str(w.elems.shape()),
+              " and ", shape_str(w.scales.shape()));
+  MXMOE_CHECK(w.elems.size(2) % kMxBlock == 0, op, ": ", name, " K = ", w.elems.size(2), " is not a multiple of ",
+              kMxBlock);
+  check_cuda_contiguous(w.elems, op, name);
+  check_cuda_contiguous(w.scales, op, name);
+}
+void check_weights(const Tensor& w, const char* op, const char* name) {
+  MXMOE_CHECK(w.dim() == 3 && w.dtype() == DType::bf16, op, ": ", name, " must be bf16 [E, N, K], got ",
+              dtype_name(w.dtype()), " ", shape_str(w.shape()));
+  MXMOE_CHECK(w.size(2) % kMxBlock == 0, op, ": ", name, " K = ", w.size(2), " is not a multiple of ", kMxBlock);
+  check_cuda_contiguous(w, op, name);
+}
+const Shape& shape_of(const MxTensor& w) { return w.elems.shape(); }
+const Shape& shape_of(const Tensor& w) { return w.shape(); }
+
+// Token rows per pass: one 8-token mma tile when T <= 8 (an expert has at most T pairs under the
+// usual distinct top-k; more loop), else two.
+int64_t jobs_for(int64_t experts, int64_t pairs, int64_t tiles) {
+  return std::min(experts, pairs) * ((tiles + kWarps - 1) / kWarps);
+}
+
+template <int NT, class WT>
+void gate_up(const Tensor& x, const WT& w13, const MoePermutation& perm, int top_k, const Tensor& act,
+             cudaStream_t stream) {
+  using W = decltype(rows_of(w13));
+  const int64_t experts = shape_of(w13)[0], inter = shape_of(w13)[1] / 2, hidden = x.size(1), pairs = act.size(0);
+  GateUp<W, NT> p;
+  p.k = hidden;
+  p.route = routing(perm, (inter + 7) / 8);
+  p.w13 = rows_of(w13);
+  p.x = x.data_as<const __nv_bfloat16>();
+  p.act = act.data_as<__nv_bfloat16>();
+  p.inter = inter;
+  p.top_k = top_k;
+  const int64_t jobs = jobs_for(experts, pairs, (inter + 7) / 8);
+  p.plan = make_plan<NT>(jobs, hidden, NT * 8);
+  launch(p, jobs, stream);
+}
+
+template <int NT, class WT>
+void down(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream) {
+  using W = decltype(rows_of(w2));
+  const int64_t experts = shape_of(w2)[0], hidden = shape_of(w2)[1], inter = act.size(1), pairs = act.size(0);
+  const int64_t tiles = (hidden + kTileRows - 1) / kTileRows;
+  Down<W, NT> p;
+  p.k = inter;
+  p.route = routing(perm, tiles);
+  p.w2 = rows_of(w2);
+  p.act = act.data_as<const __nv_bfloat16>();
+  p.y = y.data_as<float>();
+  p.hidden = hidden;
+  const int64_t jobs = jobs_for(experts, pairs, tiles);
+  p.plan = make_plan<NT>(jobs, inter, NT * 8);
+  launch(p, jobs, stream);
+}
+
+template <class WT>
+void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm, int top_k, const Tensor& act,
+                     cudaStream_t stream) {
+  constexpr const char* op = "moe_gate_up_decode";
+  check_weights(w13, op, "w13");
+  const Shape& ws = shape_of(w13);
+  MXMOE_CHECK(ws[1] % 2 == 0, op, ": w13 ", shape_str(ws), " must have 2·I rows (gate, then up)");
+  MXMOE_CHECK(top_k >= 1, op, ": top_k = ", top_k);
+  MXMOE_CHECK(x.dim() == 2 && x.dtype() == DType::bf16 && x.size(1) == ws[2], op, ": x must be bf16 [T, ", ws[2],
+              "], got ", dtype_name(x.dtype()), " ", shape_str(x.shape()));
+  const int64_t pairs = x.size(0) * top_k;
+  MXMOE_CHECK(act.dtype() == DType::bf16 && act.shape() == Shape({pairs, ws[1] / 2}), op, ": act must be bf16 [",
+              pairs, ", ", ws[1] / 2, "], got ", dtype_name(act.dtype()), " ", shape_str(act.shape()));
+  check_cuda_contiguous(x, op, "x");
+  check_cuda_contiguous(act, op, "act");
+  check_perm(perm, ws[0], pairs, op);
+  if (pairs == 0 || ws[1] == 0) return;
+  if (x.size(0) <= 8)
+    gate_up<1>(x, w13, perm, top_k, act, stream);
+  else
+    gate_up<2>(x, w13, perm, top_k, act, stream);
+}
+
+template <class WT>
+void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream) {
+  constexpr const char* op = "moe_down_decode";
+  check_weights(w2, op, "w2");
+  const Shape& ws = shape_of(w2);
+  MXMOE_CHECK(act.dim() == 2 && act.dtype() == DType::bf16 && act.size(1) == ws[2], op, ": act must be bf16 [T·k, ",
+              ws[2], "], got ", dtype_name(act.dtype()), " ", shape_str(act.shape()));
+  const int64_t pairs = act.size(0);
+  MXMOE_CHECK(y.dtype() == DType::f32 && y.shape() == Shape({pairs, ws[1]}), op, ": y must be f32 [", pairs, ", ",
+              ws[1], "], got ", dtype_name(y.dtype()), " ", shape_str(y.shape()));
+  check_cuda_contiguous(act, op, "act");
+  check_cuda_contiguous(y, op, "y");
+  check_perm(perm, ws[0], pairs, op);
+  if (pairs == 0 || ws[1] == 0) return;
+  // T is not known here; the pairs per expert are at most T = pairs / k <= pairs.
+  if (pairs <= 8)
+    down<1>(act, w2, perm, y, stream);
+  else
+    down<2>(act, w2, perm, y, stream);
+}
+
+}  // namespace
+
+void moe_gate_up_decode(const Tensor& x, const MxTensor& w13, const MoePermutation& perm, int top_k,
+                        const Tensor& act, cudaStream_t stream) {
+  gate_up_checked(x, w13, perm, top_k, act, stream);
+}
+void moe_gate_up_decode(const Tensor& x, const Tensor& w13, const MoePermutation& perm, int top_k, const Tensor& act,
+                        cudaStream_t stream) {
+  gate_up_checked(x, w13, perm, top_k, act, stream);
+}
+void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoePermutation& perm, const Tensor& y,
+                     cudaStream_t stream) {
+  down_checked(act, w2, perm, y, stream);
+}
+void moe_down_decode(const Tensor& act, const Tensor& w2, const MoePermutation& perm, const Tensor& y,
+                     cudaStream_t stream) {
+  down_checked(act, w2, perm, y, stream);
+}
+
+}  // namespace mxmoe

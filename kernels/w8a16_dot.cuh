@@ -1,0 +1,322 @@
+#pragma once
+// Device machinery shared by the decode-size W8A16 kernels (kernels/w8a16_gemv.cu, kernels/moe_decode.cu):
+// weight rows (MXFP8 or bf16) turned into bf16 tensor-core operands, activations staged in shared
+// memory, and one kernel template that streams 16-row weight tiles against up to 16 token rows.
+//
+// Why tensor cores for a GEMV: with M = 16 tokens every weight byte costs 16 FMAs, more than the
+// CUDA cores issue at full memory bandwidth. mma.m16n8k16 does them; the cores only dequantize.
+//
+// Work split (a "problem" supplies the rows, token rows and epilogue; see tile_kernel):
+//   block   = kWarps warps, one 16-row tile each (a job's tile group);
+//   cluster = the S blocks that split the job's K range (split-K); partial sums meet in distributed
+//             shared memory, so no workspace and no atomics;
+//   warp    = lane (g = lane/4, t = lane%4) loads 16 consecutive k of tile rows g and g+8 at
+//             k + 16t: a step covers 16 rows x 64 k, kSteps steps are in flight per lane.
+//
+// Operand order: an mma lane holds A columns {2t, 2t+1} and {2t+8, 2t+9} of rows g, g+8 and B rows
+// {2t, 2t+1}, {2t+8, 2t+9}. A dot product may visit k in any order, so each lane feeds its own 4
+// consecutive k (k0..k3) as columns (2t, 2t+1) <- (k0, k2) and (2t+8, 2t+9) <- (k1, k3): the order the
+// fp8 -> bf16 bit trick produces. Activations are staged with every group of 4 stored as
+// (x0, x2, x1, x3), so one 16-byte shared load gives a lane's B registers for 2 mmas.
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
+#include "engine/cuda_check.h"
+#include "engine/error.h"
+#include "engine/gpu_info.h"
+#include "engine/memory.h"
+#include "kernels/mxfp8_format.h"
+
+namespace mxmoe::w8a16 {
+
+namespace cg = cooperative_groups;
+
+constexpr int kWarps = 8;                  // warps (16-row tiles) per block
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileRows = 16;              // mma M
+constexpr int kLaneK = 16;                 // k one lane loads per row and step
+constexpr int kStepK = 4 * kLaneK;         // k per warp step (the 4 lanes of a row side by side)
+constexpr int kSuperK = 256;               // k per superstep; slices and chunks are multiples of it
+constexpr int kMaxSplit = 8;               // portable cluster size
+constexpr int kXPad = 8;                   // bf16 pad per staged row: a row is 16 bytes off the bank pattern
+constexpr size_t kSmemBudget = 100 * 1024;  // per block: two blocks fit an SM
+
+// ---- bf16x2 bit helpers ----
+
+__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+// (a0, a1), (a2, a3) -> lo = (a0, a2), hi = (a1, a3): 16-bit halves of two words.
+__device__ __forceinline__ void interleave(uint32_t w0, uint32_t w1, uint32_t& lo, uint32_t& hi) {
+  lo = __byte_perm(w0, w1, 0x5410);
+  hi = __byte_perm(w0, w1, 0x7632);
+}
+
+// ---- weight rows ----
+// Each format loads a Chunk (kLaneK consecutive k of one row) and turns it into 8 bf16x2 operand
+// words: a[2j] = (k4j, k4j+2), a[2j+1] = (k4j+1, k4j+3) for j = 0..3.
+
+// MXFP8 rows: elems [rows, K] e4m3, scales [rows, K/32] e8m0.
+struct Fp8Rows {
+  const uint8_t* elems;
+  const uint8_t* scales;
+  int64_t k;
+  static constexpr int kSteps = 4;  // 2 rows x 4 x 16 B in flight per lane
+  struct Chunk {
+    uint4 q;         // 16 e4m3
+    uint32_t scale;  // their block's e8m0 byte
+  };
+  __host__ __device__ Fp8Rows offset(int64_t rows) const { return {elems + rows * k, scales + rows * (k / kMxBlock), k}; }
+  __device__ static Chunk zero() { return {make_uint4(0, 0, 0, 0), 0}; }
+  __device__ Chunk load(int64_t row, int64_t kk) const {
+    return {__ldcs(reinterpret_cast<const uint4*>(elems + row * k + kk)), scales[row * (k / kMxBlock) + kk / kMxBlock]};
+  }
+  __device__ static void operands(const Chunk& c, uint32_t (&a)[8]) {
+    const uint32_t w[4] = {c.q.x, c.q.y, c.q.z, c.q.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      // e4m3 s.eeee.mmm in the high byte of a 16-bit half, shifted right by 4, is a bf16 of the
+      // same bits with exponent bias 7 instead of 127: the value times 2^-120, subnormals included.
+      const uint32_t q = w[j];
+      a[2 * j + 1] = (q & 0x80008000u) | ((q & 0x7f007f00u) >> 4);                    // bytes 1, 3
+      a[2 * j] = ((q << 8) & 0x80008000u) | (((q << 8) & 0x7f007f00u) >> 4);          // bytes 0, 2
+    }
+    // Times 2^120 · 2^(s-127) = 2^(s-7), one exact bf16 multiply while that is a normal bf16
+    // (s <= 134, i.e. block amax below ~2^15); larger scales take two steps; 0xFF is NaN.
+    uint32_t f;
+    if (c.scale <= 134u) {
+      f = (c.scale + 120u) << 7;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) a[i] = mul_bf16x2(a[i], (247u << 7) * 0x10001u);
+      f = c.scale == kE8M0Nan ? 0x7fc0u : c.scale << 7;
+    }
+    f *= 0x10001u;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) a[i] = mul_bf16x2(a[i], f);
+  }
+};
+
+// bf16 rows [rows, K].
+struct Bf16Rows {
+  const __nv_bfloat16* w;
+  int64_t k;
+  static constexpr int kSteps = 2;  // 2 rows x 2 x 32 B in flight per lane
+  struct Chunk {
+    uint4 lo, hi;  // 16 bf16
+  };
+  __host__ __device__ Bf16Rows offset(int64_t rows) const { return {w + rows * k, k}; }
+  __device__ static Chunk zero() { return {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)}; }
+  __device__ Chunk load(int64_t row, int64_t kk) const {
+    const uint4* p = reinterpret_cast<const uint4*>(w + row * k + kk);
+    return {__ldcs(p), __ldcs(p + 1)};
+  }
+  __device__ static void operands(const Chunk& c, uint32_t (&a)[8]) {
+    const uint32_t w[8] = {c.lo.x, c.lo.y, c.lo.z, c.lo.w, c.hi.x, c.hi.y, c.hi.z, c.hi.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) interleave(w[2 * j], w[2 * j + 1], a[2 * j], a[2 * j + 1]);
+  }
+};
+
+// d += A·B for one m16n8k16 bf16 tile with fp32 accumulators.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// ---- launch plan ----
+
+// How a problem's K range is cut: `splits` blocks per job (one cluster), each a slice of
+// `slice_k`, staged through shared memory `chunk_k` at a time (one chunk unless K is huge).
+struct Plan {
+  int splits = 1;
+  int64_t slice_k = 0;
+  int64_t chunk_k = 0;
+  int x_stride = 0;        // bf16 per staged token row: chunk_k + kXPad
+  size_t x_bytes = 0;      // staged activations; the split-K partials follow
+  size_t smem_bytes = 0;
+};
+
+// The job a block works on.
+template <class W>
+struct Job {
+  W w;         // this job's weight rows
+  int group;   // tile group: the block's warps take tiles group·kWarps + warp
+  int tokens;  // token rows (dense: M; MoE: the expert's pairs)
+  int first;   // MoE: index of the expert's first pair in sorted_pairs
+};
+
+// A problem P provides:
+//   using Weights (Fp8Rows / Bf16Rows); static constexpr int kNTiles (8-token mma tiles, 1 or 2);
+//   Plan plan; int64_t k (reduction length);
+//   bool job(int index, Job<Weights>&)           false: nothing to do (the whole cluster returns);
+//   int64_t row(const Job&, int tile, int r)     weight row of tile row r (0..15), -1 past the end;
+//   const __nv_bfloat16* x_row(const Job&, int m)  token m's activations [k];
+//   void store(const Job&, int tile, int g, int t, int m0, const float (&acc)[kNTiles][4])
+//     acc[h] = mma accumulators: (row g, tokens m0+8h+2t, +1), (row g+8, same tokens).
+template <class P>
+__global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
+  using W = typename P::Weights;
+  using Chunk = typename W::Chunk;
+  constexpr int NT = P::kNTiles;
+  constexpr int kSteps = W::kSteps;
+  constexpr int kSuper = kSteps * kStepK;
+  static_assert(kSuperK % kSuper == 0);
+  extern __shared__ __align__(16) unsigned char smem[];
+  auto* xs = reinterpret_cast<__nv_bfloat16*>(smem);             // [NT·8][x_stride], groups of 4 interleaved
+  auto* partial = reinterpret_cast<float*>(smem + p.plan.x_bytes);  // [kWarps][NT][4][32]
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int split = int(blockIdx.x) % p.plan.splits;
+  Job<W> job;
+  if (!p.job(int(blockIdx.x) / p.plan.splits, job)) return;
+  const int tile = job.group * kWarps + warp;
+  const int64_t r0 = p.row(job, tile, g), r1 = p.row(job, tile, g + 8);
+  const int64_t kb = split * p.plan.slice_k, ke = std::min<int64_t>(p.k, kb + p.plan.slice_k);
+
+  Chunk w[kSteps][2];
+  auto load = [&](int64_t k0, int64_t end) {
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      const int64_t kk = k0 + s * kStepK + t * kLaneK;
+      w[s][0] = r0 >= 0 && kk < end ? job.w.load(r0, kk) : W::zero();
+      w[s][1] = r1 >= 0 && kk < end ? job.w.load(r1, kk) : W::zero();
+    }
+  };
+
+  for (int m0 = 0; m0 < job.tokens; m0 += NT * 8) {  // token passes: only MoE experts with > 8·NT pairs loop
+    const int mcount = std::min(job.tokens - m0, NT * 8);
+    float acc[NT][4] = {};
+    for (int64_t c = kb; c < ke; c += p.plan.chunk_k) {
+      const int64_t ce = std::min(ke, c + p.plan.chunk_k);
+      load(c, ce);  // the first weights fly while the activations are staged
+      __syncthreads();  // the previous chunk's readers are done with xs
+      // Stage x[m0 .. m0+mcount)[c, c + round_up(ce - c, kSuperK)), zeros past ce.
+      const int vecs = int((ce - c + kSuperK - 1) / kSuperK * kSuperK / 8);
+      for (int i = threadIdx.x; i < mcount * vecs; i += kThreads) {
+        const int m = i / vecs, v = i % vecs;
+        const int64_t kk = c + int64_t(v) * 8;
+        uint4 in = make_uint4(0, 0, 0, 0), out;
+        if (kk < ce) in = *reinterpret_cast<const uint4*>(p.x_row(job, m0 + m) + kk);
+        interleave(in.x, in.y, out.x, out.y);
+        interleave(in.z, in.w, out.z, out.w);
+        *reinterpret_cast<uint4*>(xs + m * p.plan.x_stride + v * 8) = out;
+      }
+      __syncthreads();
+      for (int64_t k0 = c; k0 < ce; k0 += kSuper) {
+#pragma unroll
+        for (int s = 0; s < kSteps; ++s) {
+          uint32_t a0[8], a1[8];
+          W::operands(w[s][0], a0);
+          W::operands(w[s][1], a1);
+          const int col = int(k0 - c) + s * kStepK + t * kLaneK;
+#pragma unroll
+          for (int h = 0; h < NT; ++h) {
+            const int m = h * 8 + g;
+            uint4 xa = make_uint4(0, 0, 0, 0), xb = xa;
+            if (m < mcount) {
+              const uint4* src = reinterpret_cast<const uint4*>(xs + m * p.plan.x_stride + col);
+              xa = src[0];
+              xb = src[1];
+            }
+            mma_bf16(acc[h], a0[0], a1[0], a0[1], a1[1], xa.x, xa.y);
+            mma_bf16(acc[h], a0[2], a1[2], a0[3], a1[3], xa.z, xa.w);
+            mma_bf16(acc[h], a0[4], a1[4], a0[5], a1[5], xb.x, xb.y);
+            mma_bf16(acc[h], a0[6], a1[6], a0[7], a1[7], xb.z, xb.w);
+          }
+        }
+        if (k0 + kSuper < ce) load(k0 + kSuper, ce);
+      }
+    }
+
+    if (p.plan.splits == 1) {
+      p.store(job, tile, g, t, m0, acc);
+      continue;
+    }
+    // Split-K: every block of the cluster publishes its partials; block `split` finishes the tiles
+    // of warps w with w % splits == split, reading the others' shared memory.
+    cg::cluster_group cluster = cg::this_cluster();
+    float* mine = partial + warp * NT * 4 * 32 + lane;
+#pragma unroll
+    for (int h = 0; h < NT; ++h)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) mine[(h * 4 + i) * 32] = acc[h][i];
+    cluster.sync();
+    if (warp % p.plan.splits == split) {
+      for (int r = 0; r < p.plan.splits; ++r) {
+        if (r == split) continue;
+        const float* other = cluster.map_shared_rank(mine, r);
+#pragma unroll
+        for (int h = 0; h < NT; ++h)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[h][i] += other[(h * 4 + i) * 32];
+      }
+      p.store(job, tile, g, t, m0, acc);
+    }
+    cluster.sync();  // keep this block's partials alive until the others have read them
+  }
+}
+
+// Chooses the split and chunk sizes for `jobs` jobs over K = k with `rows` staged token rows,
+// enough blocks to cover the SMs twice.
+template <int NT>
+Plan make_plan(int64_t jobs, int64_t k, int rows) {
+  Plan plan;
+  const size_t partial_bytes = size_t(kWarps) * NT * 4 * 32 * sizeof(float);
+  const int64_t chunk_max =
+      std::max<int64_t>(kSuperK, int64_t((kSmemBudget - partial_bytes) / (2 * size_t(rows))) - kXPad) / kSuperK * kSuperK;
+  const int64_t supers = (k + kSuperK - 1) / kSuperK;
+  const int64_t want = (2 * int64_t(gpu_info().sm_count) + jobs - 1) / std::max<int64_t>(jobs, 1);
+  const int64_t need = (k + chunk_max - 1) / chunk_max;  // splits that avoid a chunk loop
+  int64_t splits = std::clamp<int64_t>(std::max(want, need), 1, std::min<int64_t>(kMaxSplit, supers));
+  plan.slice_k = (supers + splits - 1) / splits * kSuperK;
+  plan.splits = int((k + plan.slice_k - 1) / plan.slice_k);
+  plan.chunk_k = std::min(plan.slice_k, chunk_max);
+  plan.x_stride = int(plan.chunk_k) + kXPad;
+  plan.x_bytes = (size_t(rows) * plan.x_stride * 2 + 15) / 16 * 16;
+  plan.smem_bytes = plan.x_bytes + partial_bytes;
+  return plan;
+}
+
+// Launches tile_kernel<P> over jobs × p.plan.splits blocks, clusters of p.plan.splits.
+template <class P>
+void launch(const P& p, int64_t jobs, cudaStream_t stream) {
+  if (jobs <= 0) return;
+  MXMOE_CHECK(jobs * p.plan.splits < (int64_t(1) << 31), "w8a16: too many blocks (", jobs, " jobs)");
+  // Raise the dynamic shared-memory limit once per device.
+  static std::atomic<uint64_t> ready{0};
+  const int dev = current_device();
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(ready.load() & bit)) {
+    CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<P>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBudget)));
+    ready.fetch_or(bit);
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(jobs * p.plan.splits));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = p.plan.smem_bytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(p.plan.splits);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = p.plan.splits > 1 ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, tile_kernel<P>, p));
+}
+
+__device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
+
+}  // namespace mxmoe::w8a16

@@ -1,0 +1,191 @@
+// moe_gate_up_decode / moe_down_decode against per-expert matmul_ref (double accumulation on the
+// exactly dequantized weights), on fresh random inputs and routings; outputs poisoned with NaN
+// first. The permutation is built on the CPU from top-k ids and uploaded. Threshold: relative
+// error <= 5e-3.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "kernels/moe_decode.h"
+#include "tests/w8a16_test_util.h"
+
+namespace mxmoe::testing {
+namespace {
+
+constexpr double kTol = 5e-3;
+
+enum class Route {
+  random,         // k distinct random experts per token
+  one_takes_all,  // expert E-1 is in every token's top-k
+  all_to_one,     // every pair goes to expert 0: one expert with T·k pairs (several passes)
+};
+
+// Expert of every pair p = t·k + slot.
+std::vector<int> route(int64_t tokens, int64_t experts, int top_k, Route r, std::mt19937_64& rng) {
+  std::vector<int> ids;
+  std::vector<int> all(static_cast<size_t>(experts));
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    if (r == Route::one_takes_all) {
+      auto it = std::find(all.begin(), all.end(), int(experts - 1));
+      std::swap(*it, all[size_t(rng() % size_t(top_k))]);
+    }
+    for (int s = 0; s < top_k; ++s) ids.push_back(r == Route::all_to_one ? 0 : all[size_t(s)]);
+  }
+  return ids;
+}
+
+Tensor i32_tensor(const std::vector<int>& v) {
+  Tensor t = Tensor::empty({int64_t(v.size())}, DType::i32, Device::cpu);
+  std::copy(v.begin(), v.end(), t.data_as<int>());
+  return t.to(Device::cuda);
+}
+
+// The permutation of kernels/moe_permutation.h, built on the CPU; pairs_of[e] lists expert e's pairs.
+struct HostPerm {
+  MoePermutation perm;
+  std::vector<std::vector<int>> pairs_of;
+};
+
+HostPerm make_perm(const std::vector<int>& ids, int64_t experts) {
+  HostPerm h;
+  h.pairs_of.resize(size_t(experts));
+  for (size_t p = 0; p < ids.size(); ++p) h.pairs_of[size_t(ids[p])].push_back(int(p));
+  std::vector<int> offsets{0}, sorted, active(size_t(experts), -1);
+  int num_active = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    const auto& ps = h.pairs_of[size_t(e)];
+    sorted.insert(sorted.end(), ps.begin(), ps.end());
+    offsets.push_back(int(sorted.size()));
+    if (!ps.empty()) active[size_t(num_active++)] = int(e);
+  }
+  h.perm = {i32_tensor(offsets), i32_tensor(sorted), i32_tensor(active), i32_tensor({num_active})};
+  return h;
+}
+
+// One expert's weights, in either format.
+MxTensor expert(const MxTensor& w, int64_t e) { return {w.elems.select(e), w.scales.select(e)}; }
+Tensor expert(const Tensor& w, int64_t e) { return w.select(e); }
+Tensor device_copy(const Tensor& w) { return w.to(Device::cuda); }
+MxTensor device_copy(const MxTensor& w) { return to_device(w); }
+
+// Rows `rows` of a CPU [R, C] tensor.
+Tensor gather(const Tensor& x, const std::vector<int>& rows) {
+  const int64_t c = x.size(1);
+  const size_t row_bytes = size_t(c) * dtype_size(x.dtype());
+  Tensor out = Tensor::empty({int64_t(rows.size()), c}, x.dtype(), Device::cpu);
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::copy_n(static_cast<const char*>(x.data()) + size_t(rows[i]) * row_bytes, row_bytes,
+                static_cast<char*>(out.data()) + i * row_bytes);
+  return out;
+}
+
+struct Shape4 {
+  int64_t experts;
+  int top_k;
+  int64_t hidden, inter;
+};
+
+// Runs both kernels for one routing and checks them against the reference; w13 [E, 2I, H], w2 [E, H, I].
+template <class WT>
+void check(const Shape4& s, const WT& w13, const WT& w2, const WT& w13_gpu, const WT& w2_gpu, int64_t tokens, Route r,
+           std::mt19937_64& rng) {
+  SCOPED_TRACE(::testing::Message() << "E=" << s.experts << " k=" << s.top_k << " H=" << s.hidden << " I=" << s.inter
+                                    << " T=" << tokens << " route=" << int(r));
+  const int64_t pairs = tokens * s.top_k;
+  const HostPerm h = make_perm(route(tokens, s.experts, s.top_k, r, rng), s.experts);
+
+  // gate/up + SiLU.
+  const Tensor x = random_tensor({tokens, s.hidden}, DType::bf16, rng);
+  const Tensor act = poisoned({pairs, s.inter}, DType::bf16);
+  moe_gate_up_decode(x.to(Device::cuda), w13_gpu, h.perm, s.top_k, act, nullptr);
+  std::vector<float> act_ref(size_t(pairs * s.inter));
+  for (int64_t e = 0; e < s.experts; ++e) {
+    const auto& ps = h.pairs_of[size_t(e)];
+    if (ps.empty()) continue;
+    std::vector<int> token_rows;
+    for (int p : ps) token_rows.push_back(p / s.top_k);
+    Tensor out = Tensor::empty({int64_t(ps.size()), 2 * s.inter}, DType::f32, Device::cpu);
+    matmul_ref(gather(x, token_rows), expert(w13, e), nullptr, out);
+    const float* o = out.data_as<const float>();
+    for (size_t j = 0; j < ps.size(); ++j)
+      for (int64_t n = 0; n < s.inter; ++n) {
+        const double gate = o[j * size_t(2 * s.inter) + size_t(n)], up = o[j * size_t(2 * s.inter) + size_t(s.inter + n)];
+        act_ref[size_t(ps[j] * s.inter + n)] = float(gate / (1.0 + std::exp(-gate)) * up);
+      }
+  }
+  Tensor act_ref_t = Tensor::empty({pairs, s.inter}, DType::f32, Device::cpu);
+  from_f32_vector(act_ref, act_ref_t);
+  EXPECT_LE(rel_error(act, act_ref_t), kTol) << "gate_up";
+
+  // down, on fresh activations.
+  const Tensor a = random_tensor({pairs, s.inter}, DType::bf16, rng);
+  const Tensor y = poisoned({pairs, s.hidden}, DType::f32);
+  moe_down_decode(a.to(Device::cuda), w2_gpu, h.perm, y, nullptr);
+  Tensor y_ref = Tensor::empty({pairs, s.hidden}, DType::f32, Device::cpu);
+  for (int64_t e = 0; e < s.experts; ++e) {
+    const auto& ps = h.pairs_of[size_t(e)];
+    if (ps.empty()) continue;
+    Tensor out = Tensor::empty({int64_t(ps.size()), s.hidden}, DType::f32, Device::cpu);
+    matmul_ref(gather(a, ps), expert(w2, e), nullptr, out);
+    for (size_t j = 0; j < ps.size(); ++j)
+      std::copy_n(out.data_as<const float>() + j * size_t(s.hidden), s.hidden,
+                  y_ref.data_as<float>() + size_t(ps[j] * s.hidden));
+  }
+  EXPECT_LE(rel_error(y, y_ref), kTol) << "down";
+}
+
+template <class WT>
+void run_cases(const Shape4& s, const WT& w13, const WT& w2, std::mt19937_64& rng) {
+  const WT w13_gpu = device_copy(w13), w2_gpu = device_copy(w2);
+  for (int64_t tokens : {1, 7, 16}) check(s, w13, w2, w13_gpu, w2_gpu, tokens, Route::random, rng);
+  check(s, w13, w2, w13_gpu, w2_gpu, 16, Route::one_takes_all, rng);
+  check(s, w13, w2, w13_gpu, w2_gpu, 7, Route::all_to_one, rng);
+  check(s, w13, w2, w13_gpu, w2_gpu, 16, Route::all_to_one, rng);
+}
+
+TEST(MoeDecode, Mxfp8) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  // Mixtral-like (E=8, k=2) with the real I as down's K, Qwen3-30B-A3B (real), Qwen1.5-MoE-like (E=60, k=4).
+  for (const Shape4 s : {Shape4{8, 2, 1024, 1408}, Shape4{8, 2, 256, 14336}, Shape4{128, 8, 2048, 768},
+                         Shape4{60, 4, 2048, 1408}}) {
+    const MxTensor w13 = random_mxfp8({s.experts, 2 * s.inter, s.hidden}, rng);
+    const MxTensor w2 = random_mxfp8({s.experts, s.hidden, s.inter}, rng);
+    run_cases(s, w13, w2, rng);
+  }
+}
+
+TEST(MoeDecode, Bf16) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  for (const Shape4 s : {Shape4{8, 2, 512, 640}, Shape4{128, 8, 256, 96}, Shape4{60, 4, 256, 352}}) {
+    const Tensor w13 = random_tensor({s.experts, 2 * s.inter, s.hidden}, DType::bf16, rng, 0.05f);
+    const Tensor w2 = random_tensor({s.experts, s.hidden, s.inter}, DType::bf16, rng, 0.05f);
+    run_cases(s, w13, w2, rng);
+  }
+}
+
+TEST(MoeDecode, BadInput) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  const HostPerm h = make_perm(route(2, 8, 2, Route::random, rng), 8);
+  const MxTensor w13 = mxfp8_empty({8, 128, 64}, Device::cuda), w2 = mxfp8_empty({8, 64, 64}, Device::cuda);
+  const Tensor x = Tensor::empty({2, 64}, DType::bf16, Device::cuda);
+  EXPECT_THROW(moe_gate_up_decode(x, w13, h.perm, 2, Tensor::empty({4, 63}, DType::bf16, Device::cuda), nullptr), Error);
+  EXPECT_THROW(moe_gate_up_decode(x, w13, h.perm, 3, Tensor::empty({6, 64}, DType::bf16, Device::cuda), nullptr), Error);
+  EXPECT_THROW(moe_down_decode(Tensor::empty({4, 64}, DType::bf16, Device::cuda), w2, h.perm,
+                               Tensor::empty({4, 64}, DType::bf16, Device::cuda), nullptr),
+               Error);
+  const MoePermutation short_perm{h.perm.expert_offsets.slice(0, 8), h.perm.sorted_pairs, h.perm.active_experts,
+                                  h.perm.num_active};
+  EXPECT_THROW(moe_down_decode(Tensor::empty({4, 64}, DType::bf16, Device::cuda), w2, short_perm,
+                               Tensor::empty({4, 64}, DType::f32, Device::cuda), nullptr),
+               Error);
+}
+
+}  // namespace
+}  // namespace mxmoe::testing
