@@ -1,0 +1,36 @@
+#pragma once
+// RMSNorm over the last `D` elements (D = weight.numel()), exactly in Hugging Face's order
+// (LlamaRMSNorm / Qwen3MoeRMSNorm / OlmoeRMSNorm):
+//   n   = bf16( x · rsqrt(mean(x²) + eps) )      x cast to fp32, mean in fp32
+//   out = bf16( w · n )                          weight multiplied after the cast back
+// The same call serves the QK-norm forms: Qwen3 norms each head (x [T, H, head_dim], weight
+// [head_dim]: a row is one head); OLMoE norms the whole projection (weight [H·head_dim]).
+//
+// x, out: bf16 token rows [T, ...] (dimension 0 may be strided, see token_rows.h) whose width is
+// a multiple of D; out may be x (in place). weight: bf16 [D], D % 8 == 0.
+//
+// add_rmsnorm: the fused pre-norm step `residual = residual + x; out = norm(residual)`, with the
+// sum rounded to bf16 first as Hugging Face does (it adds two bf16 tensors).
+// residual [T, D] is updated in place; out [T, D].
+//
+// All CUDA entry points are asynchronous on `stream` and capturable in a CUDA graph.
+#include <cuda_runtime.h>
+
+#include "engine/tensor.h"
+
+namespace mxmoe {
+
+void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out, cudaStream_t stream);
+void add_rmsnorm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
+                 cudaStream_t stream);
+
+// CPU references (CPU tensors; f32 math, the same two bf16 roundings).
+void rmsnorm_ref(const Tensor& x, const Tensor& weight, float eps, const Tensor& out);
+void add_rmsnorm_ref(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out);
+
+}  // namespace mxmoe
+
+namespace mxmoe::detail {
+// Validates the arguments shared by the CPU and CUDA versions; returns the row length D.
+int64_t check_rmsnorm_args(const char* op, const Tensor& x, const Tensor& weight, const Tensor& out, Device device);
+}  // namespace mxmoe::detail
