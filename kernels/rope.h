@@ -1,0 +1,63 @@
+#pragma once
+// Rotary position embedding, neox / rotate_half style (Hugging Face Llama, Qwen, Mixtral, OLMoE):
+//   x[i]     <- x[i]·cos(p·f_i) − x[i+h]·sin(p·f_i)
+//   x[i+h]   <- x[i+h]·cos(p·f_i) + x[i]·sin(p·f_i)        i < h = head_dim/2
+// applied in place to q [T, n_heads, head_dim] and k [T, n_kv_heads, head_dim] at positions p
+// (i32 [T]). Rounding follows Hugging Face on bf16 tensors: cos/sin are computed in fp32 (times
+// the attention scaling), cast to bf16, and each product and the sum are rounded to bf16.
+//
+// The inverse frequencies f (fp32 [head_dim/2]) are computed once on the host by
+// rope_frequencies(), the single place that implements the rope_scaling types exactly as
+// transformers' modeling_rope_utils does: default, linear, dynamic (NTK), yarn, llama3.
+#include <cuda_runtime.h>
+
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace mxmoe {
+
+enum class RopeType : uint8_t { default_rope, linear, dynamic, yarn, llama3 };
+
+struct RopeConfig {
+  RopeType type = RopeType::default_rope;
+  double theta = 10000.0;                    // rope_theta
+  int head_dim = 0;                          // rotary dimension (partial rotary is not supported)
+  int64_t max_position_embeddings = 0;
+  double factor = 1.0;                       // linear, dynamic, yarn, llama3
+  int64_t original_max_position_embeddings = 0;  // yarn, llama3
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  double beta_fast = 32.0, beta_slow = 1.0;  // yarn
+  double attention_factor = 0.0;             // yarn: 0 = derived from factor / mscale / mscale_all_dim
+  double mscale = 0.0, mscale_all_dim = 0.0; // yarn
+  bool truncate = true;                      // yarn
+};
+
+// Reads rope_theta and rope_scaling (or the newer rope_parameters) from a config.json object as
+// transformers does. Unknown or unsupported rope types (longrope, partial rotary, ...) -> Error.
+RopeConfig parse_rope_config(const nlohmann::json& config, int head_dim);
+
+struct RopeFrequencies {
+  std::vector<float> inv_freq;    // [head_dim/2]
+  float attention_scaling = 1.f;  // multiplies cos and sin (yarn's mscale; 1 otherwise)
+};
+
+// seq_len: only used by dynamic NTK scaling, which rescales the base once the sequence grows past
+// max_position_embeddings (transformers recomputes it in forward with seq_len = max position + 1).
+RopeFrequencies rope_frequencies(const RopeConfig& config, int64_t seq_len = 0);
+
+// q: bf16 [T, n_heads, head_dim], k: bf16 [T, n_kv_heads, head_dim] (token rows, dimension 0 may be
+// strided); positions: i32 [T]; inv_freq: f32 [head_dim/2]. CUDA: device tensors, asynchronous.
+void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+          cudaStream_t stream);
+void rope_ref(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq,
+              float attention_scaling);  // CPU tensors
+
+namespace detail {
+void check_rope_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq,
+                     Device device);
+}  // namespace detail
+
+}  // namespace mxmoe
