@@ -1,0 +1,68 @@
+#pragma once
+// Causal attention with GQA over the paged KV cache (engine/kv_cache.h), for prefill and decode
+// in one call.
+//
+// A batch holds S sequences; sequence s contributes q_len(s) = cu_seqlens[s+1] − cu_seqlens[s]
+// query tokens (its newest tokens) and has seq_lens[s] tokens in the cache, the new ones
+// included (write them with kv_cache_write first). Query j of sequence s sits at position
+// p = seq_lens[s] − q_len(s) + j and attends to cached tokens 0..p of its own sequence.
+// Decode is the case q_len = 1 for every sequence; a prefill batch mixes lengths freely.
+//
+//   q:            bf16 [T, n_heads, head_dim]        (T = cu_seqlens[S]; dimension 0 may be strided)
+//   k/v_cache:    bf16 [num_blocks, n_kv_heads, block_size, head_dim]
+//   block_tables: i32 [S, max_blocks]                (row s: the blocks of sequence s)
+//   cu_seqlens:   i32 [S + 1], seq_lens: i32 [S]
+//   out:          bf16 [T, n_heads, head_dim]
+// n_heads % n_kv_heads == 0 (query head h reads KV head h / (n_heads / n_kv_heads));
+// head_dim ∈ {64, 128, 256}. Scores are q·k · scale (usually 1/sqrt(head_dim)); softmax and
+// accumulation are fp32.
+//
+// Long contexts are split along the keys (flash-decoding): each split keeps a partial softmax
+// (max, sum, normalized output) in `workspace` and a second kernel combines them. The split count
+// depends only on T, n_kv_heads and max_seq_len (a host-side bound on seq_lens, e.g. the longest
+// sequence of the batch): nothing is read back from the device, so the call can be captured in a
+// CUDA graph (capture with the largest max_seq_len it will see; a larger one needs a new graph).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/tensor.h"
+
+namespace mxmoe {
+
+struct AttentionBatch {
+  Tensor block_tables;  // i32 [S, max_blocks]
+  Tensor cu_seqlens;    // i32 [S + 1]
+  Tensor seq_lens;      // i32 [S]
+  int64_t max_seq_len = 0;  // >= every seq_lens[s] (host value; sizes the split along the keys)
+};
+
+// Bytes of f32 workspace paged_attention needs for up to `num_tokens` queries (any max_seq_len).
+size_t paged_attention_workspace_bytes(int64_t num_tokens, int n_heads, int n_kv_heads, int head_dim);
+
+void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
+                     float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream);
+
+// Stores new K/V rows: token t of k/v [T, n_kv_heads, head_dim] goes to cache slot slots[t]
+// (block · block_size + offset, as KvCache::slots gives); a negative slot skips the token.
+void kv_cache_write(const Tensor& k, const Tensor& v, const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache,
+                    cudaStream_t stream);
+
+// CPU references: same contracts on CPU tensors, double accumulation (workspace not needed).
+void paged_attention_ref(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
+                         float scale, const Tensor& out);
+void kv_cache_write_ref(const Tensor& k, const Tensor& v, const Tensor& slots, const Tensor& k_cache,
+                        const Tensor& v_cache);
+
+namespace detail {
+struct AttentionShape {
+  int64_t tokens, num_seqs, max_blocks, num_blocks;
+  int n_heads, n_kv_heads, head_dim, block_size;
+};
+AttentionShape check_attention_args(const char* op, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                    const AttentionBatch& batch, const Tensor& out, Device device);
+void check_kv_write_args(const char* op, const Tensor& k, const Tensor& v, const Tensor& slots, const Tensor& k_cache,
+                         const Tensor& v_cache, Device device);
+}  // namespace detail
+
+}  // namespace mxmoe

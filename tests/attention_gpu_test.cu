@@ -1,0 +1,129 @@
+// Paged attention and the KV-cache write on the GPU vs the CPU reference, on fresh random caches
+// with scattered blocks: prefill batches with cached prefixes, decode batches up to 33k tokens
+// (split along the keys), every supported head_dim and several GQA groups, and a CUDA-graph
+// capture (no host synchronization inside).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "attention_test_util.h"
+#include "engine/error.h"
+#include "engine/stream.h"
+#include "kernels/attention.h"
+
+using namespace mxmoe;
+using namespace mxmoe::testing;
+
+namespace {
+
+struct Case {
+  int n_heads, n_kv_heads, head_dim, block_size;
+  std::vector<int> seq_lens, q_lens;
+};
+
+void poison(const Tensor& t) { CUDA_CHECK(cudaMemset(t.data(), 0xFF, t.nbytes())); }  // bf16 NaN
+
+// New K/V rows for every query token, written at the token's slot (CPU and GPU caches).
+void write_new_rows(std::mt19937_64& rng, const PagedProblem& p, const Case& c, Tensor& k_gpu, Tensor& v_gpu,
+                    cudaStream_t stream) {
+  const int64_t tokens = p.q.size(0);
+  const Tensor k = random_tensor({tokens, c.n_kv_heads, c.head_dim}, DType::bf16, rng);
+  const Tensor v = random_tensor({tokens, c.n_kv_heads, c.head_dim}, DType::bf16, rng);
+  Tensor slots = Tensor::empty({tokens}, DType::i32, Device::cpu);
+  const int32_t* cu = p.batch.cu_seqlens.data_as<int32_t>();
+  for (size_t s = 0; s < c.seq_lens.size(); ++s) {
+    for (int j = 0; j < c.q_lens[s]; ++j) {
+      const int pos = c.seq_lens[s] - c.q_lens[s] + j;
+      const int32_t blk = p.batch.block_tables.data_as<int32_t>()[int64_t(s) * p.batch.block_tables.size(1) + pos / c.block_size];
+      slots.data_as<int32_t>()[cu[s] + j] = blk * c.block_size + pos % c.block_size;
+    }
+  }
+  kv_cache_write_ref(k, v, slots, p.k_cache, p.v_cache);
+  const Tensor kd = k.to(Device::cuda), vd = v.to(Device::cuda), sd = slots.to(Device::cuda);
+  kv_cache_write(kd, vd, sd, k_gpu, v_gpu, stream);
+}
+
+void run_case(const Case& c) {
+  std::mt19937_64 rng(fresh_seed());
+  Stream stream;
+  PagedProblem p = make_paged_problem(rng, c.seq_lens, c.q_lens, c.n_heads, c.n_kv_heads, c.head_dim, c.block_size);
+  Tensor k_gpu = p.k_cache.to(Device::cuda), v_gpu = p.v_cache.to(Device::cuda);
+  write_new_rows(rng, p, c, k_gpu, v_gpu, stream);
+  const AttentionBatch batch = batch_to(p.batch, Device::cuda);
+  const Tensor q = p.q.to(Device::cuda);
+  Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda);
+  Tensor ws = Tensor::empty({int64_t(paged_attention_workspace_bytes(p.q.size(0), c.n_heads, c.n_kv_heads, c.head_dim))},
+                            DType::u8, Device::cuda);
+  poison(out);
+  poison(ws);
+  const float scale = 1.f / std::sqrt(float(c.head_dim));
+  paged_attention(q, k_gpu, v_gpu, batch, scale, ws, out, stream);
+  stream.synchronize();
+  EXPECT_EQ(rel_error(k_gpu, p.k_cache), 0.0) << "kv_cache_write K";
+  EXPECT_EQ(rel_error(v_gpu, p.v_cache), 0.0) << "kv_cache_write V";
+  Tensor ref = Tensor::empty(p.q.shape(), DType::bf16, Device::cpu);
+  paged_attention_ref(p.q, p.k_cache, p.v_cache, p.batch, scale, ref);
+  const double err = rel_error(out, ref);
+  EXPECT_LT(err, 5e-3) << c.n_heads << "/" << c.n_kv_heads << " heads, head_dim " << c.head_dim;
+  std::printf("attention %d/%d heads hd %d bs %d, %lld queries, max len %lld: rel error %.2e\n", c.n_heads, c.n_kv_heads,
+              c.head_dim, c.block_size, (long long)p.q.size(0), (long long)p.batch.max_seq_len, err);
+}
+
+}  // namespace
+
+TEST(AttentionGpu, PrefillBatchWithCachedPrefixes) {
+  MXMOE_REQUIRE_GPU();
+  run_case({32, 4, 128, 16, {37, 300, 129, 5}, {37, 100, 1, 5}});  // Qwen3-30B-A3B heads
+  run_case({14, 2, 64, 32, {70, 513}, {70, 2}});                   // group 7, head_dim 64
+  run_case({8, 8, 256, 16, {50, 20}, {50, 3}});                    // no GQA, head_dim 256
+  run_case({16, 2, 256, 16, {600}, {3}});                          // group 8 at head_dim 256
+  run_case({16, 1, 128, 16, {300, 45}, {1, 45}});                  // group 16
+}
+
+TEST(AttentionGpu, DecodeLongContextsSplitAlongKeys) {
+  MXMOE_REQUIRE_GPU();
+  run_case({32, 4, 128, 16, {1, 17, 1000, 5000, 33000}, {1, 1, 1, 1, 1}});
+  run_case({32, 8, 128, 32, {40000, 2}, {1, 1}});  // Mixtral heads, block size 32
+  run_case({16, 16, 128, 16, {8, 2048, 700}, {1, 1, 1}});  // OLMoE heads
+}
+
+TEST(AttentionGpu, LongPrefillChunkAgainstLongCache) {
+  MXMOE_REQUIRE_GPU();
+  run_case({32, 4, 128, 16, {8000}, {32}});  // a 32-token chunk after a 7968-token prefix
+}
+
+TEST(AttentionGpu, CapturedInACudaGraph) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  const Case c{32, 4, 128, 16, {3000, 70}, {1, 1}};
+  const PagedProblem p = make_paged_problem(rng, c.seq_lens, c.q_lens, c.n_heads, c.n_kv_heads, c.head_dim, c.block_size);
+  const Tensor k_gpu = p.k_cache.to(Device::cuda), v_gpu = p.v_cache.to(Device::cuda), q = p.q.to(Device::cuda);
+  const AttentionBatch batch = batch_to(p.batch, Device::cuda);
+  Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda);
+  Tensor ws = Tensor::empty({int64_t(paged_attention_workspace_bytes(2, 32, 4, 128))}, DType::u8, Device::cuda);
+  poison(out);
+  Stream stream;
+  cudaGraph_t graph;
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  paged_attention(q, k_gpu, v_gpu, batch, 0.088f, ws, out, stream);
+  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  stream.synchronize();
+  Tensor ref = Tensor::empty(p.q.shape(), DType::bf16, Device::cpu);
+  paged_attention_ref(p.q, p.k_cache, p.v_cache, p.batch, 0.088f, ref);
+  EXPECT_LT(rel_error(out, ref), 5e-3);
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+}
+
+TEST(AttentionGpu, TooSmallWorkspaceIsAClearError) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  const PagedProblem p = make_paged_problem(rng, {30000}, {1}, 32, 4, 128, 16, false);
+  const Tensor k_gpu = p.k_cache.to(Device::cuda), v_gpu = p.v_cache.to(Device::cuda), q = p.q.to(Device::cuda);
+  Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda);
+  Tensor ws = Tensor::empty({16}, DType::u8, Device::cuda);
+  EXPECT_THROW(paged_attention(q, k_gpu, v_gpu, batch_to(p.batch, Device::cuda), 0.1f, ws, out, nullptr), Error);
+}
