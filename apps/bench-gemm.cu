@@ -1,0 +1,200 @@
+// Prefill GEMM throughput (issues 4 and 5): our W8A16 tensor-core GEMM (MXFP8 weights) against
+// cuBLASLt bf16 on the same shape, in one table. Dense: model linear shapes at M = 2048, 4096,
+// weights rotated through enough copies (>= 4x L2) that they are read from DRAM as in a real
+// forward pass. Grouped: 4096 tokens routed top-k over E experts with skewed random loads,
+// against one dense cuBLASLt GEMM of the same total rows (same flops). Median of 30 timed runs
+// after warm-up, CUDA events.
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include "apps/bench_util.h"
+#include "engine/gpu_info.h"
+#include "kernels/w8a16_gemm_tile.cuh"
+
+using namespace mxmoe;
+
+namespace {
+
+#define LT_CHECK(call)                                                                     \
+  do {                                                                                     \
+    const cublasStatus_t st_ = (call);                                                     \
+    MXMOE_CHECK(st_ == CUBLAS_STATUS_SUCCESS, #call, " failed: cublasStatus_t ", int(st_)); \
+  } while (0)
+
+// Uniform values in [-a, a) from a hash of the index: never zeros, no host round trip.
+__global__ void fill_uniform(__nv_bfloat16* p, int64_t n, uint64_t seed, float a) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (uint64_t(i) + seed) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    p[i] = __float2bfloat16(a * (float(z >> 40) * 0x1p-23f - 1.f));
+  }
+}
+
+Tensor random_bf16(const Shape& shape, uint64_t seed, float a, cudaStream_t stream) {
+  Tensor t = Tensor::empty(shape, DType::bf16, Device::cuda);
+  fill_uniform<<<1024, 256, 0, stream>>>(t.data_as<__nv_bfloat16>(), t.numel(), seed, a);
+  CUDA_CHECK_LAUNCH();
+  return t;
+}
+
+// cuBLASLt bf16 y[M, N] = x[M, K] · W[N, K]ᵀ, fp32 accumulation: column-major D[N, M] = Wᵀᵀ · x.
+class LtGemm {
+ public:
+  LtGemm(int64_t m, int64_t n, int64_t k) {
+    LT_CHECK(cublasLtCreate(&handle_));
+    LT_CHECK(cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t t = CUBLAS_OP_T, nt = CUBLAS_OP_N;
+    LT_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
+    LT_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof(nt)));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&a_, CUDA_R_16BF, uint64_t(k), uint64_t(n), k));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&b_, CUDA_R_16BF, uint64_t(k), uint64_t(m), k));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&d_, CUDA_R_16BF, uint64_t(n), uint64_t(m), n));
+    cublasLtMatmulPreference_t pref;
+    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t ws = workspace_.nbytes();
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, op_, a_, b_, d_, d_, pref, 1, &result, &found));
+    MXMOE_CHECK(found > 0, "cuBLASLt found no bf16 algorithm for ", m, "x", n, "x", k);
+    algo_ = result.algo;
+    LT_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  }
+  ~LtGemm() {
+    cublasLtMatrixLayoutDestroy(a_);
+    cublasLtMatrixLayoutDestroy(b_);
+    cublasLtMatrixLayoutDestroy(d_);
+    cublasLtMatmulDescDestroy(op_);
+    cublasLtDestroy(handle_);
+  }
+  void run(const Tensor& x, const Tensor& w, const Tensor& y, cudaStream_t stream) {
+    const float one = 1.f, zero = 0.f;
+    LT_CHECK(cublasLtMatmul(handle_, op_, &one, w.data(), a_, x.data(), b_, &zero, y.data(), d_, y.data(), d_, &algo_,
+                            workspace_.data(), workspace_.nbytes(), stream));
+  }
+
+ private:
+  cublasLtHandle_t handle_{};
+  cublasLtMatmulDesc_t op_{};
+  cublasLtMatrixLayout_t a_{}, b_{}, d_{};
+  cublasLtMatmulAlgo_t algo_{};
+  Tensor workspace_ = Tensor::empty({32 << 20}, DType::u8, Device::cuda);
+};
+
+// Copies of a weight so that together they exceed 4x L2 (at most 16).
+int rotation(size_t bytes) {
+  const size_t want = size_t(4) * size_t(gpu_info().l2_bytes);
+  return int(std::clamp<size_t>((want + bytes - 1) / bytes, 1, 16));
+}
+
+double tflops(double flops, double ms) { return flops / (ms * 1e-3) / 1e12; }
+
+void print_row(const char* name, int64_t m, int64_t n, int64_t k, double t128, double t256, double tm256,
+               double t128x2, double t_auto, double t_lt, double t_bf16) {
+  char bf16[32] = "-";
+  if (t_bf16 > 0) std::snprintf(bf16, sizeof(bf16), "%.0f", t_bf16);
+  std::printf("| %-26s | %5ld | %5ld | %5ld | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5s | %6.0f | %5.2f |\n", name,
+              long(m), long(n), long(k), t128, t256, tm256, t128x2, t_auto, bf16, t_lt, t_auto / t_lt);
+  std::fflush(stdout);
+}
+
+void bench_dense(const char* name, int64_t m, int64_t n, int64_t k, cudaStream_t stream) {
+  const Tensor x = random_bf16({m, k}, 1, 1.f, stream);
+  const Tensor y = Tensor::empty({m, n}, DType::bf16, Device::cuda);
+  const int copies = rotation(size_t(n * k) * 2);  // bf16 size: cuBLASLt's copies; fp8 uses as many
+  std::vector<Tensor> w16;
+  std::vector<MxTensor> w8;
+  for (int i = 0; i < copies; ++i) {
+    w16.push_back(random_bf16({n, k}, 100 + i, 0.05f, stream));
+    w8.push_back(mxfp8_empty({n, k}, Device::cuda));
+    mxfp8_quantize(w16.back(), w8.back(), ScaleRule::rceil, stream);
+  }
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  auto ours = [&](GemmTileN tile) {
+    return tflops(flops, bench::median_ms(stream, [&](int i) { w8a16_gemm(x, w8[size_t(i % copies)], nullptr, y, stream, tile); },
+                                          5, 30));
+  };
+  LtGemm lt(m, n, k);
+  const double t_lt = tflops(flops, bench::median_ms(stream, [&](int i) { lt.run(x, w16[size_t(i % copies)], y, stream); }, 5, 30));
+  print_row(name, m, n, k, ours(GemmTileN::n128), ours(GemmTileN::n256), ours(GemmTileN::m256), ours(GemmTileN::n128_2cta),
+            ours(GemmTileN::automatic), t_lt, -1);
+}
+
+// Offsets of tokens x top_k rows routed over `experts` with skewed popularity (log-normal expert
+// weights, Gumbel top-k per token, distinct experts per token).
+std::vector<int> routed_offsets(int64_t tokens, int experts, int top_k, std::mt19937_64& rng) {
+  std::normal_distribution<double> nd(0.0, 0.7);
+  std::vector<double> logp(static_cast<size_t>(experts));
+  for (double& v : logp) v = nd(rng);
+  std::uniform_real_distribution<double> u(1e-12, 1.0);
+  std::vector<int> counts(static_cast<size_t>(experts), 0);
+  std::vector<std::pair<double, int>> score(static_cast<size_t>(experts));
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int e = 0; e < experts; ++e) score[size_t(e)] = {logp[size_t(e)] - std::log(-std::log(u(rng))), e};
+    std::partial_sort(score.begin(), score.begin() + top_k, score.end(), std::greater<>());
+    for (int s = 0; s < top_k; ++s) ++counts[size_t(score[size_t(s)].second)];
+  }
+  std::vector<int> offsets(size_t(experts) + 1, 0);
+  std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
+  return offsets;
+}
+
+void bench_grouped(const char* name, int64_t tokens, int experts, int top_k, int64_t n, int64_t k,
+                   cudaStream_t stream) {
+  std::mt19937_64 rng(7);
+  const std::vector<int> offsets = routed_offsets(tokens, experts, top_k, rng);
+  const int64_t m = tokens * top_k;
+  Tensor off = Tensor::empty({experts + 1}, DType::i32, Device::cpu);
+  std::memcpy(off.data(), offsets.data(), offsets.size() * sizeof(int));
+  off = off.to(Device::cuda);
+  const Tensor x = random_bf16({m, k}, 2, 1.f, stream);
+  const Tensor y = Tensor::empty({m, n}, DType::bf16, Device::cuda);
+  const Tensor w16 = random_bf16({experts, n, k}, 3, 0.05f, stream);
+  const MxTensor w8 = mxfp8_empty({experts, n, k}, Device::cuda);
+  mxfp8_quantize(w16, w8, ScaleRule::rceil, stream);
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  auto ours = [&](GemmTileN tile) {
+    return tflops(flops, bench::median_ms(stream, [&](int) { w8a16_grouped_gemm(x, w8, off, y, stream, tile); }, 5, 30));
+  };
+  const double t_bf16 = tflops(
+      flops, bench::median_ms(stream, [&](int) { bf16_grouped_gemm(x, w16, off, y, stream, GemmTileN::automatic); }, 5, 30));
+  const Tensor w_dense = w16.select(0);  // [n, k]: a dense GEMM of the same total rows
+  LtGemm lt(m, n, k);
+  const double t_lt = tflops(flops, bench::median_ms(stream, [&](int) { lt.run(x, w_dense, y, stream); }, 5, 30));
+  print_row(name, m, n, k, ours(GemmTileN::n128), ours(GemmTileN::n256), ours(GemmTileN::m256), ours(GemmTileN::n128_2cta),
+            ours(GemmTileN::automatic), t_lt, t_bf16);
+}
+
+}  // namespace
+
+int main() {
+  Stream stream;
+  std::printf("TFLOP/s; ratio = ours (auto tile) / cuBLASLt bf16 on the same shape (grouped: dense GEMM of the same "
+              "rows). bf16-grp = bf16_grouped_gemm.\n\n");
+  std::printf("| shape | M | N | K | 128x128 | 128x256 | 256x128 | 128x128 2cta | auto | bf16-grp | cuBLASLt | ratio |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  struct Dense {
+    const char* name;
+    int64_t n, k;
+  };
+  const Dense shapes[] = {{"qwen3-30b qkv 2048->5120", 5120, 2048},
+                          {"qwen3-30b o 4096->2048", 2048, 4096},
+                          {"mixtral qkv 4096->6144", 6144, 4096},
+                          {"mixtral w13 4096->14336", 14336, 4096},
+                          {"mixtral w2 14336->4096", 4096, 14336}};
+  for (int64_t m : {2048, 4096})
+    for (const Dense& s : shapes) bench_dense(s.name, m, s.n, s.k, stream);
+  bench_grouped("qwen3 moe w13 E128 k8", 4096, 128, 8, 1536, 2048, stream);
+  bench_grouped("qwen3 moe w2 E128 k8", 4096, 128, 8, 2048, 768, stream);
+  bench_grouped("mixtral moe w13 E8 k2", 4096, 8, 2, 28672, 4096, stream);
+  bench_grouped("mixtral moe w2 E8 k2", 4096, 8, 2, 4096, 14336, stream);
+  return 0;
+}
