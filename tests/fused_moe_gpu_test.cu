@@ -121,7 +121,7 @@ TEST_P(FusedMoeGpu, CudaGraphReplay) {
     CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
     cudaGraphExec_t exec;
     CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    CUDA_CHECK(cudaMemset(out.data(), 0xff, out.nbytes()));
+    CUDA_CHECK(cudaMemsetAsync(out.data(), 0xff, out.nbytes(), stream));  // same stream: ordered
     CUDA_CHECK(cudaGraphLaunch(exec, stream));
     stream.synchronize();
     EXPECT_LT(testing::rel_error(out, p.ref), kTol);
