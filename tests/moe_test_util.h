@@ -16,10 +16,10 @@ namespace mxmoe::testing {
 
 // How tokens spread over experts.
 enum class Load {
-  random,      // logits normal(0, 1)
-  half_idle,   // only the first max(k, E/4) experts ever win: the others get zero tokens
+  random,         // logits normal(0, 1)
+  half_idle,      // only the first max(k, E/4) experts ever win: the others get zero tokens
   one_takes_all,  // expert E-1 is every token's first choice
-  ties,        // logits from {0, 1}: many exact ties (lowest index must win)
+  ties,           // logits from {0, 1}: many exact ties (lowest index must win)
 };
 
 inline std::ostream& operator<<(std::ostream& s, Load l) {
