@@ -152,6 +152,24 @@ Tensor Tensor::view(const Shape& shape) const {
   return t;
 }
 
+Tensor Tensor::as_strided(const Shape& shape, const std::vector<int64_t>& strides) const {
+  MXMOE_CHECK(shape.size() == strides.size(), "as_strided: shape ", shape_str(shape), " with ", strides.size(),
+              " strides");
+  int64_t last = 0;  // offset of the last element, which must lie inside this tensor's extent
+  for (size_t d = 0; d < shape.size(); ++d) {
+    MXMOE_CHECK(shape[d] >= 0 && strides[d] >= 0, "as_strided: negative size or stride");
+    if (shape[d] == 0) last = -1;
+    if (last >= 0) last += (shape[d] - 1) * strides[d];
+  }
+  int64_t extent = 0;
+  for (int d = 0; d < dim(); ++d) extent += (shape_[d] - 1) * strides_[d];
+  MXMOE_CHECK(last <= extent, "as_strided: ", shape_str(shape), " reaches past the tensor ", shape_str(shape_));
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.strides_ = strides;
+  return t;
+}
+
 void Tensor::copy_from(const Tensor& src, cudaStream_t stream) {
   MXMOE_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_, "copy of ", shape_str(src.shape_), " ",
               dtype_name(src.dtype_), " into ", shape_str(shape_), " ", dtype_name(dtype_));

@@ -45,6 +45,9 @@ class Tensor {
   Tensor select(int64_t index) const;                              // drops dim 0
   Tensor narrow(int d, int64_t begin, int64_t length) const;       // strided view along dim d
   Tensor view(const Shape& shape) const;                           // reshape of a contiguous tensor
+  // A view with explicit strides (elements) over the same memory, e.g. [T, heads, head_dim] heads
+  // inside a fused QKV row; the caller keeps it within this tensor's extent.
+  Tensor as_strided(const Shape& shape, const std::vector<int64_t>& strides) const;
 
   // Copies src into this tensor (same shape and dtype; any devices). Both sides must be
   // contiguous, or 2-D pitched: rows of contiguous bytes at a fixed stride.

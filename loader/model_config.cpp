@@ -109,20 +109,21 @@ std::string supported_list() {
   return s;
 }
 
-RopeScaling parse_rope_scaling(const json& j, const std::string& file) {
+// `field` is the object's name in the file: rope_scaling, or rope_parameters (transformers >= 5).
+RopeScaling parse_rope_scaling(const json& j, const std::string& file, const char* field) {
   RopeScaling r;
-  MXMOE_CHECK(j.is_object(), file, ": field \"rope_scaling\" must be an object or null, got ", j.dump());
+  MXMOE_CHECK(j.is_object(), file, ": field \"", field, "\" must be an object or null, got ", j.dump());
   const Fields f(j, file);
   const std::string type = f.has("rope_type") ? f.string("rope_type") : f.has("type") ? f.string("type") : "";
-  MXMOE_CHECK(!type.empty(), file, ": field \"rope_scaling\" needs \"rope_type\" (or \"type\")");
+  MXMOE_CHECK(!type.empty(), file, ": field \"", field, "\" needs \"rope_type\" (or \"type\")");
   if (type == "default") return r;
   if (type == "linear") r.type = RopeScaling::Type::linear;
   else if (type == "dynamic") r.type = RopeScaling::Type::dynamic;
   else if (type == "yarn") r.type = RopeScaling::Type::yarn;
   else if (type == "llama3") r.type = RopeScaling::Type::llama3;
-  else fail(file, ": field \"rope_scaling\": unsupported rope_type \"", type, "\" (supported: default, linear, dynamic, yarn, llama3)");
+  else fail(file, ": field \"", field, "\": unsupported rope_type \"", type, "\" (supported: default, linear, dynamic, yarn, llama3)");
   r.factor = f.number("factor");
-  MXMOE_CHECK(r.factor > 0, file, ": field \"rope_scaling.factor\" must be positive, got ", r.factor);
+  MXMOE_CHECK(r.factor > 0, file, ": field \"", field, ".factor\" must be positive, got ", r.factor);
   if (r.type == RopeScaling::Type::yarn) {
     if (f.has("original_max_position_embeddings")) r.original_max_position_embeddings = f.positive("original_max_position_embeddings");
     r.attention_factor = f.optional_number("attention_factor");
@@ -135,8 +136,8 @@ RopeScaling parse_rope_scaling(const json& j, const std::string& file) {
     r.low_freq_factor = f.number("low_freq_factor");
     r.high_freq_factor = f.number("high_freq_factor");
     r.original_max_position_embeddings = f.positive("original_max_position_embeddings");
-    MXMOE_CHECK(r.high_freq_factor > r.low_freq_factor, file,
-                ": field \"rope_scaling.high_freq_factor\" must exceed low_freq_factor");
+    MXMOE_CHECK(r.high_freq_factor > r.low_freq_factor, file, ": field \"", field,
+                ".high_freq_factor\" must exceed low_freq_factor");
   }
   return r;
 }
@@ -198,9 +199,16 @@ ModelConfig parse_model_config(const json& j, const std::string& file) {
   c.head_dim = f.positive("head_dim", type->head_dim.value_or(c.hidden_size / c.num_attention_heads));
   c.rms_norm_eps = f.number("rms_norm_eps", type->rms_norm_eps);
   if (!(c.rms_norm_eps > 0)) f.bad("rms_norm_eps", "must be positive");
-  c.rope_theta = f.number("rope_theta", type->rope_theta);
-  if (!(c.rope_theta > 0)) f.bad("rope_theta", "must be positive");
-  if (f.has("rope_scaling")) c.rope_scaling = parse_rope_scaling(f.raw("rope_scaling"), file);
+  if (f.has("rope_parameters")) {  // transformers >= 5: rope_theta and the scaling in one object
+    const json& rope = f.raw("rope_parameters");
+    c.rope_scaling = parse_rope_scaling(rope, file, "rope_parameters");
+    c.rope_theta = Fields(rope, file).number("rope_theta", type->rope_theta);
+    if (!(c.rope_theta > 0)) f.bad("rope_parameters.rope_theta", "must be positive");
+  } else {
+    c.rope_theta = f.number("rope_theta", type->rope_theta);
+    if (!(c.rope_theta > 0)) f.bad("rope_theta", "must be positive");
+    if (f.has("rope_scaling")) c.rope_scaling = parse_rope_scaling(f.raw("rope_scaling"), file, "rope_scaling");
+  }
   c.max_position_embeddings = f.positive("max_position_embeddings", type->max_position_embeddings);
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
   const bool qwen2_family = c.model_type == "qwen2" || c.model_type == "qwen2_moe";
@@ -223,7 +231,10 @@ ModelConfig parse_model_config(const json& j, const std::string& file) {
       c.moe_intermediate_size = f.positive("intermediate_size");
       c.norm_topk_prob = f.boolean("norm_topk_prob", false);
     } else {  // qwen2_moe, qwen3_moe
-      c.num_experts = f.positive("num_experts");
+      // transformers >= 5 writes Qwen3-MoE's expert count as num_local_experts (its attribute_map
+      // keeps num_experts as an alias); published checkpoints use num_experts.
+      c.num_experts = f.has("num_experts") || !f.has("num_local_experts") ? f.positive("num_experts")
+                                                                          : f.positive("num_local_experts");
       c.moe_intermediate_size = f.positive("moe_intermediate_size");
       c.norm_topk_prob = f.boolean("norm_topk_prob", false);
       c.decoder_sparse_step = f.positive("decoder_sparse_step", 1);

@@ -204,5 +204,21 @@ TEST(ModelConfig, FileErrorsNameTheFile) {
   }
 }
 
+// transformers >= 5 writes rope_parameters (theta inside) and Qwen3-MoE's num_local_experts; the
+// golden checkpoints in tests/data/models are such files.
+TEST(ModelConfig, TransformersFiveFieldNames) {
+  const ModelConfig l = load_model_config(std::string(MXMOE_TEST_DATA) + "/models/llama");
+  EXPECT_EQ(l.rope_scaling.type, RopeScaling::Type::llama3);
+  EXPECT_DOUBLE_EQ(l.rope_scaling.factor, 8.0);
+  EXPECT_EQ(l.rope_scaling.original_max_position_embeddings, 64);
+  EXPECT_DOUBLE_EQ(l.rope_theta, 10000.0);
+  const ModelConfig m = load_model_config(std::string(MXMOE_TEST_DATA) + "/models/mixtral");
+  EXPECT_DOUBLE_EQ(m.rope_theta, 1e6);
+  EXPECT_EQ(m.rope_scaling.type, RopeScaling::Type::none);
+  const ModelConfig q = load_model_config(std::string(MXMOE_TEST_DATA) + "/models/qwen3_moe");
+  EXPECT_EQ(q.num_experts, 8);
+  EXPECT_EQ(load_model_config(std::string(MXMOE_TEST_DATA) + "/models/qwen3").rope_scaling.type, RopeScaling::Type::yarn);
+}
+
 }  // namespace
 }  // namespace mxmoe

@@ -77,3 +77,10 @@ TEST(Tensor, WrapDoesNotOwn) {
   EXPECT_FALSE(t.owns_memory());
   EXPECT_EQ(values(t.select(1)), (std::vector<int32_t>{3, 4}));
 }
+
+TEST(Tensor, AsStridedViewsHeadsInsideRows) {
+  const Tensor qkv = iota({2, 12});  // per token: q (2 heads x 2), k (1 x 2)... as [T, 12]
+  const Tensor k = qkv.narrow(1, 4, 4).as_strided({2, 2, 2}, {12, 2, 1});
+  EXPECT_EQ(values(k.select(1)), (std::vector<int32_t>{16, 17, 18, 19}));
+  EXPECT_THROW(qkv.as_strided({2, 13}, {12, 1}), Error);
+}

@@ -24,7 +24,9 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-V, H, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 256, 64, 2, 4, 2, 16
+# head_dim 64 as in real checkpoints (the attention kernels take 64, 128 and 256), 2 query heads
+# sharing 1 KV head (GQA).
+V, H, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 256, 128, 2, 2, 1, 64
 COMMON = dict(vocab_size=V, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
               num_key_value_heads=KV_HEADS, max_position_embeddings=256, rms_norm_eps=1e-6,
               initializer_range=0.25, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,

@@ -1,0 +1,154 @@
+#include "engine/generator.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "engine/error.h"
+#include "engine/ops.h"
+
+namespace mxmoe {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Frees the sequences' KV blocks however generate() ends.
+struct SequenceGuard {
+  KvCache& cache;
+  std::vector<int> ids;
+  ~SequenceGuard() {
+    for (int id : ids) cache.free_sequence(id);
+  }
+};
+
+}  // namespace
+
+Generator::Generator(CausalLM& model, KvCache& cache)
+    : model_(model), cache_(cache), device_(cache.k(0).device()) {
+  if (device_ == Device::cuda) stream_ = std::make_unique<Stream>();
+}
+
+Tensor Generator::upload(const std::vector<int32_t>& values) const {
+  const Tensor host = Tensor::wrap(const_cast<int32_t*>(values.data()), {int64_t(values.size())}, DType::i32,
+                                   Device::cpu);
+  if (device_ == Device::cpu) return host.to(Device::cpu);
+  Tensor out = Tensor::empty(host.shape(), DType::i32, Device::cuda);
+  out.copy_from(host, stream());  // pageable source: the copy completes before returning
+  return out;
+}
+
+Tensor Generator::step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
+                       const std::vector<int32_t>& logit_rows) {
+  MXMOE_CHECK(seqs.size() == tokens.size() && !seqs.empty(), "step: ", seqs.size(), " sequences with ", tokens.size(),
+              " token lists");
+  const int64_t vocab = model_.config().vocab_size;
+  std::vector<int32_t> ids, positions, slots, cu_seqlens = {0}, seq_lens;
+  int64_t max_len = 0, max_blocks = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    MXMOE_CHECK(!tokens[s].empty(), "step: sequence ", seqs[s], " has no new tokens");
+    for (int32_t id : tokens[s])
+      MXMOE_CHECK(id >= 0 && id < vocab, "token id ", id, " is outside the vocabulary [0, ", vocab, ")");
+    const int64_t begin = cache_.length(seqs[s]);
+    MXMOE_CHECK(cache_.can_append(seqs[s], int64_t(tokens[s].size())), "KV cache full: sequence ", seqs[s],
+                " needs room for ", tokens[s].size(), " more tokens (", cache_.free_blocks(), " free blocks of ",
+                cache_.block_size(), ")");
+    cache_.append(seqs[s], int64_t(tokens[s].size()));
+    const int64_t end = cache_.length(seqs[s]);
+    ids.insert(ids.end(), tokens[s].begin(), tokens[s].end());
+    for (int64_t p = begin; p < end; ++p) positions.push_back(int32_t(p));
+    cache_.slots(seqs[s], begin, end, slots);
+    cu_seqlens.push_back(int32_t(ids.size()));
+    seq_lens.push_back(int32_t(end));
+    max_len = std::max(max_len, end);
+    max_blocks = std::max(max_blocks, int64_t(cache_.blocks(seqs[s]).size()));
+  }
+  for (int32_t r : logit_rows)
+    MXMOE_CHECK(r >= 0 && r < int32_t(ids.size()), "step: logit row ", r, " outside the ", ids.size(), " new tokens");
+
+  StepInputs in;
+  in.token_ids = upload(ids);
+  in.positions = upload(positions);
+  in.kv_slots = upload(slots);
+  in.attention.block_tables = upload(cache_.block_table(seqs, max_blocks)).view({int64_t(seqs.size()), max_blocks});
+  in.attention.cu_seqlens = upload(cu_seqlens);
+  in.attention.seq_lens = upload(seq_lens);
+  in.attention.max_seq_len = max_len;
+  in.logit_rows = upload(logit_rows);
+  Tensor logits = Tensor::empty({int64_t(logit_rows.size()), vocab}, model_.logits_dtype(), device_);
+  model_.forward(in, cache_, logits, stream());
+  return logits;
+}
+
+std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
+                                            const GenerationOptions& options,
+                                            const std::function<void(size_t, int32_t)>& on_token) {
+  check_sampling_params(options.sampling);
+  MXMOE_CHECK(options.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", options.max_new_tokens);
+  std::vector<Generation> out(prompts.size());
+  if (prompts.empty() || options.max_new_tokens == 0) return out;
+
+  SequenceGuard guard{cache_, {}};
+  std::vector<std::vector<int32_t>> history = prompts;  // prompt + generated: the repetition penalty's input
+  std::vector<size_t> running(prompts.size());          // prompts still generating
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    MXMOE_CHECK(!prompts[i].empty(), "prompt ", i, " is empty");
+    guard.ids.push_back(cache_.add_sequence());
+    running[i] = i;
+    stats_.prompt_tokens += int64_t(prompts[i].size());
+  }
+  const int64_t vocab = model_.config().vocab_size;
+  std::vector<std::vector<int32_t>> step_tokens = prompts;  // first step: the whole prompts
+  bool prefill = true;
+  while (!running.empty()) {
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<int> seqs;
+    std::vector<int32_t> rows, prev_offsets = {0}, prev_ids;
+    std::vector<SamplingParams> params;
+    int32_t row_end = 0;
+    for (size_t j = 0; j < running.size(); ++j) {
+      const size_t i = running[j];
+      seqs.push_back(guard.ids[i]);
+      row_end += int32_t(step_tokens[j].size());
+      rows.push_back(row_end - 1);  // each sequence's last new token predicts the next
+      prev_ids.insert(prev_ids.end(), history[i].begin(), history[i].end());
+      prev_offsets.push_back(int32_t(prev_ids.size()));
+      SamplingParams p = options.sampling;
+      p.step = out[i].tokens.size();
+      params.push_back(p);
+    }
+    const Tensor logits = step(seqs, step_tokens, rows);
+    const int64_t b = int64_t(running.size());
+    Tensor tokens = Tensor::empty({b}, DType::i32, device_);
+    Tensor params_buffer = device_ == Device::cuda ? Tensor::empty({b * int64_t(sizeof(SamplingParams))}, DType::u8,
+                                                                   Device::cuda)
+                                                   : Tensor();
+    Tensor workspace = device_ == Device::cuda ? Tensor::empty({b, vocab}, DType::f32, Device::cuda) : Tensor();
+    ops::sample(logits, params, params_buffer, upload(prev_offsets), upload(prev_ids), workspace, tokens, stream());
+    const Tensor chosen = tokens.to(Device::cpu, stream());  // synchronizes the step
+    (prefill ? stats_.prefill_seconds : stats_.decode_seconds) += seconds_since(start);
+    prefill = false;
+
+    std::vector<size_t> still;
+    std::vector<std::vector<int32_t>> next;
+    for (size_t j = 0; j < running.size(); ++j) {
+      const size_t i = running[j];
+      const int32_t token = chosen.data_as<int32_t>()[j];
+      out[i].tokens.push_back(token);
+      history[i].push_back(token);
+      ++stats_.generated_tokens;
+      if (on_token) on_token(i, token);
+      out[i].stopped = std::find(options.stop_ids.begin(), options.stop_ids.end(), token) != options.stop_ids.end();
+      if (!out[i].stopped && int(out[i].tokens.size()) < options.max_new_tokens) {
+        still.push_back(i);
+        next.push_back({token});
+      }
+    }
+    running = std::move(still);
+    step_tokens = std::move(next);
+  }
+  return out;
+}
+
+}  // namespace mxmoe

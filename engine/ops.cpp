@@ -1,0 +1,69 @@
+#include "engine/ops.h"
+
+#include "engine/cuda_check.h"
+#include "kernels/activation.h"
+#include "kernels/embedding.h"
+#include "kernels/gated_add.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+
+namespace mxmoe::ops {
+
+namespace {
+bool on_cpu(const Tensor& t) { return t.device() == Device::cpu; }
+}  // namespace
+
+void embedding(const Tensor& ids, const Tensor& table, int64_t vocab_begin, const Tensor& out, cudaStream_t stream) {
+  on_cpu(out) ? embedding_ref(ids, table, vocab_begin, out) : mxmoe::embedding(ids, table, vocab_begin, out, stream);
+}
+
+void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out, cudaStream_t stream) {
+  on_cpu(out) ? rmsnorm_ref(x, weight, eps, out) : mxmoe::rmsnorm(x, weight, eps, out, stream);
+}
+
+void add_rmsnorm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
+                 cudaStream_t stream) {
+  on_cpu(out) ? add_rmsnorm_ref(residual, x, weight, eps, out)
+              : mxmoe::add_rmsnorm(residual, x, weight, eps, out, stream);
+}
+
+void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+          cudaStream_t stream) {
+  on_cpu(q) ? rope_ref(q, k, positions, inv_freq, attention_scaling)
+            : mxmoe::rope(q, k, positions, inv_freq, attention_scaling, stream);
+}
+
+void silu_mul(const Tensor& gate_up, const Tensor& out, cudaStream_t stream) {
+  on_cpu(out) ? silu_mul_ref(gate_up, out) : mxmoe::silu_mul(gate_up, out, stream);
+}
+
+void add_sigmoid_gated(const Tensor& out, const Tensor& x, const Tensor& gate, cudaStream_t stream) {
+  on_cpu(out) ? add_sigmoid_gated_ref(out, x, gate) : mxmoe::add_sigmoid_gated(out, x, gate, stream);
+}
+
+void kv_cache_write(const Tensor& k, const Tensor& v, const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache,
+                    cudaStream_t stream) {
+  on_cpu(k_cache) ? kv_cache_write_ref(k, v, slots, k_cache, v_cache)
+                  : mxmoe::kv_cache_write(k, v, slots, k_cache, v_cache, stream);
+}
+
+void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
+                     float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream) {
+  on_cpu(out) ? paged_attention_ref(q, k_cache, v_cache, batch, scale, out)
+              : mxmoe::paged_attention(q, k_cache, v_cache, batch, scale, workspace, out, stream);
+}
+
+void sample(const Tensor& logits, std::span<const SamplingParams> params, const Tensor& params_buffer,
+            const Tensor& prev_offsets, const Tensor& prev_ids, const Tensor& workspace, const Tensor& tokens,
+            cudaStream_t stream) {
+  if (on_cpu(logits)) {
+    sample_ref(logits, params, prev_offsets, prev_ids, tokens);
+    return;
+  }
+  MXMOE_CHECK(params_buffer.nbytes() >= params.size_bytes(), "sample: parameter buffer too small");
+  CUDA_CHECK(cudaMemcpyAsync(params_buffer.data(), params.data(), params.size_bytes(), cudaMemcpyHostToDevice, stream));
+  mxmoe::sample(logits, params_buffer.slice(0, int64_t(params.size_bytes())), prev_offsets, prev_ids, workspace,
+                tokens, stream);
+}
+
+}  // namespace mxmoe::ops

@@ -1,0 +1,34 @@
+#pragma once
+// The per-token ops a model is built from, dispatched by the tensors' device: CPU tensors run
+// the reference implementations, CUDA tensors the kernels (asynchronous on `stream`). Models call
+// these and the layers' forward(), never a kernel directly, so one model file serves both backends.
+#include <cuda_runtime.h>
+
+#include <span>
+
+#include "engine/tensor.h"
+#include "kernels/attention.h"
+#include "kernels/sampling.h"
+
+namespace mxmoe::ops {
+
+void embedding(const Tensor& ids, const Tensor& table, int64_t vocab_begin, const Tensor& out, cudaStream_t stream);
+void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out, cudaStream_t stream);
+void add_rmsnorm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
+                 cudaStream_t stream);
+void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+          cudaStream_t stream);
+void silu_mul(const Tensor& gate_up, const Tensor& out, cudaStream_t stream);
+// out[t, :] += sigmoid(gate[t]) · x[t, :] (Qwen2-MoE's shared expert), bf16 rounding as Hugging Face.
+void add_sigmoid_gated(const Tensor& out, const Tensor& x, const Tensor& gate, cudaStream_t stream);
+void kv_cache_write(const Tensor& k, const Tensor& v, const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache,
+                    cudaStream_t stream);
+// workspace: GPU only (paged_attention_workspace_bytes); ignored on the CPU.
+void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
+                     float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream);
+// params: the rows' SamplingParams (uploaded by this call on the GPU path into `params_buffer`).
+void sample(const Tensor& logits, std::span<const SamplingParams> params, const Tensor& params_buffer,
+            const Tensor& prev_offsets, const Tensor& prev_ids, const Tensor& workspace, const Tensor& tokens,
+            cudaStream_t stream);
+
+}  // namespace mxmoe::ops

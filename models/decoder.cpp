@@ -1,0 +1,276 @@
+#include "models/decoder.h"
+
+#include <cmath>
+#include <map>
+
+#include "engine/error.h"
+#include "engine/linear.h"
+#include "engine/ops.h"
+#include "kernels/rope.h"
+#include "loader/weight_set.h"
+
+namespace mxmoe {
+
+namespace {
+
+WeightSpec norm_spec(const std::string& name, int64_t size) {
+  WeightSpec spec{name, {size}};
+  spec.dummy_mean = 1.f;  // RMSNorm weights sit around 1
+  return spec;
+}
+
+// The loader's rope fields as the rope kernel's configuration.
+RopeConfig rope_config(const ModelConfig& c) {
+  RopeConfig r;
+  r.theta = c.rope_theta;
+  r.head_dim = int(c.head_dim);
+  r.max_position_embeddings = c.max_position_embeddings;
+  const RopeScaling& s = c.rope_scaling;
+  using T = RopeScaling::Type;
+  r.type = s.type == T::linear    ? RopeType::linear
+           : s.type == T::dynamic ? RopeType::dynamic
+           : s.type == T::yarn    ? RopeType::yarn
+           : s.type == T::llama3  ? RopeType::llama3
+                                  : RopeType::default_rope;
+  r.factor = s.factor;
+  r.original_max_position_embeddings = s.original_max_position_embeddings.value_or(c.max_position_embeddings);
+  r.low_freq_factor = s.low_freq_factor;
+  r.high_freq_factor = s.high_freq_factor;
+  r.beta_fast = s.beta_fast;
+  r.beta_slow = s.beta_slow;
+  r.attention_factor = s.attention_factor.value_or(0.0);
+  r.mscale = s.mscale.value_or(0.0);
+  r.mscale_all_dim = s.mscale_all_dim.value_or(0.0);
+  return r;
+}
+
+struct DecoderLayer {
+  std::unique_ptr<WeightSet> norms;  // input_layernorm, post_attention_layernorm[, q_norm, k_norm]
+  std::unique_ptr<LinearLayer> qkv, o_proj;
+  std::unique_ptr<LinearLayer> gate_up, down;                           // dense MLP
+  std::unique_ptr<LinearLayer> router;                                  // MoE: f32 logits [T, E]
+  std::unique_ptr<FusedMoELayer> experts;
+  std::unique_ptr<LinearLayer> shared_gate_up, shared_down, shared_gate;  // Qwen2-MoE shared expert
+};
+
+class DecoderLM final : public CausalLM {
+ public:
+  DecoderLM(const ModelConfig& config, const DecoderSpec& spec, const ModelOptions& options)
+      : config_(config), spec_(spec), options_(options), rope_(rope_config(config)) {
+    const int64_t h = config.hidden_size, hd = config.head_dim, nq = config.num_attention_heads,
+                  nkv = config.num_key_value_heads, v = config.vocab_size;
+    const Device dev = options.device;
+    embed_ = std::make_unique<WeightSet>("model.embed_tokens",
+                                         std::vector<WeightSpec>{{"model.embed_tokens.weight", {v, h}}}, dev,
+                                         DType::bf16, WeightSet::Mode::keep);
+    for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+      const std::string p = cat("model.layers.", l, ".");
+      DecoderLayer layer;
+      std::vector<WeightSpec> norms = {norm_spec(p + "input_layernorm.weight", h),
+                                       norm_spec(p + "post_attention_layernorm.weight", h)};
+      if (spec.qk_norm != QkNorm::none) {
+        const bool full = spec.qk_norm == QkNorm::full;
+        norms.push_back(norm_spec(p + "self_attn.q_norm.weight", full ? nq * hd : hd));
+        norms.push_back(norm_spec(p + "self_attn.k_norm.weight", full ? nkv * hd : hd));
+      }
+      layer.norms = std::make_unique<WeightSet>(p + "norms", norms, dev, DType::bf16, WeightSet::Mode::keep);
+      const std::string a = p + "self_attn.";
+      layer.qkv = linear(a + "qkv_proj", h, {{a + "q_proj", nq * hd}, {a + "k_proj", nkv * hd}, {a + "v_proj", nkv * hd}},
+                         config.qkv_bias, LinearParallel::column, LayerRole::linear);
+      layer.o_proj = linear(a + "o_proj", nq * hd, {{a + "o_proj", h}}, config.o_proj_bias, LinearParallel::row,
+                            LayerRole::linear);
+      if (config.is_moe_layer(l)) {
+        const std::string m = p + spec.moe_block + ".";
+        layer.router = linear(m + "gate", h, {{m + "gate", config.num_experts}}, false, LinearParallel::replicated,
+                              LayerRole::router_gate);
+        FusedMoEConfig moe;
+        moe.name = m + "experts";
+        moe.num_experts = config.num_experts;
+        moe.hidden_size = h;
+        moe.intermediate_size = config.moe_intermediate_size;
+        moe.names = spec.mixtral_expert_names ? ExpertNames::mixtral(m + "experts")
+                                              : ExpertNames::gate_up_down(m + "experts");
+        moe.routing = {int(config.num_experts_per_tok), config.norm_topk_prob};
+        moe.device = dev;
+        layer.experts = std::make_unique<FusedMoELayer>(moe, options.quant);
+        if (spec.shared_expert) {
+          const std::string s = m + "shared_expert.";
+          const int64_t is = config.shared_expert_intermediate_size;
+          layer.shared_gate_up = linear(s + "gate_up_proj", h, {{s + "gate_proj", is}, {s + "up_proj", is}}, false,
+                                        LinearParallel::column, LayerRole::linear);
+          layer.shared_down = linear(s + "down_proj", is, {{s + "down_proj", h}}, false, LinearParallel::row,
+                                     LayerRole::linear);
+          layer.shared_gate = linear(m + "shared_expert_gate", h, {{m + "shared_expert_gate", 1}}, false,
+                                     LinearParallel::replicated, LayerRole::router_gate);
+        }
+      } else {
+        const std::string m = p + "mlp.";
+        const int64_t i = config.intermediate_size;
+        layer.gate_up = linear(m + "gate_up_proj", h, {{m + "gate_proj", i}, {m + "up_proj", i}}, false,
+                               LinearParallel::column, LayerRole::linear);
+        layer.down = linear(m + "down_proj", i, {{m + "down_proj", h}}, false, LinearParallel::row, LayerRole::linear);
+      }
+      layers_.push_back(std::move(layer));
+    }
+    final_norm_ = std::make_unique<WeightSet>("model.norm", std::vector<WeightSpec>{norm_spec("model.norm.weight", h)},
+                                              dev, DType::bf16, WeightSet::Mode::keep);
+    lm_head_ = linear("lm_head", h, {{config.tie_word_embeddings ? "model.embed_tokens" : "lm_head", v}}, false,
+                      LinearParallel::replicated, LayerRole::lm_head);
+  }
+
+  const ModelConfig& config() const override { return config_; }
+
+  std::vector<Loadable*> loadables() override {
+    std::vector<Loadable*> out = {embed_.get()};
+    for (DecoderLayer& l : layers_)
+      for (Loadable* x : std::initializer_list<Loadable*>{l.norms.get(), l.qkv.get(), l.o_proj.get(), l.gate_up.get(),
+                                                          l.down.get(), l.router.get(), l.experts.get(),
+                                                          l.shared_gate_up.get(), l.shared_down.get(),
+                                                          l.shared_gate.get()})
+        if (x) out.push_back(x);
+    out.push_back(final_norm_.get());
+    out.push_back(lm_head_.get());
+    return out;
+  }
+
+  KvCacheConfig kv_cache_config() const override {
+    KvCacheConfig c;
+    c.num_layers = int(config_.num_hidden_layers);
+    c.num_kv_heads = int(config_.num_key_value_heads);
+    c.head_dim = int(config_.head_dim);
+    return c;
+  }
+
+  DType logits_dtype() const override {
+    return options_.quant.scheme_for(LayerRole::lm_head) == "bf16" ? DType::f32 : DType::bf16;
+  }
+
+  void forward(const StepInputs& in, const KvCache& cache, const Tensor& logits, cudaStream_t stream) override {
+    const int64_t t = in.token_ids.size(0), h = config_.hidden_size, hd = config_.head_dim,
+                  nq = config_.num_attention_heads, nkv = config_.num_key_value_heads, qkv_width = (nq + 2 * nkv) * hd;
+    const float eps = float(config_.rms_norm_eps), scale = float(1.0 / std::sqrt(double(hd)));
+    const Device dev = options_.device;
+    const Tensor inv_freq = rope_frequencies_for(in.attention.max_seq_len);
+
+    Tensor x = Tensor::empty({t, h}, DType::bf16, dev);    // residual stream
+    Tensor n = Tensor::empty({t, h}, DType::bf16, dev);    // normalized input of the next block
+    Tensor mlp = Tensor::empty({t, h}, DType::bf16, dev);  // output of the last MLP, not yet added
+    Tensor qkv = Tensor::empty({t, qkv_width}, DType::bf16, dev);
+    Tensor attn = Tensor::empty({t, nq, hd}, DType::bf16, dev);
+    Tensor attn_out = Tensor::empty({t, h}, DType::bf16, dev);
+    Tensor workspace = dev == Device::cuda ? Tensor::empty({int64_t(paged_attention_workspace_bytes(
+                                                               t, int(nq), int(nkv), int(hd)))},
+                                                           DType::u8, dev)
+                                           : Tensor();
+    // q, k, v inside each fused QKV row: [T, heads, head_dim] with a row stride of qkv_width.
+    const Tensor q = qkv.narrow(1, 0, nq * hd).as_strided({t, nq, hd}, {qkv_width, hd, 1});
+    const Tensor k = qkv.narrow(1, nq * hd, nkv * hd).as_strided({t, nkv, hd}, {qkv_width, hd, 1});
+    const Tensor v = qkv.narrow(1, (nq + nkv) * hd, nkv * hd).as_strided({t, nkv, hd}, {qkv_width, hd, 1});
+
+    ops::embedding(in.token_ids, embed_->weight(0), 0, x, stream);
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      DecoderLayer& layer = layers_[l];
+      const WeightSet& w = *layer.norms;
+      if (l == 0)
+        ops::rmsnorm(x, w.weight(0), eps, n, stream);
+      else
+        ops::add_rmsnorm(x, mlp, w.weight(0), eps, n, stream);  // x += mlp; n = norm(x)
+
+      layer.qkv->forward(n, qkv, stream);
+      if (spec_.qk_norm == QkNorm::per_head) {
+        ops::rmsnorm(q, w.weight(2), eps, q, stream);
+        ops::rmsnorm(k, w.weight(3), eps, k, stream);
+      } else if (spec_.qk_norm == QkNorm::full) {
+        ops::rmsnorm(qkv.narrow(1, 0, nq * hd), w.weight(2), eps, qkv.narrow(1, 0, nq * hd), stream);
+        ops::rmsnorm(qkv.narrow(1, nq * hd, nkv * hd), w.weight(3), eps, qkv.narrow(1, nq * hd, nkv * hd), stream);
+      }
+      ops::rope(q, k, in.positions, inv_freq, attention_scaling_, stream);
+      ops::kv_cache_write(k, v, in.kv_slots, cache.k(int(l)), cache.v(int(l)), stream);
+      ops::paged_attention(q, cache.k(int(l)), cache.v(int(l)), in.attention, scale, workspace, attn, stream);
+      layer.o_proj->forward(attn.view({t, nq * hd}), attn_out, stream);
+      ops::add_rmsnorm(x, attn_out, w.weight(1), eps, n, stream);  // x += attention; n = norm(x)
+
+      if (layer.experts) {
+        Tensor router_logits = Tensor::empty({t, config_.num_experts}, DType::f32, dev);
+        layer.router->forward(n, router_logits, stream);
+        layer.experts->forward(n, router_logits, mlp, stream);
+        if (layer.shared_gate_up) {
+          const int64_t is = config_.shared_expert_intermediate_size;
+          Tensor gate_up = Tensor::empty({t, 2 * is}, DType::bf16, dev), act = Tensor::empty({t, is}, DType::bf16, dev);
+          Tensor shared = Tensor::empty({t, h}, DType::bf16, dev), gate = Tensor::empty({t, 1}, DType::f32, dev);
+          layer.shared_gate_up->forward(n, gate_up, stream);
+          ops::silu_mul(gate_up, act, stream);
+          layer.shared_down->forward(act, shared, stream);
+          layer.shared_gate->forward(n, gate, stream);
+          ops::add_sigmoid_gated(mlp, shared, gate, stream);  // mlp += sigmoid(gate) · shared
+        }
+      } else {
+        const int64_t i = config_.intermediate_size;
+        Tensor gate_up = Tensor::empty({t, 2 * i}, DType::bf16, dev), act = Tensor::empty({t, i}, DType::bf16, dev);
+        layer.gate_up->forward(n, gate_up, stream);
+        ops::silu_mul(gate_up, act, stream);
+        layer.down->forward(act, mlp, stream);
+      }
+    }
+    ops::add_rmsnorm(x, mlp, final_norm_->weight(0), eps, n, stream);
+    Tensor rows = Tensor::empty({in.logit_rows.size(0), h}, DType::bf16, dev);
+    ops::embedding(in.logit_rows, n, 0, rows, stream);  // gather the rows whose logits are wanted
+    lm_head_->forward(rows, logits, stream);
+  }
+
+ private:
+  std::unique_ptr<LinearLayer> linear(const std::string& name, int64_t input_size, std::vector<LinearPart> parts,
+                                      bool bias, LinearParallel parallel, LayerRole role) const {
+    LinearConfig c;
+    c.name = name;
+    c.input_size = input_size;
+    c.parts = std::move(parts);
+    c.bias = bias;
+    c.parallel = parallel;
+    c.role = role;
+    c.device = options_.device;
+    return std::make_unique<LinearLayer>(std::move(c), options_.quant);
+  }
+
+  // Dynamic NTK scaling changes the frequencies with the sequence length; the others never do.
+  Tensor rope_frequencies_for(int64_t max_seq_len) {
+    const int64_t key = rope_.type == RopeType::dynamic ? std::max(max_seq_len, rope_.max_position_embeddings) : 0;
+    if (!inv_freq_.defined() || inv_freq_.numel() == 0 || key != inv_freq_key_) {
+      const RopeFrequencies f = rope_frequencies(rope_, key);
+      Tensor host = Tensor::wrap(const_cast<float*>(f.inv_freq.data()), {int64_t(f.inv_freq.size())}, DType::f32,
+                                 Device::cpu);
+      inv_freq_ = host.to(options_.device);
+      attention_scaling_ = f.attention_scaling;
+      inv_freq_key_ = key;
+    }
+    return inv_freq_;
+  }
+
+  ModelConfig config_;
+  DecoderSpec spec_;
+  ModelOptions options_;
+  RopeConfig rope_;
+  Tensor inv_freq_;  // f32 [head_dim / 2] on the model's device
+  float attention_scaling_ = 1.f;
+  int64_t inv_freq_key_ = -1;
+  std::unique_ptr<WeightSet> embed_, final_norm_;
+  std::vector<DecoderLayer> layers_;
+  std::unique_ptr<LinearLayer> lm_head_;
+};
+
+}  // namespace
+
+std::unique_ptr<CausalLM> make_causal_lm(const ModelConfig& config, const ModelOptions& options) {
+  static const std::map<std::string, DecoderSpec (*)(const ModelConfig&)> architectures = {
+      {"llama", llama_spec},         {"qwen2", llama_spec},   {"qwen3", llama_spec},         {"qwen3_moe", qwen3_moe_spec},
+      {"mixtral", mixtral_spec},     {"olmoe", olmoe_spec},   {"qwen2_moe", qwen2_moe_spec}};
+  const auto it = architectures.find(config.model_type);
+  if (it == architectures.end()) {
+    std::string known;
+    for (const auto& [name, fn] : architectures) known += cat(known.empty() ? "" : ", ", name);
+    fail(config.file, ": model_type ", config.model_type, " is not supported (supported: ", known, ")");
+  }
+  return std::make_unique<DecoderLM>(config, it->second(config), options);
+}
+
+}  // namespace mxmoe
