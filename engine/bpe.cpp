@@ -1,6 +1,7 @@
 #include "engine/bpe.h"
 
 #include <cstdio>
+#include <mutex>
 #include <queue>
 
 #include "engine/error.h"
@@ -88,6 +89,24 @@ const BpeModel::Merge* BpeModel::find_merge(int32_t a, int32_t b) const {
 }
 
 void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& out) const {
+  if (word.size() > kCacheMaxWord) {
+    tokenize_uncached(word, out);
+    return;
+  }
+  {
+    std::shared_lock lock(cache_mutex_);
+    if (const auto it = cache_.find(word); it != cache_.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
+  const size_t first = out.size();
+  tokenize_uncached(word, out);
+  std::unique_lock lock(cache_mutex_);
+  if (cache_.size() < kCacheCapacity) cache_.try_emplace(std::string(word), out.begin() + static_cast<std::ptrdiff_t>(first), out.end());
+}
+
+void BpeModel::tokenize_uncached(std::string_view word, std::vector<int32_t>& out) const {
   if (ignore_merges_) {
     if (const auto id = token_to_id(word)) {
       out.push_back(*id);

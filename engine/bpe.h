@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -26,7 +27,7 @@ class BpeModel {
   // `model` is the "model" object of tokenizer.json; `what` names the file in errors.
   BpeModel(const nlohmann::json& model, const std::string& what);
 
-  // Appends the ids of `word` (non-empty) to `out`.
+  // Appends the ids of `word` (non-empty) to `out`. Thread-safe.
   void tokenize(std::string_view word, std::vector<int32_t>& out) const;
 
   std::optional<int32_t> token_to_id(std::string_view token) const;
@@ -43,6 +44,7 @@ class BpeModel {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
   }
   const Merge* find_merge(int32_t a, int32_t b) const;
+  void tokenize_uncached(std::string_view word, std::vector<int32_t>& out) const;
   void merge_all(std::vector<int32_t>& ids, std::vector<int32_t>& lens) const;
 
   TokenMap vocab_;
@@ -54,6 +56,12 @@ class BpeModel {
   bool ignore_merges_ = false;
   std::string continuing_subword_prefix_, end_of_word_suffix_;
   int32_t byte_ids_[256];  // id of "<0xXX>" when byte_fallback, else -1
+
+  // Results for short words already seen, as tokenizers caches them (same capacity: once
+  // full, nothing more is added).
+  static constexpr size_t kCacheCapacity = 10000, kCacheMaxWord = 256;
+  mutable std::shared_mutex cache_mutex_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache_;
 };
 
 }  // namespace mxmoe

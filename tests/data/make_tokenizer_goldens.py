@@ -5,7 +5,8 @@ The independent implementation is Hugging Face `tokenizers` (encode/decode/Decod
 `transformers` (apply_chat_template, which renders with jinja2). Run from the repository root:
     pip install tokenizers transformers jinja2
     python3 tests/data/make_tokenizer_goldens.py          # writes tests/data/tokenizer_goldens/*.json
-    python3 tests/data/make_tokenizer_goldens.py --bench  # times `tokenizers` on the bench corpus
+    python3 tests/data/make_tokenizer_goldens.py --bench  # times `tokenizers` (one thread) on the
+                                                          # corpus of apps/bench-tokenizer.cpp
 The text set is tests/data/tokenizer_goldens/texts.json (committed); the tokenizers are the real
 tokenizer.json/tokenizer_config.json files under tests/data/tokenizers/<name>/.
 """
@@ -22,6 +23,31 @@ NAMES = ["qwen3", "llama2", "deepseek_v3"]
 def load_texts():
     with open(os.path.join(GOLD, "texts.json"), encoding="utf-8") as f:
         return json.load(f)
+
+
+def random_texts(count=150, seed=1234):
+    # Seeded random strings mixing scripts, digits, punctuation, odd whitespace, combining marks,
+    # emoji, rare code points and pieces of special tokens: the fuzz half of the goldens.
+    import random
+    rng = random.Random(seed)
+    alphabets = [
+        "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789", "  \t\n\r\n\u00a0\u3000\u2009",
+        "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "éèêëàâäôöûüçñß", "\u0301\u0308\u0327", "你好世界中文字符测试",
+        "ひらがなカタカナ", "한국어", "Привет", "مرحبا", "नमस्ते", "😀🎉🦀👍🏽❤️\u200d", "\u0001\u007f\u200b\ufeff",
+        "𝔘𝔫𝔦𝔠𝔬𝔡𝔢\U0001F9EA\U00010348", "ｆｕｌｌ１２３",
+    ]
+    pieces = ["<|im_start|>", "<|im_end|>", "<s>", "</s>", "<｜User｜>", "<think>", "'s", "'LL", "```", "...", "\n\n"]
+    out = []
+    for _ in range(count):
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            if rng.random() < 0.1:
+                parts.append(rng.choice(pieces))
+            else:
+                a = rng.choice(alphabets)
+                parts.append("".join(rng.choice(a) for _ in range(rng.randint(1, 8))))
+        out.append("".join(parts))
+    return out
 
 
 def encode_goldens(name, texts):
@@ -141,26 +167,34 @@ def jinja_goldens():
 
 
 def bench_corpus(texts, min_bytes):
-    # Same construction as apps/bench-tokenizer.cpp: the text set joined by "\n", repeated.
-    block = "\n".join(texts) + "\n"
-    reps = -(-min_bytes // len(block.encode("utf-8")))
-    return block * reps
+    # Same construction as apps/bench-tokenizer.cpp: the text set repeated until it holds
+    # min_bytes of UTF-8; each text is one document.
+    docs = [t for t in texts if t]
+    size = sum(len(t.encode("utf-8")) for t in docs)
+    return docs * -(-min_bytes // size)
 
 
 def bench(texts, mb):
     import tokenizers
-    corpus = bench_corpus(texts, int(mb * (1 << 20)))
-    size = len(corpus.encode("utf-8"))
+    docs = bench_corpus(texts, int(mb * (1 << 20)))
+    whole = "\n".join(docs)
+    size_docs = sum(len(d.encode("utf-8")) for d in docs)
+    size_whole = len(whole.encode("utf-8"))
     for name in NAMES:
         tok = tokenizers.Tokenizer.from_file(os.path.join(DATA, "tokenizers", name, "tokenizer.json"))
-        tok.encode(corpus[:100000])  # warm-up
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            n = len(tok.encode(corpus, add_special_tokens=False).ids)
-            best = min(best, time.perf_counter() - t0)
-        print(f"tokenizers {tokenizers.__version__} {name:12s} {size / 1e6:.2f} MB  {n} tokens  "
-              f"{size / 1e6 / best:8.2f} MB/s (best of 3, one thread, one encode call)")
+        tok.encode_batch(docs[:1000], add_special_tokens=False)  # warm-up
+        for mode in ("documents", "one call"):
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                if mode == "documents":
+                    n = sum(len(e.ids) for e in tok.encode_batch(docs, add_special_tokens=False))
+                else:
+                    n = len(tok.encode(whole, add_special_tokens=False).ids)
+                best = min(best, time.perf_counter() - t0)
+            size = size_docs if mode == "documents" else size_whole
+            print(f"tokenizers {tokenizers.__version__:8s} {name:12s} {mode:9s} {size / 1e6:.2f} MB "
+                  f"{n:8d} tokens {size / 1e6 / best:8.2f} MB/s")
 
 
 def main():
@@ -168,7 +202,7 @@ def main():
     ap.add_argument("--bench", action="store_true", help="time tokenizers instead of writing goldens")
     ap.add_argument("--mb", type=float, default=4.0, help="bench corpus size in MiB")
     args = ap.parse_args()
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    os.environ["RAYON_NUM_THREADS"] = "1"  # one thread, like the C++ bench (set before the import)
     texts = load_texts()
     if args.bench:
         bench(texts, args.mb)
@@ -178,7 +212,7 @@ def main():
         json.dump(jinja_goldens(), f, ensure_ascii=False, indent=1)
     print("wrote", path)
     for name in NAMES:
-        out = {"encode": encode_goldens(name, texts)}
+        out = {"encode": encode_goldens(name, texts + random_texts())}
         chat = chat_goldens(name)
         if chat is not None:
             out["chat"] = chat
