@@ -144,15 +144,16 @@ void check_weights(const MxTensor& w, const char* op, const char* name) {
                   w.scales.shape() == Shape({w.elems.size(0), w.elems.size(1), w.elems.size(2) / kMxBlock}),
               op, ": ", name, " must be MXFP8 [E, N, K] with scales [E, N, K/32], got ", shape_str(w.elems.shape()),
               " and ", shape_str(w.scales.shape()));
-  MXMOE_CHECK(w.elems.size(2) % kMxBlock == 0, op, ": ", name, " K = ", w.elems.size(2), " is not a multiple of ",
-              kMxBlock);
+  MXMOE_CHECK(w.elems.size(2) > 0 && w.elems.size(2) % kMxBlock == 0, op, ": ", name, " K = ", w.elems.size(2),
+              " is not a positive multiple of ", kMxBlock);
   check_cuda_contiguous(w.elems, op, name);
   check_cuda_contiguous(w.scales, op, name);
 }
 void check_weights(const Tensor& w, const char* op, const char* name) {
   MXMOE_CHECK(w.dim() == 3 && w.dtype() == DType::bf16, op, ": ", name, " must be bf16 [E, N, K], got ",
               dtype_name(w.dtype()), " ", shape_str(w.shape()));
-  MXMOE_CHECK(w.size(2) % kMxBlock == 0, op, ": ", name, " K = ", w.size(2), " is not a multiple of ", kMxBlock);
+  MXMOE_CHECK(w.size(2) > 0 && w.size(2) % kMxBlock == 0, op, ": ", name, " K = ", w.size(2),
+              " is not a positive multiple of ", kMxBlock);
   check_cuda_contiguous(w, op, name);
 }
 const Shape& shape_of(const MxTensor& w) { return w.elems.shape(); }
@@ -178,7 +179,7 @@ void gate_up(const Tensor& x, const WT& w13, const MoePermutation& perm, int top
   p.inter = inter;
   p.top_k = top_k;
   const int64_t jobs = jobs_for(experts, pairs, (inter + 7) / 8);
-  p.plan = make_plan<NT>(jobs, hidden, NT * 8);
+  p.plan = make_plan<decltype(p)>(jobs, hidden, NT * 8);
   launch(p, jobs, stream);
 }
 
@@ -195,7 +196,7 @@ void down(const Tensor& act, const WT& w2, const MoePermutation& perm, const Ten
   p.y = y.data_as<float>();
   p.hidden = hidden;
   const int64_t jobs = jobs_for(experts, pairs, tiles);
-  p.plan = make_plan<NT>(jobs, inter, NT * 8);
+  p.plan = make_plan<decltype(p)>(jobs, inter, NT * 8);
   launch(p, jobs, stream);
 }
 

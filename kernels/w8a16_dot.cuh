@@ -24,6 +24,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "engine/cuda_check.h"
 #include "engine/error.h"
@@ -40,8 +43,8 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTileRows = 16;              // mma M
 constexpr int kLaneK = 16;                 // k one lane loads per row and step
 constexpr int kStepK = 4 * kLaneK;         // k per warp step (the 4 lanes of a row side by side)
-constexpr int kSuperK = 256;               // k per superstep; slices and chunks are multiples of it
-constexpr int kMaxSplit = 8;               // portable cluster size
+constexpr int kSuperK = 256;               // k per superstep; shared-memory chunks are multiples of it
+constexpr int kMaxSplit = 16;              // cluster size (above 8 is Hopper's non-portable size)
 constexpr int kXPad = 8;                   // bf16 pad per staged row: a row is 16 bytes off the bank pattern
 constexpr size_t kSmemBudget = 100 * 1024;  // per block: two blocks fit an SM
 
@@ -268,25 +271,96 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
   }
 }
 
-// Chooses the split and chunk sizes for `jobs` jobs over K = k with `rows` staged token rows,
-// enough blocks to cover the SMs twice.
-template <int NT>
+// Raises the kernel's dynamic shared-memory limit (and allows clusters of 16) once per device.
+template <class P>
+void prepare_kernel() {
+  static std::atomic<uint64_t> ready{0};
+  const uint64_t bit = uint64_t(1) << (current_device() & 63);
+  if (ready.load() & bit) return;
+  CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<P>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBudget)));
+  CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<P>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  ready.fetch_or(bit);
+}
+
+template <class P>
+cudaLaunchConfig_t launch_config(unsigned blocks, int splits, size_t smem, cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = unsigned(splits);
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  return cfg;
+}
+
+// Blocks of tile_kernel<P> the GPU holds at once with clusters of `splits` (0: cannot launch).
+// Cached: the occupancy calculator is too slow for every decode call.
+template <class P>
+int64_t resident_blocks(int splits, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, size_t>, int64_t> cache;
+  const auto key = std::make_tuple(current_device(), splits, smem);
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  int n = 0;
+  if (splits == 1) {
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tile_kernel<P>, kThreads, smem));
+    n *= gpu_info().sm_count;
+  } else {
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = launch_config<P>(unsigned(splits * 64), splits, smem, &attr);
+    if (cudaOccupancyMaxActiveClusters(&n, tile_kernel<P>, &cfg) != cudaSuccess) {
+      (void)cudaGetLastError();  // this cluster size is not possible: never chosen
+      n = 0;
+    }
+    n *= splits;
+  }
+  return cache[key] = n;
+}
+
+// Chooses how `jobs` jobs over K = k with `rows` staged token rows split K. A kernel this short is
+// decided by waves: the split that needs the fewest whole waves of resident blocks per unit of work
+// wins (ties: fewer splits, less reduction). Slices are whole 64-k steps; shared memory holds
+// round_up(slice, kSuperK) of x per chunk.
+template <class P>
 Plan make_plan(int64_t jobs, int64_t k, int rows) {
-  Plan plan;
+  constexpr int NT = P::kNTiles;
+  prepare_kernel<P>();
   const size_t partial_bytes = size_t(kWarps) * NT * 4 * 32 * sizeof(float);
   const int64_t chunk_max =
       std::max<int64_t>(kSuperK, int64_t((kSmemBudget - partial_bytes) / (2 * size_t(rows))) - kXPad) / kSuperK * kSuperK;
-  const int64_t supers = (k + kSuperK - 1) / kSuperK;
-  const int64_t want = (2 * int64_t(gpu_info().sm_count) + jobs - 1) / std::max<int64_t>(jobs, 1);
-  const int64_t need = (k + chunk_max - 1) / chunk_max;  // splits that avoid a chunk loop
-  int64_t splits = std::clamp<int64_t>(std::max(want, need), 1, std::min<int64_t>(kMaxSplit, supers));
-  plan.slice_k = (supers + splits - 1) / splits * kSuperK;
-  plan.splits = int((k + plan.slice_k - 1) / plan.slice_k);
-  plan.chunk_k = std::min(plan.slice_k, chunk_max);
-  plan.x_stride = int(plan.chunk_k) + kXPad;
-  plan.x_bytes = (size_t(rows) * plan.x_stride * 2 + 15) / 16 * 16;
-  plan.smem_bytes = plan.x_bytes + partial_bytes;
-  return plan;
+  const auto plan_for = [&](int64_t splits) {
+    Plan plan;
+    const int64_t steps = (k + kStepK - 1) / kStepK;
+    plan.slice_k = (steps + splits - 1) / splits * kStepK;
+    plan.splits = int((k + plan.slice_k - 1) / plan.slice_k);
+    plan.chunk_k = std::min((plan.slice_k + kSuperK - 1) / kSuperK * kSuperK, chunk_max);
+    plan.x_stride = int(plan.chunk_k) + kXPad;
+    plan.x_bytes = (size_t(rows) * plan.x_stride * 2 + 15) / 16 * 16;
+    plan.smem_bytes = plan.x_bytes + partial_bytes;
+    return plan;
+  };
+  // Splits that keep a slice in one shared-memory chunk (more only loop over chunks).
+  const int64_t need = std::min<int64_t>(kMaxSplit, (k + chunk_max - 1) / chunk_max);
+  Plan best = plan_for(need);
+  if (jobs * need >= 2 * resident_blocks<P>(best.splits, best.smem_bytes)) return best;  // many waves anyway
+  double best_cost = 1e30;
+  for (int64_t s = need; s <= kMaxSplit; ++s) {
+    const Plan plan = plan_for(s);
+    if (plan.splits != s) continue;  // K too short for s slices of whole steps
+    const int64_t resident = resident_blocks<P>(plan.splits, plan.smem_bytes);
+    if (resident < plan.splits) continue;
+    const double cost = double((jobs * s + resident - 1) / resident) / double(s);
+    if (cost < best_cost * 0.999) {
+      best_cost = cost;
+      best = plan;
+    }
+  }
+  return best;
 }
 
 // Launches tile_kernel<P> over jobs × p.plan.splits blocks, clusters of p.plan.splits.
@@ -294,26 +368,9 @@ template <class P>
 void launch(const P& p, int64_t jobs, cudaStream_t stream) {
   if (jobs <= 0) return;
   MXMOE_CHECK(jobs * p.plan.splits < (int64_t(1) << 31), "w8a16: too many blocks (", jobs, " jobs)");
-  // Raise the dynamic shared-memory limit once per device.
-  static std::atomic<uint64_t> ready{0};
-  const int dev = current_device();
-  const uint64_t bit = uint64_t(1) << (dev & 63);
-  if (!(ready.load() & bit)) {
-    CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<P>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBudget)));
-    ready.fetch_or(bit);
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(jobs * p.plan.splits));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = p.plan.smem_bytes;
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg = launch_config<P>(unsigned(jobs * p.plan.splits), p.plan.splits, p.plan.smem_bytes, &attr);
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(p.plan.splits);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = p.plan.splits > 1 ? 1 : 0;
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, tile_kernel<P>, p));
 }
 

@@ -62,7 +62,7 @@ void run(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y
   p.m = int(m);
   p.n = n;
   const int64_t groups = (n + kWarps * kTileRows - 1) / (kWarps * kTileRows);
-  p.plan = make_plan<NT>(groups, k, int(m));
+  p.plan = make_plan<decltype(p)>(groups, k, int(m));
   launch(p, groups, stream);
 }
 
