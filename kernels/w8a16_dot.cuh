@@ -323,9 +323,13 @@ int64_t resident_blocks(int splits, size_t smem) {
 }
 
 // Chooses how `jobs` jobs over K = k with `rows` staged token rows split K. A kernel this short is
-// decided by waves: the split that needs the fewest whole waves of resident blocks per unit of work
-// wins (ties: fewer splits, less reduction). Slices are whole 64-k steps; shared memory holds
-// round_up(slice, kSuperK) of x per chunk.
+// decided by waves: among the splits whose blocks fit, the one with the fewest whole waves of
+// resident blocks per unit of work wins (ties: fewer splits, less reduction). Measured on H100
+// (bench-gemv): splitting jobs that already need more than one wave into many waves of clusters
+// is slower (MoE gate/up T=1 Mixtral 137 us vs 94 unsplit), and so was the finer split the wave
+// model alone took for Qwen3 qkv 2048->5120 (slices under 8 steps, 18 us vs 10 with 8-step
+// slices): splits leave >= 8 steps (512 k) per slice where K allows.
+// Slices are whole 64-k steps; shared memory holds round_up(slice, kSuperK) of x per chunk.
 template <class P>
 Plan make_plan(int64_t jobs, int64_t k, int rows) {
   constexpr int NT = P::kNTiles;
@@ -333,9 +337,9 @@ Plan make_plan(int64_t jobs, int64_t k, int rows) {
   const size_t partial_bytes = size_t(kWarps) * NT * 4 * 32 * sizeof(float);
   const int64_t chunk_max =
       std::max<int64_t>(kSuperK, int64_t((kSmemBudget - partial_bytes) / (2 * size_t(rows))) - kXPad) / kSuperK * kSuperK;
+  const int64_t steps = (k + kStepK - 1) / kStepK;
   const auto plan_for = [&](int64_t splits) {
     Plan plan;
-    const int64_t steps = (k + kStepK - 1) / kStepK;
     plan.slice_k = (steps + splits - 1) / splits * kStepK;
     plan.splits = int((k + plan.slice_k - 1) / plan.slice_k);
     plan.chunk_k = std::min((plan.slice_k + kSuperK - 1) / kSuperK * kSuperK, chunk_max);
@@ -347,11 +351,13 @@ Plan make_plan(int64_t jobs, int64_t k, int rows) {
   // Splits that keep a slice in one shared-memory chunk (more only loop over chunks).
   const int64_t need = std::min<int64_t>(kMaxSplit, (k + chunk_max - 1) / chunk_max);
   Plan best = plan_for(need);
-  if (jobs * need >= 2 * resident_blocks<P>(best.splits, best.smem_bytes)) return best;  // many waves anyway
+  if (jobs * need > resident_blocks<P>(best.splits, best.smem_bytes)) return best;  // more than one wave anyway
+  const int64_t min_steps = std::min<int64_t>(8, (steps + 1) / 2);
   double best_cost = 1e30;
   for (int64_t s = need; s <= kMaxSplit; ++s) {
     const Plan plan = plan_for(s);
     if (plan.splits != s) continue;  // K too short for s slices of whole steps
+    if (s > need && plan.slice_k / kStepK < min_steps) break;
     const int64_t resident = resident_blocks<P>(plan.splits, plan.smem_bytes);
     if (resident < plan.splits) continue;
     const double cost = double((jobs * s + resident - 1) / resident) / double(s);
