@@ -14,6 +14,8 @@ KvCache::KvCache(const KvCacheConfig& config, Device device) : config_(config) {
   MXMOE_CHECK(config.num_layers > 0 && config.num_kv_heads > 0 && config.head_dim > 0 && config.block_size > 0,
               "kv cache: layers (", config.num_layers, "), kv heads (", config.num_kv_heads, "), head_dim (",
               config.head_dim, ") and block_size (", config.block_size, ") must be positive");
+  MXMOE_CHECK((config.block_size & (config.block_size - 1)) == 0, "kv cache: block_size must be a power of two, got ",
+              config.block_size);
   MXMOE_CHECK(config.num_blocks >= 0, "kv cache: num_blocks must be >= 0, got ", config.num_blocks);
   if (config_.num_blocks == 0) {
     MXMOE_CHECK(device == Device::cuda, "kv cache: a CPU cache needs an explicit number of blocks");

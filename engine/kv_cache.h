@@ -19,7 +19,7 @@ struct KvCacheConfig {
   int num_layers = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
-  int block_size = 16;            // tokens per block
+  int block_size = 16;            // tokens per block (a power of two)
   int64_t num_blocks = 0;         // explicit pool size; 0 = size the pool from free GPU memory
   double memory_fraction = 0.9;   // of the free GPU memory (within the memory cap) when num_blocks == 0
 };

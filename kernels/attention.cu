@@ -3,21 +3,23 @@
 //
 // Work split: one CTA per (query token, KV head, key split). It serves all `group` query heads
 // that share the KV head, so each K/V row is read once per CTA for all of them. Four warps
-// stride over the split's keys; a half-warp owns one key row (16 lanes × head_dim/16 elements,
-// 16-byte loads for head_dim 128), so a warp step covers kUnroll pairs of keys, all loads issued
-// before any math so several KB per SM are in flight (decode is bandwidth-bound). Each warp keeps
-// an online softmax (max and sum in the exp2 domain, fp32 accumulators), the CTA merges its four
-// warps through shared memory, and a split either writes the output directly (one split) or a
-// partial (normalized output, max, sum) that attention_combine_kernel merges.
+// stride over the split's keys, 16 keys per warp step with every K/V load of the step issued
+// before any math (decode is bandwidth-bound: ~8 KB in flight per warp). Scores come from tensor
+// cores (see attention_kernel), the value sum from CUDA cores. Each warp keeps an online softmax
+// (max and sum in the exp2 domain, fp32 accumulators), the CTA merges its four warps through
+// shared memory, and a split either writes the output directly (one split) or a partial
+// (normalized output, max, sum) that attention_combine_kernel merges.
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
 #include "kernels/attention.h"
 #include "kernels/token_rows.h"
+#include "kernels/w8a16_dot.cuh"  // mma_bf16 (the m16n8k16 wrapper the W8A16 kernels use)
 
 namespace mxmoe {
 
@@ -42,28 +44,9 @@ struct Args {
   int64_t out_stride;
   float* part_o;   // [T, n_heads, num_splits, head_dim]
   float* part_ml;  // [T, n_heads, num_splits, 2]: max (log2 domain) and sum
-  int n_heads, n_kv_heads, group, block_size, split_tokens, num_splits;
+  int n_heads, n_kv_heads, group, block_shift, split_tokens, num_splits;  // block_size = 1 << block_shift
   float scale_log2;  // scale · log2(e)
 };
-
-// N bf16 (N = 4, 8 or 16) from an address aligned to min(2·N, 16) bytes.
-template <int N>
-__device__ __forceinline__ void load_raw(const __nv_bfloat16* p, uint32_t (&r)[N / 2]) {
-  if constexpr (N == 4) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    r[0] = u.x;
-    r[1] = u.y;
-  } else {
-#pragma unroll
-    for (int i = 0; i < N / 8; ++i) {
-      const uint4 u = reinterpret_cast<const uint4*>(p)[i];
-      r[4 * i] = u.x;
-      r[4 * i + 1] = u.y;
-      r[4 * i + 2] = u.z;
-      r[4 * i + 3] = u.w;
-    }
-  }
-}
 
 // Two packed bf16 -> two floats (a bf16 is the top half of an f32).
 __device__ __forceinline__ float lo_f32(uint32_t w) { return __uint_as_float(w << 16); }
@@ -80,132 +63,213 @@ __device__ __forceinline__ int find_sequence(const int32_t* cu, int num_seqs, in
   return lo;
 }
 
-template <int HD, int GMAX>
+__device__ __forceinline__ uint4 load16(const __nv_bfloat16* p) { return *reinterpret_cast<const uint4*>(p); }
+
+// DPL bf16 (2, 4 or 8) at p as DPL/2 packed words.
+template <int DPL>
+__device__ __forceinline__ void load_words(const __nv_bfloat16* p, uint32_t (&w)[DPL / 2]) {
+  if constexpr (DPL == 2) {
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  } else if constexpr (DPL == 4) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    w[0] = u.x;
+    w[1] = u.y;
+  } else {
+    const uint4 u = load16(p);
+    w[0] = u.x;
+    w[1] = u.y;
+    w[2] = u.z;
+    w[3] = u.w;
+  }
+}
+
+// Scores on tensor cores, values on CUDA cores. Per warp step of kKeys keys:
+//   S[GP x kKeys] = Q[GP x HD] · K^T with mma.m16n8k16 (query heads are the M rows, padded to
+//   16; keys are N). The head dimension is consumed in a permuted order — quad thread c owns the
+//   16-byte chunks at dims 32m + 8c — which a dot product does not care about, so both Q and K
+//   fragments come from plain 16-byte loads of whole rows.
+//   Online softmax on the S fragments (a row lives in one quad), P to shared memory.
+//   O[GP x HD] += P · V on CUDA cores: lane owns dims DPL·lane.., reads each V row coalesced and
+//   the probabilities as shared-memory broadcasts.
+template <int HD, int GP>
 __global__ void __launch_bounds__(kThreads) attention_kernel(Args a) {
-  constexpr int N = HD / 16;  // elements per lane
-  // Key pairs in flight per warp step: 4 while the accumulators leave room (GMAX·HD <= 1024
-  // keeps ~225 registers, two CTAs per SM), else 2.
-  constexpr int kUnroll = GMAX * HD <= 1024 ? 4 : 2;
-  constexpr int kTile = 2 * kUnroll;  // keys per warp step
+  constexpr int kKeys = 16;       // keys per warp step: two MMA n-tiles
+  constexpr int CH = HD / 32;     // 16-byte chunks of a row per quad thread
+  constexpr int DPL = HD / 32;    // output dims per lane
+  constexpr int RG = GP / 8;      // 8-row groups of query heads actually used (1 or 2)
   extern __shared__ float smem[];
-  float* sm_o = smem;                           // [kWarps][GMAX][HD]
-  float* sm_m = sm_o + kWarps * GMAX * HD;      // [kWarps][GMAX]
-  float* sm_l = sm_m + kWarps * GMAX;           // [kWarps][GMAX]
+  float* sm_o = smem;                        // [kWarps][GP][HD]
+  float* sm_m = sm_o + kWarps * GP * HD;     // [kWarps][GP]
+  float* sm_l = sm_m + kWarps * GP;          // [kWarps][GP]
+  float* sm_c = sm_l + kWarps * GP;          // [kWarps][GP]: rescale of the step
+  float* sm_p = sm_c + kWarps * GP;          // [kWarps][GP][kKeys]
 
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, half = lane / 16, hl = lane % 16;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, c = lane % 4;
   const int group = a.group;
   const int seq = find_sequence(a.cu_seqlens, a.num_seqs, t);
   const int q_len = a.cu_seqlens[seq + 1] - a.cu_seqlens[seq];
   const int ctx = a.seq_lens[seq] - q_len + (t - a.cu_seqlens[seq]) + 1;  // keys 0..ctx-1 are visible
   const int begin = split * a.split_tokens, end = min(ctx, begin + a.split_tokens);
   const int32_t* table = a.block_tables + int64_t(seq) * a.max_blocks;
+  const int block_mask = (1 << a.block_shift) - 1;
+  const int64_t block_stride = int64_t(a.n_kv_heads) * HD << a.block_shift;
+  const int64_t head_offset = int64_t(kvh) * HD << a.block_shift;
+  const auto row_offset = [&](int key) {
+    return int64_t(table[key >> a.block_shift]) * block_stride + head_offset + int64_t(key & block_mask) * HD;
+  };
 
-  uint32_t q[GMAX][N / 2];
+  // Q as A fragments: qa[m][r] holds the 8 dims 32m + 8c.. of head 8r + gid (zeros past the group).
+  uint4 qa[CH][RG];
 #pragma unroll
-  for (int g = 0; g < GMAX; ++g) {
-    if (g < group) load_raw<N>(a.q + int64_t(t) * a.q_stride + int64_t(kvh * group + g) * HD + hl * N, q[g]);
+  for (int r = 0; r < RG; ++r) {
+    const int head = 8 * r + gid;
+#pragma unroll
+    for (int m = 0; m < CH; ++m) {
+      qa[m][r] = head < group ? load16(a.q + int64_t(t) * a.q_stride + int64_t(kvh * group + head) * HD + 32 * m + 8 * c)
+                              : make_uint4(0, 0, 0, 0);
+    }
   }
-  float m[GMAX], l[GMAX], acc[GMAX][N];
+  float m_run[RG], l_run[RG], acc[GP][DPL];
 #pragma unroll
-  for (int g = 0; g < GMAX; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.f;
+  for (int r = 0; r < RG; ++r) {
+    m_run[r] = -INFINITY;
+    l_run[r] = 0.f;
+  }
 #pragma unroll
-    for (int i = 0; i < N; ++i) acc[g][i] = 0.f;
+  for (int g = 0; g < GP; ++g) {
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) acc[g][e] = 0.f;
   }
 
-  const int64_t head_offset = int64_t(kvh) * a.block_size * HD + hl * N;
-  const int64_t block_stride = int64_t(a.n_kv_heads) * a.block_size * HD;
-  for (int base = begin + warp * kTile; base < end; base += kWarps * kTile) {
-    uint32_t kr[kUnroll][N / 2], vr[kUnroll][N / 2];
-    bool valid[kUnroll];
+  // Steps start at multiples of kKeys (split_tokens is one), so with blocks of >= kKeys tokens a
+  // step's keys are consecutive rows of one block: one table lookup per step.
+  const bool one_block = a.block_shift >= 4;
+  static_assert(kKeys == 16);
+  for (int base = begin + warp * kKeys; base < end; base += kWarps * kKeys) {
+    const int64_t base_offset = one_block ? row_offset(base) : 0;
+    const auto key_offset = [&](int k) { return one_block ? base_offset + int64_t(k) * HD : row_offset(base + k); };
+    // Issue every load of the step first: K rows (key base + 8j + gid, this thread's chunks) and
+    // V rows (all kKeys keys, this lane's dims).
+    uint4 kr[2][CH];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int key = base + 2 * u + half;
-      valid[u] = key < end;
-      if (valid[u]) {
-        const int64_t off = int64_t(table[key / a.block_size]) * block_stride + head_offset + int64_t(key % a.block_size) * HD;
-        load_raw<N>(a.k_cache + off, kr[u]);
-        load_raw<N>(a.v_cache + off, vr[u]);
+    for (int j = 0; j < 2; ++j) {
+      const int k = 8 * j + gid;
+#pragma unroll
+      for (int m = 0; m < CH; ++m) {
+        kr[j][m] = base + k < end ? load16(a.k_cache + key_offset(k) + 32 * m + 8 * c) : make_uint4(0, 0, 0, 0);
+      }
+    }
+    uint32_t vr[kKeys][DPL / 2];
+#pragma unroll
+    for (int k = 0; k < kKeys; ++k) {
+      if (base + k < end) {
+        load_words<DPL>(a.v_cache + key_offset(k) + DPL * lane, vr[k]);
       } else {
 #pragma unroll
-        for (int i = 0; i < N / 2; ++i) kr[u][i] = vr[u][i] = 0u;
+        for (int i = 0; i < DPL / 2; ++i) vr[k][i] = 0u;
       }
     }
-    float s[kUnroll][GMAX];
+    // S = Q K^T: n-tile j covers keys base + 8j .. +7; k-steps 2m and 2m+1 use words (x, y) and (z, w).
+    float s[2][4];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int j = 0; j < 2; ++j) {
 #pragma unroll
-      for (int g = 0; g < GMAX; ++g) {
-        if (g >= group) continue;
-        float d = 0.f;
+      for (int i = 0; i < 4; ++i) s[j][i] = 0.f;
 #pragma unroll
-        for (int i = 0; i < N / 2; ++i) {
-          d = fmaf(lo_f32(q[g][i]), lo_f32(kr[u][i]), d);
-          d = fmaf(hi_f32(q[g][i]), hi_f32(kr[u][i]), d);
+      for (int m = 0; m < CH; ++m) {
+        const uint4 q0 = qa[m][0], q1 = RG > 1 ? qa[m][RG - 1] : make_uint4(0, 0, 0, 0), k = kr[j][m];
+        w8a16::mma_bf16(s[j], q0.x, q1.x, q0.y, q1.y, k.x, k.y);
+        w8a16::mma_bf16(s[j], q0.z, q1.z, q0.w, q1.w, k.z, k.w);
+      }
+    }
+    // Online softmax per head row (rows gid and gid + 8; a row's 16 scores sit in one quad).
+#pragma unroll
+    for (int r = 0; r < RG; ++r) {
+      float x[4];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int key = base + 8 * j + 2 * c + i;
+          x[2 * j + i] = key < end ? s[j][2 * r + i] * a.scale_log2 : -INFINITY;
         }
-#pragma unroll
-        for (int o = 8; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);  // within the half-warp
-        s[u][g] = valid[u] ? d * a.scale_log2 : -INFINITY;
       }
-    }
+      float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mn = fmaxf(m_run[r], mx);  // finite: key `base` is visible
+      const float corr = exp2f(m_run[r] - mn);
+      m_run[r] = mn;
+      l_run[r] *= corr;
+      float* prow = sm_p + (warp * GP + 8 * r + gid) * kKeys;
 #pragma unroll
-    for (int g = 0; g < GMAX; ++g) {
+      for (int j = 0; j < 2; ++j) {
+        const float p0 = exp2f(x[2 * j] - mn), p1 = exp2f(x[2 * j + 1] - mn);
+        l_run[r] += p0 + p1;
+        *reinterpret_cast<float2*>(prow + 8 * j + 2 * c) = make_float2(p0, p1);
+      }
+      if (c == 0) sm_c[warp * GP + 8 * r + gid] = corr;
+    }
+    __syncwarp();
+    // O = O · corr + P V.
+#pragma unroll
+    for (int g = 0; g < GP; ++g) {
       if (g >= group) continue;
-      float tile_max = s[0][g];
+      const float corr = sm_c[warp * GP + g];
 #pragma unroll
-      for (int u = 1; u < kUnroll; ++u) tile_max = fmaxf(tile_max, s[u][g]);
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
-      const float mn = fmaxf(m[g], tile_max);  // finite: key `base` of half 0 is always valid
-      const float corr = exp2f(m[g] - mn);
-      l[g] *= corr;
+      for (int e = 0; e < DPL; ++e) acc[g][e] *= corr;
+    }
 #pragma unroll
-      for (int i = 0; i < N; ++i) acc[g][i] *= corr;
+    for (int k4 = 0; k4 < kKeys; k4 += 4) {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const float p = exp2f(s[u][g] - mn);
-        l[g] += p;
+      for (int g = 0; g < GP; ++g) {
+        if (g >= group) continue;
+        const float4 p = *reinterpret_cast<const float4*>(sm_p + (warp * GP + g) * kKeys + k4);
+        const float pk[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
-        for (int i = 0; i < N / 2; ++i) {
-          acc[g][2 * i] = fmaf(p, lo_f32(vr[u][i]), acc[g][2 * i]);
-          acc[g][2 * i + 1] = fmaf(p, hi_f32(vr[u][i]), acc[g][2 * i + 1]);
+        for (int k = 0; k < 4; ++k) {
+#pragma unroll
+          for (int i = 0; i < DPL / 2; ++i) {
+            acc[g][2 * i] = fmaf(pk[k], lo_f32(vr[k4 + k][i]), acc[g][2 * i]);
+            acc[g][2 * i + 1] = fmaf(pk[k], hi_f32(vr[k4 + k][i]), acc[g][2 * i + 1]);
+          }
         }
       }
-      m[g] = mn;
     }
+    __syncwarp();  // sm_p and sm_c are rewritten next step
   }
 
-  // Merge the two half-warps (same running max), then the warps through shared memory.
+  // Per-warp state to shared memory, then the CTA merges its warps.
 #pragma unroll
-  for (int g = 0; g < GMAX; ++g) {
+  for (int r = 0; r < RG; ++r) {
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+    if (c == 0) {
+      sm_m[warp * GP + 8 * r + gid] = m_run[r];
+      sm_l[warp * GP + 8 * r + gid] = l_run[r];
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < GP; ++g) {
     if (g >= group) continue;
-    l[g] += __shfl_xor_sync(0xffffffffu, l[g], 16);
 #pragma unroll
-    for (int i = 0; i < N; ++i) acc[g][i] += __shfl_xor_sync(0xffffffffu, acc[g][i], 16);
-    if (half == 0) {
-#pragma unroll
-      for (int i = 0; i < N; ++i) sm_o[(warp * GMAX + g) * HD + hl * N + i] = acc[g][i];
-    }
-    if (lane == 0) {
-      sm_m[warp * GMAX + g] = m[g];
-      sm_l[warp * GMAX + g] = l[g];
-    }
+    for (int e = 0; e < DPL; ++e) sm_o[(warp * GP + g) * HD + DPL * lane + e] = acc[g][e];
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < group * HD; idx += kThreads) {
     const int g = idx / HD, d = idx % HD;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm_m[w * GMAX + g]);
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm_m[w * GP + g]);
     float sum = 0.f, o = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
-      const float mw = sm_m[w * GMAX + g];
+      const float mw = sm_m[w * GP + g];
       if (mw == -INFINITY) continue;  // a warp without keys
       const float scale = exp2f(mw - mx);
-      sum += sm_l[w * GMAX + g] * scale;
-      o += sm_o[(w * GMAX + g) * HD + d] * scale;
+      sum += sm_l[w * GP + g] * scale;
+      o += sm_o[(w * GP + g) * HD + d] * scale;
     }
     const int h = kvh * group + g;
     if (a.num_splits == 1) {
@@ -248,11 +312,11 @@ int num_splits(int64_t tokens, int n_kv_heads, int64_t max_seq_len) {
   return int(std::max<int64_t>(1, std::min(want, cap)));
 }
 
-template <int HD, int GMAX>
+template <int HD, int GP>
 void launch(const Args& a, int64_t tokens, cudaStream_t stream) {
-  const size_t smem = sizeof(float) * (kWarps * GMAX * HD + 2 * kWarps * GMAX);
+  const size_t smem = sizeof(float) * (kWarps * GP * HD + 3 * kWarps * GP + kWarps * GP * 16);
   const dim3 grid(unsigned(tokens), unsigned(a.n_kv_heads), unsigned(a.num_splits));
-  attention_kernel<HD, GMAX><<<grid, kThreads, smem, stream>>>(a);
+  attention_kernel<HD, GP><<<grid, kThreads, smem, stream>>>(a);
   CUDA_CHECK_LAUNCH();
   if (a.num_splits > 1) {
     attention_combine_kernel<HD><<<dim3(unsigned(tokens), unsigned(a.n_heads)), HD, 0, stream>>>(a);
@@ -262,9 +326,6 @@ void launch(const Args& a, int64_t tokens, cudaStream_t stream) {
 
 template <int HD>
 void launch_group(const Args& a, int64_t tokens, cudaStream_t stream) {
-  if (a.group <= 1) return launch<HD, 1>(a, tokens, stream);
-  if (a.group <= 2) return launch<HD, 2>(a, tokens, stream);
-  if (a.group <= 4) return launch<HD, 4>(a, tokens, stream);
   if (a.group <= 8) return launch<HD, 8>(a, tokens, stream);
   if constexpr (HD <= 128) {
     if (a.group <= 16) return launch<HD, 16>(a, tokens, stream);
@@ -303,9 +364,10 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
       detail::check_attention_args("paged_attention", q, k_cache, v_cache, batch, out, Device::cuda);
   if (s.tokens == 0) return;
   const TokenRows qr = token_rows(q, "q"), orows = token_rows(out, "out");
-  const int n = s.head_dim / 16;
-  MXMOE_CHECK(reinterpret_cast<uintptr_t>(q.data()) % std::min(2 * n, 16) == 0 && qr.stride % n == 0,
-              "paged_attention: q rows must be aligned to ", std::min(2 * n, 16), " bytes");
+  MXMOE_CHECK(reinterpret_cast<uintptr_t>(q.data()) % 16 == 0 && qr.stride % 8 == 0,
+              "paged_attention: q rows must be 16-byte aligned");
+  MXMOE_CHECK(std::has_single_bit(unsigned(s.block_size)), "paged_attention: block size ", s.block_size,
+              " must be a power of two");
   const int splits = num_splits(s.tokens, s.n_kv_heads, batch.max_seq_len);
   const int64_t part_rows = s.tokens * s.n_heads * splits;
   MXMOE_CHECK(splits == 1 || (workspace.device() == Device::cuda &&
@@ -317,8 +379,8 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
          v_cache.data_as<const __nv_bfloat16>(), batch.block_tables.data_as<const int32_t>(), s.max_blocks,
          batch.cu_seqlens.data_as<const int32_t>(), batch.seq_lens.data_as<const int32_t>(), int(s.num_seqs),
          out.data_as<__nv_bfloat16>(), orows.stride, part_o, part_o ? part_o + part_rows * s.head_dim : nullptr,
-         s.n_heads, s.n_kv_heads, s.n_heads / s.n_kv_heads, s.block_size,
-         int((batch.max_seq_len + splits - 1) / splits), splits, scale * kLog2e};
+         s.n_heads, s.n_kv_heads, s.n_heads / s.n_kv_heads, std::countr_zero(unsigned(s.block_size)),
+         int((batch.max_seq_len + splits - 1) / splits + 15) / 16 * 16, splits, scale * kLog2e};
   switch (s.head_dim) {
     case 64: return launch_group<64>(a, s.tokens, stream);
     case 128: return launch_group<128>(a, s.tokens, stream);

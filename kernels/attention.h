@@ -14,8 +14,9 @@
 //   cu_seqlens:   i32 [S + 1], seq_lens: i32 [S]
 //   out:          bf16 [T, n_heads, head_dim]
 // n_heads % n_kv_heads == 0 (query head h reads KV head h / (n_heads / n_kv_heads));
-// head_dim ∈ {64, 128, 256}. Scores are q·k · scale (usually 1/sqrt(head_dim)); softmax and
-// accumulation are fp32.
+// head_dim ∈ {64, 128, 256}; up to 16 query heads per KV head (8 at head_dim 256); block_size a
+// power of two. Scores are q·k · scale (usually 1/sqrt(head_dim)) accumulated in fp32 on tensor
+// cores; softmax and the value sum are fp32.
 //
 // Long contexts are split along the keys (flash-decoding): each split keeps a partial softmax
 // (max, sum, normalized output) in `workspace` and a second kernel combines them. The split count

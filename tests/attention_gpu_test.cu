@@ -78,6 +78,7 @@ TEST(AttentionGpu, PrefillBatchWithCachedPrefixes) {
   run_case({8, 8, 256, 16, {50, 20}, {50, 3}});                    // no GQA, head_dim 256
   run_case({16, 2, 256, 16, {600}, {3}});                          // group 8 at head_dim 256
   run_case({16, 1, 128, 16, {300, 45}, {1, 45}});                  // group 16
+  run_case({32, 4, 128, 4, {100, 9}, {5, 9}});                      // blocks smaller than a warp step
 }
 
 TEST(AttentionGpu, DecodeLongContextsSplitAlongKeys) {

@@ -54,6 +54,8 @@ TEST(KvCache, ExhaustedPoolIsAClearErrorAndChangesNothing) {
   cache.append(a, 4);
   EXPECT_EQ(cache.free_blocks(), 0);
   EXPECT_THROW(KvCache({.num_layers = 1, .num_kv_heads = 1, .head_dim = 8}, Device::cpu), Error);  // CPU needs num_blocks
+  EXPECT_THROW(KvCache({.num_layers = 1, .num_kv_heads = 1, .head_dim = 8, .block_size = 12, .num_blocks = 4}, Device::cpu),
+               Error);  // block size must be a power of two
 }
 
 TEST(KvCache, WriteRefStoresRowsAtSlots) {
