@@ -159,8 +159,7 @@ void check_weights(const Tensor& w, const char* op, const char* name) {
 const Shape& shape_of(const MxTensor& w) { return w.elems.shape(); }
 const Shape& shape_of(const Tensor& w) { return w.shape(); }
 
-// Token rows per pass: one 8-token mma tile when T <= 8 (an expert has at most T pairs under the
-// usual distinct top-k; more loop), else two.
+// One job per (expert slot, tile group), for as many slots as the pairs can fill.
 int64_t jobs_for(int64_t experts, int64_t pairs, int64_t tiles) {
   return std::min(experts, pairs) * ((tiles + kWarps - 1) / kWarps);
 }
@@ -217,6 +216,8 @@ void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm,
   check_cuda_contiguous(act, op, "act");
   check_perm(perm, ws[0], pairs, op);
   if (pairs == 0 || ws[1] == 0) return;
+  // Token rows per pass: one 8-token mma tile when T <= 8 (an expert has at most T pairs under the
+  // usual distinct top-k; more loop), else two.
   if (x.size(0) <= 8)
     gate_up<1>(x, w13, perm, top_k, act, stream);
   else
