@@ -63,7 +63,9 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& what) {
       a = m[0].get<std::string>();
       b = m[1].get<std::string>();
     }
-    const auto ia = token_to_id(a), ib = token_to_id(b), inew = token_to_id(a + b);
+    // With a continuing_subword_prefix, "##a" + "##b" makes "##ab": b loses its prefix.
+    const size_t cut = b.starts_with(continuing_subword_prefix_) ? continuing_subword_prefix_.size() : 0;
+    const auto ia = token_to_id(a), ib = token_to_id(b), inew = token_to_id(a + b.substr(cut));
     MXMOE_CHECK(ia && ib && inew, what, ": merge ", rank, " ('", a, "', '", b,
                 "') uses a token that is not in the vocabulary");
     merges_.insert_or_assign(pair_key(*ia, *ib), Merge{rank, *inew});  // a repeat overrides, as in tokenizers

@@ -57,6 +57,7 @@ struct Tokenizer::Impl {
   PostProcessor post;
   std::vector<AddedToken> added;
   std::unordered_map<int32_t, const AddedToken*> added_by_id;
+  std::unordered_map<int32_t, std::string> added_text;
   TokenMap added_by_content;
   std::unordered_set<std::string> special_contents;
   std::unique_ptr<AddedTokenMatcher> raw_matcher, normalized_matcher;
@@ -89,6 +90,8 @@ struct Tokenizer::Impl {
     std::vector<std::string> raw_pat, norm_pat;
     for (const auto& t : added) {
       added_by_id[t.id] = &t;
+      // A normalized token reads back (id_to_token, decode) in its normalized form.
+      added_text[t.id] = t.normalized ? normalizer(t.content) : t.content;
       added_by_content[t.content] = t.id;
       if (t.special) special_contents.insert(t.content);
       vocab_size = std::max(vocab_size, t.id + 1);
@@ -176,7 +179,7 @@ std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
 }
 
 std::string Tokenizer::id_to_token(int32_t id) const {
-  if (const auto it = impl_->added_by_id.find(id); it != impl_->added_by_id.end()) return it->second->content;
+  if (const auto it = impl_->added_text.find(id); it != impl_->added_text.end()) return it->second;
   const std::string* s = impl_->model->id_to_token(id);
   MXMOE_CHECK(s, impl_->source, ": token id ", id, " is not in the vocabulary (size ", impl_->vocab_size, ")");
   return *s;

@@ -48,16 +48,21 @@ void PreTokenizer::add(const nlohmann::json& spec, const std::string& what) {
     steps_.push_back([r = Regex(re, what), removed = behavior == "Removed", invert = spec.value("invert", false)](
                          const std::string& in, std::vector<std::string>& out) { split(r, removed, invert, in, out); });
   } else if (type == "ByteLevel") {
+    // The prefix space goes on the piece before the GPT-2 regex splits it, as in tokenizers.
+    if (spec.value("add_prefix_space", false)) {
+      steps_.push_back([](const std::string& in, std::vector<std::string>& out) {
+        out.push_back(in[0] == ' ' ? in : " " + in);
+      });
+    }
     if (spec.value("use_regex", true)) {
       steps_.push_back([r = Regex(kGpt2Pattern, what)](const std::string& in, std::vector<std::string>& out) {
         split(r, false, false, in, out);
       });
     }
-    steps_.push_back([prefix = spec.value("add_prefix_space", false)](const std::string& in, std::vector<std::string>& out) {
+    steps_.push_back([](const std::string& in, std::vector<std::string>& out) {
       const auto& t = byte_level::tables();
       std::string& w = out.emplace_back();
       w.reserve(in.size() * 2);
-      if (prefix && in[0] != ' ') w += t.to_char[' '];
       for (const char c : in) w += t.to_char[static_cast<unsigned char>(c)];
     });
   } else {

@@ -64,7 +64,7 @@ TEST_P(Goldens, EncodeDecodeStreamMatchTokenizers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokenizers, Goldens, ::testing::Values("qwen3", "llama2", "deepseek_v3"));
+INSTANTIATE_TEST_SUITE_P(Tokenizers, Goldens, ::testing::Values("qwen3", "llama2", "deepseek_v3", "synthetic_bytelevel", "synthetic_unk"));
 
 TEST(Tokenizer, StreamNeverSplitsACharacter) {
   // Llama-2 spells rare characters with byte-fallback tokens, one byte each: the stream must hold

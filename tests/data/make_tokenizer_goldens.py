@@ -50,6 +50,43 @@ def random_texts(count=150, seed=1234):
     return out
 
 
+# Synthetic tokenizers trained here on the text set, to cover tokenizer.json features the three
+# real files do not use: lstrip/rstrip/single_word/normalized added tokens, NFKC + Lowercase,
+# ByteLevel with its GPT-2 regex and add_prefix_space, a template with a trailing token, unk
+# without byte fallback, continuing_subword_prefix, Replace/Split with regexes, Removed, no decoder.
+SYNTHETIC = ["synthetic_bytelevel", "synthetic_unk"]
+SYNTHETIC_TEXTS = [
+    "a  [LS] b [LS]c", "x[RS]   y [RS]", "word words sword word_ wordy (word) word", "MIXED mixed MiXeD",
+    "ﬁne ｆｕｌｌ Ⅻ", "[LS][RS]word[LS]", "tabs\tand  spaces   here", "digits 12345 and 6.78",
+]
+
+
+def make_synthetic(texts):
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    corpus = (texts + SYNTHETIC_TEXTS) * 3
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=["<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok.add_tokens([AddedToken("[LS]", lstrip=True, normalized=False), AddedToken("[RS]", rstrip=True, normalized=False),
+                    AddedToken("word", single_word=True, normalized=False), AddedToken("MiXeD", normalized=True)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", tok.token_to_id("<bos>")), ("<eos>", tok.token_to_id("<eos>"))])
+    yield "synthetic_bytelevel", tok
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##", fuse_unk=False))
+    tok.normalizer = normalizers.Replace(Regex(r"\s+"), " ")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(" ", behavior="removed"), pre_tokenizers.Split(Regex(r"\d"), behavior="isolated")])
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["[UNK]"], limit_alphabet=40, continuing_subword_prefix="##",
+        show_progress=False))
+    yield "synthetic_unk", tok
+
+
 def encode_goldens(name, texts):
     import tokenizers
     from tokenizers.decoders import DecodeStream
@@ -211,8 +248,12 @@ def main():
     with open(path, "w", encoding="utf-8") as f:
         json.dump(jinja_goldens(), f, ensure_ascii=False, indent=1)
     print("wrote", path)
-    for name in NAMES:
-        out = {"encode": encode_goldens(name, texts + random_texts())}
+    for name, tok in make_synthetic(texts):
+        os.makedirs(os.path.join(DATA, "tokenizers", name), exist_ok=True)
+        tok.save(os.path.join(DATA, "tokenizers", name, "tokenizer.json"))
+    for name in NAMES + SYNTHETIC:
+        extra = SYNTHETIC_TEXTS if name in SYNTHETIC else []
+        out = {"encode": encode_goldens(name, texts + extra + random_texts())}
         chat = chat_goldens(name)
         if chat is not None:
             out["chat"] = chat
