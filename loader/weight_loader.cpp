@@ -79,7 +79,8 @@ struct Job {
 };
 
 // The staging pipeline: chunks of packed slice bytes go mmap -> staging (worker threads) ->
-// destination (DMA on the copy stream + conversion kernel, or CPU conversion), with
+// destination (DMA on the copy stream, then the conversion / NaN-check kernels on a second
+// stream so the next DMA never waits for a kernel launch; or CPU conversion), with
 // `staging_buffers` chunks in flight.
 class Streamer {
  public:
@@ -87,16 +88,20 @@ class Streamer {
       : chunk_(std::max(kAlign, o.staging_bytes / kAlign * kAlign)),
         pool_(o.copy_threads > 0 ? o.copy_threads : int(std::clamp(std::thread::hardware_concurrency(), 1u, 8u))) {
     const bool gpu = cuda_available();
-    if (gpu) stream_.emplace();
+    if (gpu) {
+      copy_.emplace();
+      work_.emplace();
+    }
     for (int i = 0; i < std::max(1, o.staging_buffers); ++i) {
       Slot s;
       s.host = gpu ? Tensor::empty_pinned({int64_t(chunk_)}, DType::u8) : Tensor::empty({int64_t(chunk_)}, DType::u8, Device::cpu);
-      if (gpu) s.done = std::make_unique<Event>(cudaEventDisableTiming);
+      if (gpu) {
+        s.copied = std::make_unique<Event>(cudaEventDisableTiming);
+        s.done = std::make_unique<Event>(cudaEventDisableTiming);
+      }
       slots_.push_back(std::move(s));
     }
   }
-
-  cudaStream_t stream() const { return stream_ ? cudaStream_t(*stream_) : nullptr; }
 
   // Moves every job's bytes into its destination; returns when they are there. NaN/Inf in a
   // float destination is an error naming the tensor.
@@ -105,12 +110,12 @@ class Streamer {
     cpu_counts_.assign(jobs.size(), 0);
     const bool any_gpu = std::any_of(jobs.begin(), jobs.end(), [](const Job& j) { return j.dest.device() == Device::cuda; });
     if (any_gpu) {
-      MXMOE_CHECK(stream_, "a layer asked for weights on the GPU but no GPU is available");
-      if (gpu_counts_.numel() < int64_t(jobs.size())) {
+      MXMOE_CHECK(copy_, "a layer asked for weights on the GPU but no GPU is available");
+      if (!gpu_counts_.defined() || gpu_counts_.numel() < int64_t(jobs.size())) {
         gpu_counts_ = Tensor::empty({int64_t(jobs.size())}, DType::i32, Device::cuda);
         host_counts_ = Tensor::empty_pinned({int64_t(jobs.size())}, DType::i32);
       }
-      CUDA_CHECK(cudaMemsetAsync(gpu_counts_.data(), 0, jobs.size() * sizeof(int), stream()));
+      CUDA_CHECK(cudaMemsetAsync(gpu_counts_.data(), 0, jobs.size() * sizeof(int), *work_));
     }
     std::vector<Segment> segments;
     size_t used = 0;  // bytes of the current chunk
@@ -133,8 +138,8 @@ class Streamer {
     flush(segments);
     if (any_gpu) {
       CUDA_CHECK(cudaMemcpyAsync(host_counts_.data(), gpu_counts_.data(), jobs.size() * sizeof(int),
-                                 cudaMemcpyDeviceToHost, stream()));
-      stream_->synchronize();
+                                 cudaMemcpyDeviceToHost, *work_));
+      work_->synchronize();  // it waited for every copy too
     }
     for (size_t j = 0; j < jobs.size(); ++j) {
       const bool gpu = jobs[j].dest.device() == Device::cuda;
@@ -147,7 +152,8 @@ class Streamer {
   struct Slot {
     Tensor host;     // [chunk] u8, pinned when a GPU is present
     Tensor scratch;  // [chunk] u8 on the GPU, allocated on first conversion
-    std::unique_ptr<Event> done;  // the copy stream has finished with this slot
+    std::unique_ptr<Event> copied;  // on the copy stream: this chunk's DMAs are done
+    std::unique_ptr<Event> done;    // on the work stream: its kernels too, the slot is free
   };
   struct Segment {
     size_t job, offset, bytes, staging_offset;  // bytes [offset, offset+bytes) of the job's packed slice
@@ -163,8 +169,13 @@ class Streamer {
     Slot& slot = slots_[next_slot_++ % slots_.size()];
     if (slot.done) slot.done->synchronize();
     pack(segments, slot.host.data_as<uint8_t>());
-    for (const Segment& s : segments) deliver(s, slot);
-    if (slot.done) slot.done->record(stream());
+    for (const Segment& s : segments) copy(s, slot);
+    if (slot.done) {
+      slot.copied->record(*copy_);
+      CUDA_CHECK(cudaStreamWaitEvent(*work_, *slot.copied));
+    }
+    for (const Segment& s : segments) finish(s, slot);
+    if (slot.done) slot.done->record(*work_);
     segments.clear();
   }
 
@@ -187,39 +198,61 @@ class Streamer {
     pool_.run(pieces_.size(), [&](size_t i) { std::memcpy(pieces_[i].dst, pieces_[i].src, pieces_[i].bytes); });
   }
 
-  void deliver(const Segment& s, Slot& slot) {
+  // Where segment s goes: its destination elements, and the staged bytes.
+  struct Target {
+    const Job& job;
+    DType from, to;
+    int64_t n;        // elements
+    void* dst;        // first destination element
+    uint8_t* staged;  // in the slot's host buffer
+  };
+  Target target(const Segment& s, const Slot& slot) const {
     const Job& job = (*jobs_)[s.job];
     const DType from = job.src_dtype, to = job.dest.dtype();
-    const int64_t first = int64_t(s.offset / dtype_size(from)), n = int64_t(s.bytes / dtype_size(from));
-    void* dst = job.dest.data_as<uint8_t>() + size_t(first) * dtype_size(to);
-    uint8_t* staged = slot.host.data_as<uint8_t>() + s.staging_offset;
-    const Device device = job.dest.device();
-    const Tensor out = Tensor::wrap(dst, {n}, to, device);
-    if (device == Device::cpu) {
-      if (from == to) {
-        std::memcpy(dst, staged, s.bytes);
-        if (is_float(to)) cpu_counts_[s.job] += count_nonfinite_ref(out);
+    const size_t first = s.offset / dtype_size(from);
+    return {job, from, to, int64_t(s.bytes / dtype_size(from)), job.dest.data_as<uint8_t>() + first * dtype_size(to),
+            slot.host.data_as<uint8_t>() + s.staging_offset};
+  }
+
+  // GPU: the DMA (straight into the destination when no conversion is needed, else into the
+  // slot's scratch). CPU: the whole delivery.
+  void copy(const Segment& s, Slot& slot) {
+    const Target t = target(s, slot);
+    if (t.job.dest.device() == Device::cpu) {
+      const Tensor out = Tensor::wrap(t.dst, {t.n}, t.to, Device::cpu);
+      if (t.from == t.to) {
+        std::memcpy(t.dst, t.staged, s.bytes);
+        if (is_float(t.to)) cpu_counts_[s.job] += count_nonfinite_ref(out);
       } else {
-        cpu_counts_[s.job] += convert_dtype_ref(Tensor::wrap(staged, {n}, from, Device::cpu), out);
+        cpu_counts_[s.job] += convert_dtype_ref(Tensor::wrap(t.staged, {t.n}, t.from, Device::cpu), out);
       }
       return;
     }
+    void* to = t.dst;
+    if (t.from != t.to) {
+      if (!slot.scratch.defined()) slot.scratch = Tensor::empty({int64_t(chunk_)}, DType::u8, Device::cuda);
+      to = slot.scratch.data_as<uint8_t>() + s.staging_offset;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(to, t.staged, s.bytes, cudaMemcpyHostToDevice, *copy_));
+  }
+
+  // GPU, on the work stream once the chunk's DMAs are done: convert, or check the copy.
+  void finish(const Segment& s, const Slot& slot) {
+    const Target t = target(s, slot);
+    if (t.job.dest.device() == Device::cpu) return;
+    const Tensor out = Tensor::wrap(t.dst, {t.n}, t.to, Device::cuda);
     int* count = gpu_counts_.data_as<int>() + s.job;
-    if (from == to) {
-      CUDA_CHECK(cudaMemcpyAsync(dst, staged, s.bytes, cudaMemcpyHostToDevice, stream()));
-      if (is_float(to)) count_nonfinite(out, stream(), count);
+    if (t.from == t.to) {
+      if (is_float(t.to)) count_nonfinite(out, *work_, count);
       return;
     }
-    if (!slot.scratch.defined() || slot.scratch.numel() == 0)
-      slot.scratch = Tensor::empty({int64_t(chunk_)}, DType::u8, Device::cuda);
-    uint8_t* scratch = slot.scratch.data_as<uint8_t>() + s.staging_offset;
-    CUDA_CHECK(cudaMemcpyAsync(scratch, staged, s.bytes, cudaMemcpyHostToDevice, stream()));
-    convert_dtype(Tensor::wrap(scratch, {n}, from, Device::cuda), out, stream(), count);
+    const Tensor staged = Tensor::wrap(slot.scratch.data_as<uint8_t>() + s.staging_offset, {t.n}, t.from, Device::cuda);
+    convert_dtype(staged, out, *work_, count);
   }
 
   size_t chunk_;
   WorkerPool pool_;
-  std::optional<Stream> stream_;
+  std::optional<Stream> copy_, work_;
   std::vector<Slot> slots_;
   size_t next_slot_ = 0;
   const std::vector<Job>* jobs_ = nullptr;
@@ -266,12 +299,49 @@ void warn_unexpected(const std::vector<std::string>& names, const std::string& p
 
 }  // namespace
 
+namespace {
+
+// A spec resolved against the checkpoint.
+struct Planned {
+  const CheckpointTensor* tensor;  // null: optional and absent
+  FillGeometry geometry;
+};
+
+// Streams layer after layer; returns when every layer has finished loading. The staging area
+// lives only as long as this call.
+void stream_layers(std::span<Loadable* const> layers, const std::vector<std::vector<WeightSpec>>& specs,
+                   const std::vector<std::vector<Planned>>& plans, const LoadOptions& options,
+                   LoadProgress& progress, LoadReport& report) {
+  Streamer streamer(options);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    Loadable& layer = *layers[l];
+    layer.begin_loading();
+    std::vector<Job> jobs;
+    size_t bytes = 0;
+    for (size_t i = 0; i < specs[l].size(); ++i) {
+      const Planned& p = plans[l][i];
+      if (!p.tensor) continue;
+      const WeightSpec& spec = specs[l][i];
+      const DType from = *p.tensor->info->dtype;
+      Tensor dest = checked_dest(layer, i, spec);
+      MXMOE_CHECK((is_float(from) && is_float(dest.dtype())) || from == dest.dtype(), "tensor ", spec.name, " in ",
+                  p.tensor->file->path(), " is ", p.tensor->info->dtype_name, " but ", layer.loadable_name(),
+                  " wants ", dtype_name(dest.dtype()));
+      jobs.push_back({cat("tensor ", spec.name, " in ", p.tensor->file->path()), p.tensor->data(), from, p.geometry,
+                      std::move(dest)});
+      bytes += jobs.back().bytes();
+    }
+    streamer.load_layer(jobs);
+    layer.finish_loading();
+    report.bytes += bytes;
+    progress.advance(jobs.size(), bytes);
+  }
+}
+
+}  // namespace
+
 LoadReport load_weights(const Checkpoint& checkpoint, std::span<Loadable* const> layers, const LoadOptions& options) {
   // Check every spec against the checkpoint before moving a byte: a mismatch fails in milliseconds.
-  struct Planned {
-    const CheckpointTensor* tensor;  // null: optional and absent
-    FillGeometry geometry;
-  };
   std::vector<std::vector<WeightSpec>> specs;
   std::vector<std::vector<Planned>> plans;
   std::set<std::string> wanted;
@@ -304,31 +374,8 @@ LoadReport load_weights(const Checkpoint& checkpoint, std::span<Loadable* const>
   warn_unexpected(report.unexpected, checkpoint.path());
 
   GpuAccounting accounting(options);
-  Streamer streamer(options);
   LoadProgress progress(report.tensors, total_bytes, options.quiet);
-  for (size_t l = 0; l < layers.size(); ++l) {
-    Loadable& layer = *layers[l];
-    layer.begin_loading();
-    std::vector<Job> jobs;
-    size_t bytes = 0;
-    for (size_t i = 0; i < specs[l].size(); ++i) {
-      const Planned& p = plans[l][i];
-      if (!p.tensor) continue;
-      const WeightSpec& spec = specs[l][i];
-      const DType from = *p.tensor->info->dtype;
-      Tensor dest = checked_dest(layer, i, spec);
-      MXMOE_CHECK((is_float(from) && is_float(dest.dtype())) || from == dest.dtype(), "tensor ", spec.name, " in ",
-                  p.tensor->file->path(), " is ", p.tensor->info->dtype_name, " but ", layer.loadable_name(),
-                  " wants ", dtype_name(dest.dtype()));
-      jobs.push_back({cat("tensor ", spec.name, " in ", p.tensor->file->path()), p.tensor->data(), from, p.geometry,
-                      std::move(dest)});
-      bytes += jobs.back().bytes();
-    }
-    streamer.load_layer(jobs);
-    layer.finish_loading();
-    report.bytes += bytes;
-    progress.advance(jobs.size(), bytes);
-  }
+  stream_layers(layers, specs, plans, options, progress, report);
   report.seconds = progress.seconds();
   accounting.fill(report);
   summarize(report, cat("loaded ", checkpoint.path()), options);

@@ -28,8 +28,10 @@ struct LoadOptions {
   uint64_t seed = 0;                // dummy weights: the same seed gives the same values
   size_t gpu_memory_limit = 0;      // bytes; > 0 caps the current GPU (set_device_memory_limit) and stays set
   bool quiet = false;               // no progress bar and no summary line
-  size_t staging_bytes = 64 << 20;  // per staging buffer (a multiple of 16)
-  int staging_buffers = 2;          // in flight at once (double-buffered)
+  // Staging: small chunks keep the per-layer pipeline fill/drain short (H100 box, Qwen3-30B-A3B
+  // layers: 3 x 16 MiB loaded at 27.0 GB/s, 2 x 64 MiB at 19.1, 2 x 256 MiB at 10.3).
+  size_t staging_bytes = 16 << 20;  // per staging buffer (a multiple of 16)
+  int staging_buffers = 3;          // in flight at once
   int copy_threads = 0;             // threads reading the mmap; 0: min(8, hardware threads)
 };
 
