@@ -69,30 +69,31 @@ double wave_efficiency(int64_t tiles, int sms) {
   return waves == 0 ? 1.0 : double(tiles) / double(waves * sms);
 }
 
-// Measured on H100 (bench-gemm): 256 x 128 tiles are fastest when their waves fill the SMs (half
-// the dequant work per flop of 128-row tiles); otherwise, and for grouped GEMMs with small groups
-// (partial m-tiles), 128 x 128 tiles with two CTAs per SM.
+// Measured on H100 (bench-gemm): 256 x 128 tiles with 4 warpgroups are fastest when their waves
+// fill the SMs (half the dequant work per flop of 128-row tiles, and 4 warps per scheduler to
+// hide latency); otherwise, and for grouped GEMMs with small groups (partial m-tiles), 128 x 128
+// tiles with two CTAs per SM.
 GemmTileN pick_dense(GemmTileN tile, int64_t m, int64_t n, int sms) {
   if (tile != GemmTileN::automatic) return tile;
   const int64_t tiles = (m + 255) / 256 * ((n + 127) / 128);
-  return wave_efficiency(tiles, sms) >= 0.85 ? GemmTileN::m256 : GemmTileN::n128_2cta;
+  return wave_efficiency(tiles, sms) >= 0.85 ? GemmTileN::m256_4wg : GemmTileN::n128_2cta;
 }
 GemmTileN pick_grouped(GemmTileN tile, int64_t m, int64_t groups) {
   if (tile != GemmTileN::automatic) return tile;
-  return m >= 512 * groups ? GemmTileN::m256 : GemmTileN::n128_2cta;
+  return m >= 512 * groups ? GemmTileN::m256_4wg : GemmTileN::n128_2cta;
 }
 
 // Grid: dense, exactly the tiles; grouped, every group adds at most one partial m-tile, so
 // M/BM + G m-tiles bound the count (the extra CTAs exit at once).
-template <int BM, int BN, bool kFp8, int kCtas>
+template <int BM, int BN, bool kFp8, int kCtas, int kWG = 2>
 void launch(GemmArgs a, cudaStream_t stream) {
-  using T = w8a16::Tile<BM, BN, kFp8, kCtas>;
+  using T = w8a16::Tile<BM, BN, kFp8, kCtas, kWG>;
   constexpr int smem = T::smem_bytes;
   static std::array<std::once_flag, 64> once;
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   std::call_once(once[size_t(device) % once.size()], [] {
-    CUDA_CHECK(cudaFuncSetAttribute(w8a16::gemm_kernel<BM, BN, kFp8, kCtas>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CUDA_CHECK(cudaFuncSetAttribute(w8a16::gemm_kernel<BM, BN, kFp8, kCtas, kWG>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   });
   constexpr int max_groups = w8a16::max_groups<T>();
   MXMOE_CHECK(a.G <= max_groups, "grouped GEMM: ", a.G, " groups, at most ", max_groups, " supported");
@@ -100,7 +101,7 @@ void launch(GemmArgs a, cudaStream_t stream) {
   const int64_t m_tiles = a.offsets ? a.M / BM + a.G : (a.M + BM - 1) / BM;
   const int64_t grid = m_tiles * a.n_tiles;
   MXMOE_CHECK(grid < (int64_t(1) << 31), "GEMM grid too large: ", grid, " CTAs");
-  w8a16::gemm_kernel<BM, BN, kFp8, kCtas><<<unsigned(grid), w8a16::kThreads, smem, stream>>>(a);
+  w8a16::gemm_kernel<BM, BN, kFp8, kCtas, kWG><<<unsigned(grid), T::threads, smem, stream>>>(a);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -109,6 +110,7 @@ void dispatch(const GemmArgs& a, GemmTileN tile, cudaStream_t stream) {
   switch (tile) {
     case GemmTileN::n256: launch<128, 256, kFp8, 1>(a, stream); break;
     case GemmTileN::m256: launch<256, 128, kFp8, 1>(a, stream); break;
+    case GemmTileN::m256_4wg: launch<256, 128, kFp8, 1, 4>(a, stream); break;
     case GemmTileN::n128_2cta: launch<128, 128, kFp8, 2>(a, stream); break;
     default: launch<128, 128, kFp8, 1>(a, stream); break;
   }

@@ -2,11 +2,11 @@
 // The tensor-core GEMM behind w8a16_gemm / w8a16_grouped_gemm / bf16_grouped_gemm (Hopper, sm_90a):
 //   y[rows of group g, N] = x[rows, K] · W_g[N, K]ᵀ (+ bias[N]); bf16 in/out, fp32 accumulation.
 //
-// One CTA = 2 warpgroups computes a BM x BN tile of y (BM = 128 or 256: each warpgroup owns BM/2
-// rows as one or two m64 sub-tiles), stepping K by 64:
+// One CTA = 2 or 4 warpgroups computes a BM x BN tile of y (BM = 128 or 256: each warpgroup owns
+// one or two m64 sub-tiles), stepping K by 64:
 //  - x and (bf16) W tiles arrive by cp.async into 128-byte-swizzled K-major shared tiles, the
 //    layout wgmma reads directly; 3-4 stages in flight.
-//  - MXFP8 W tiles arrive as raw fp8 rows; all 256 threads dequantize them (e4m3 -> f32, times the
+//  - MXFP8 W tiles arrive as raw fp8 rows; all threads dequantize them (e4m3 -> f32, times the
 //    block's power-of-two scale: exact, then bf16: exact too since e4m3 has 3 mantissa bits) into a
 //    swizzled bf16 tile, double-buffered. The dequant of step k+1 overlaps the wgmma of step k.
 //  - Each warpgroup issues wgmma m64nBNk16 on its 64 rows; one wgmma batch stays in flight.
@@ -25,14 +25,17 @@
 namespace mxmoe::w8a16 {
 
 constexpr int kBK = 64;      // K per stage: one 128-byte swizzled row of bf16
-constexpr int kThreads = 256;
 
 // kCtas CTAs share an SM: with 2, one CTA's dequant and barriers overlap the other's wgmma, at
 // the price of a shallower pipeline and <= 128 registers per thread. The pipeline is as deep as
 // shared memory allows (at most 8 stages): loads are issued stages-2 steps ahead, which must
 // cover the DRAM latency (~1 us under load).
-template <int BM, int BN, bool kFp8, int kCtas>
+// kWG warpgroups (2 or 4) share the loads and the dequant; each owns BM / kWG rows of the tile.
+template <int BM, int BN, bool kFp8, int kCtas, int kWG>
 struct Tile {
+  static constexpr int threads = 128 * kWG;
+  static constexpr int sub = BM / (64 * kWG);                  // m64 sub-tiles per warpgroup
+  static_assert(sub >= 1 && BM % (64 * kWG) == 0, "BM must be a multiple of 64 x warpgroups");
   static constexpr int a_bytes = BM * kBK * 2;                 // x tile: bf16, swizzled
   static constexpr int b_bytes = BN * kBK * (kFp8 ? 1 : 2);    // W tile: fp8 plain rows, or bf16 swizzled
   static constexpr int bq_bytes = kFp8 ? BN * kBK * 2 : 0;     // dequantized W tile: bf16, swizzled
@@ -47,7 +50,7 @@ struct Tile {
   static_assert(stages >= ahead + 2, "tile too large for the pipeline");
   static constexpr int stage_bytes = stages * (a_bytes + b_bytes);
   static constexpr int smem_bytes = stage_bytes + bq_count * bq_bytes + 1024;  // + slack to align to 1024
-  static constexpr int fp8_chunks = BN * (kBK / 16) / kThreads;       // 16-byte fp8 chunks per thread
+  static constexpr int fp8_chunks = BN * (kBK / 16) / threads;        // 16-byte fp8 chunks per thread
 };
 
 struct GemmArgs {
@@ -81,7 +84,7 @@ __device__ inline bool find_tile(const GemmArgs& a, int* s_off, TileCoord& t) {
     t = {0, a.M, 0, int(blockIdx.x) % mt, int(blockIdx.x) / mt};
     return true;
   }
-  for (int i = threadIdx.x; i <= a.G; i += kThreads) s_off[i] = min(max(a.offsets[i], 0), a.M);
+  for (int i = threadIdx.x; i <= a.G; i += blockDim.x) s_off[i] = min(max(a.offsets[i], 0), a.M);
   if (threadIdx.x == 0) s_info[0] = -1;
   __syncthreads();
   if (threadIdx.x < 32) {
@@ -138,11 +141,11 @@ __device__ __forceinline__ void dequant_chunk(uint4 v, uint8_t scale, uint4& lo,
   hi = make_uint4(out[4], out[5], out[6], out[7]);
 }
 
-template <int BM, int BN, bool kFp8, int kCtas>
-__global__ void __launch_bounds__(kThreads, kCtas) gemm_kernel(const __grid_constant__ GemmArgs a) {
+template <int BM, int BN, bool kFp8, int kCtas, int kWG>
+__global__ void __launch_bounds__(128 * kWG, kCtas) gemm_kernel(const __grid_constant__ GemmArgs a) {
 #if defined(MXMOE_HAS_WGMMA)
-  using T = Tile<BM, BN, kFp8, kCtas>;
-  constexpr int kSub = BM / 128;  // m64 sub-tiles per warpgroup
+  using T = Tile<BM, BN, kFp8, kCtas, kWG>;
+  constexpr int kSub = T::sub, kThreads = T::threads;
   constexpr int kStages = T::stages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));

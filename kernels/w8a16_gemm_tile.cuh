@@ -6,9 +6,10 @@
 
 namespace mxmoe {
 
-// n128 / n256 / m256: 128 x 128, 128 x 256 or 256 x 128 tiles of y, one CTA per SM; n128_2cta:
-// 128 x 128 tiles, two CTAs per SM (shallower pipeline, fewer registers).
-enum class GemmTileN : int { automatic, n128, n256, m256, n128_2cta };
+// n128 / n256 / m256: 128 x 128, 128 x 256 or 256 x 128 tiles of y, one CTA of 2 warpgroups per
+// SM; m256_4wg: 256 x 128 with 4 warpgroups (more warps to hide latency, <= 128 registers);
+// n128_2cta: 128 x 128 tiles, two CTAs per SM (shallower pipeline, fewer registers).
+enum class GemmTileN : int { automatic, n128, n256, m256, m256_4wg, n128_2cta };
 
 void w8a16_gemm(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream,
                 GemmTileN tile);

@@ -24,8 +24,8 @@ using testing::random_tensor;
 using testing::rel_error;
 
 constexpr double kTol = 5e-3;
-const GemmTileN kTiles[] = {GemmTileN::automatic, GemmTileN::n128, GemmTileN::n256, GemmTileN::m256,
-                            GemmTileN::n128_2cta};
+const GemmTileN kTiles[] = {GemmTileN::automatic, GemmTileN::n128,     GemmTileN::n256,
+                            GemmTileN::m256,      GemmTileN::m256_4wg, GemmTileN::n128_2cta};
 
 struct CpuMx {  // MXFP8 weight on the CPU (reference) and on the GPU (kernel)
   MxTensor cpu, gpu;
@@ -89,6 +89,7 @@ const char* tile_name(GemmTileN t) {
     case GemmTileN::n128: return "128x128";
     case GemmTileN::n256: return "128x256";
     case GemmTileN::m256: return "256x128";
+    case GemmTileN::m256_4wg: return "256x128 4wg";
     case GemmTileN::n128_2cta: return "128x128 2cta";
     default: return "auto";
   }
