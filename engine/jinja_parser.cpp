@@ -1,6 +1,7 @@
 #include "engine/jinja_parser.h"
 
 #include <cctype>
+#include <charconv>
 
 #include "engine/error.h"
 #include "engine/utf8.h"
@@ -24,17 +25,11 @@ class Source {
   Source(const std::string& src, const std::string& what) : src_(src), what_(what) {}
 
   [[noreturn]] void error(size_t offset, const std::string& message) const {
-    size_t line = 1, col = 1;
-    for (size_t k = 0; k < offset && k < src_.size(); ++k) {
-      if (src_[k] == '\n') {
-        ++line;
-        col = 1;
-      } else if ((static_cast<unsigned char>(src_[k]) & 0xC0) != 0x80) {
-        ++col;
-      }
-    }
-    fail(what_, ": line ", line, ", column ", col, ": ", message);
+    Node at;
+    position(offset, at);
+    fail(what_, ": line ", at.line, ", column ", at.col, ": ", message);
   }
+  // 1-based line and column (in characters) of a byte offset.
   void position(size_t offset, Node& n) const {
     n.line = 1;
     n.col = 1;
@@ -173,13 +168,17 @@ std::vector<Token> lex(const Source& source, const std::string& body, size_t bas
           case 'r': v += '\r'; break;
           case '0': v += '\0'; break;
           case '\\': case '\'': case '"': v += e; break;
-          case 'u':
-            if (j + 4 < body.size()) {
-              utf8::append(v, static_cast<char32_t>(std::stoul(body.substr(j + 1, 4), nullptr, 16)));
+          case 'u': {
+            unsigned cp = 0;
+            const char* first = body.data() + j + 1;
+            const auto r = j + 4 < body.size() ? std::from_chars(first, first + 4, cp, 16) : std::from_chars_result{};
+            if (r.ptr == first + 4 && (cp < 0xD800 || cp > 0xDFFF)) {
+              utf8::append(v, static_cast<char32_t>(cp));
               j += 4;
               break;
             }
-            [[fallthrough]];
+            source.error(base + j - 1, "bad \\u escape in string literal");
+          }
           default: v += '\\', v += e;
         }
       }
@@ -380,12 +379,20 @@ class ExprParser {
       }
       case Token::Kind::integer: {
         auto n = node(Node::Kind::literal, at);
-        n->value = Value::integer(std::stoll(next().text));
+        const std::string& digits = next().text;
+        int64_t v = 0;
+        if (std::from_chars(digits.data(), digits.data() + digits.size(), v).ec != std::errc()) {
+          src_.error(at, "integer literal out of range");
+        }
+        n->value = Value::integer(v);
         return n;
       }
       case Token::Kind::number: {
         auto n = node(Node::Kind::literal, at);
-        n->value = Value::number(std::stod(next().text));
+        const std::string& digits = next().text;
+        double v = 0;
+        std::from_chars(digits.data(), digits.data() + digits.size(), v);
+        n->value = Value::number(v);
         return n;
       }
       case Token::Kind::name: {

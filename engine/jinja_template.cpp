@@ -1,6 +1,7 @@
 #include "engine/jinja_template.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <unordered_map>
 
@@ -551,19 +552,19 @@ class Renderer {
     if (f == "int") {
       if (v.kind == Value::Kind::number) return Value::integer(static_cast<int64_t>(v.d));
       if (v.is_numeric()) return Value::integer(v.kind == Value::Kind::integer ? v.i : v.b);
-      try {
-        return Value::integer(std::stoll(v.str()));
-      } catch (const std::exception&) {
-        return a.at(0, "default", Value::integer(0));
-      }
+      const std::string t = strip(v.str(), Value(), true, true);
+      int64_t x = 0;
+      const auto r = std::from_chars(t.data(), t.data() + t.size(), x);
+      if (t.empty() || r.ec != std::errc() || r.ptr != t.data() + t.size()) return a.at(0, "default", Value::integer(0));
+      return Value::integer(x);
     }
     if (f == "float") {
       if (v.is_numeric()) return Value::number(v.as_double());
-      try {
-        return Value::number(std::stod(v.str()));
-      } catch (const std::exception&) {
-        return a.at(0, "default", Value::number(0));
-      }
+      const std::string t = strip(v.str(), Value(), true, true);
+      double x = 0;
+      const auto r = std::from_chars(t.data(), t.data() + t.size(), x);
+      if (t.empty() || r.ec != std::errc() || r.ptr != t.data() + t.size()) return a.at(0, "default", Value::number(0));
+      return Value::number(x);
     }
     if (f == "abs") {
       if (v.kind == Value::Kind::integer) return Value::integer(v.i < 0 ? -v.i : v.i);

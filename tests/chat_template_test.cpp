@@ -4,11 +4,13 @@
 #include "engine/chat_template.h"
 
 #include <fstream>
+#include <random>
 
 #include <gtest/gtest.h>
 
 #include "engine/error.h"
 #include "engine/jinja_template.h"
+#include "tests/test_util.h"
 
 using mxmoe::ChatTemplate;
 using nlohmann::ordered_json;
@@ -74,6 +76,38 @@ TEST(Jinja, ErrorsNameThePosition) {
   expect_error("{{ x.y }}", "line 1, column 5: cannot read attribute 'y' of an undefined value");
   expect_error("{{ 'a' + 1 }}", "unsupported operand types for +: str and int");
   expect_error("{% set ns = 3 %}{% set ns.a = 1 %}", "'ns' is not a namespace");
+}
+
+// Damaged templates (random cuts, deletions, duplicated spans of the Qwen3 template) either
+// render or fail with an mxmoe::Error; nothing else escapes and nothing crashes.
+TEST(Jinja, FuzzDamagedTemplates) {
+  const uint64_t seed = mxmoe::testing::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const std::string src = read_json(kData + "/tokenizers/qwen3/tokenizer_config.json").at("chat_template");
+  const auto vars = mxmoe::jinja::from_json(ordered_json{
+      {"messages", {{{"role", "system"}, {"content", "s"}}, {{"role", "user"}, {"content", "u"}},
+                    {{"role", "assistant"}, {"content", "<think>t</think>a"}}}},
+      {"add_generation_prompt", true}});
+  int errors = 0;
+  for (int iter = 0; iter < 300; ++iter) {
+    std::string t = src;
+    for (int edits = 1 + static_cast<int>(rng() % 3); edits > 0; --edits) {
+      const size_t a = rng() % t.size(), len = 1 + rng() % 12;
+      switch (rng() % 3) {
+        case 0: t.erase(a, len); break;
+        case 1: t.insert(a, t.substr(rng() % t.size(), len)); break;
+        default: t.resize(a); break;
+      }
+      if (t.empty()) t = "{{";
+    }
+    try {
+      mxmoe::jinja::Template(t, "fuzz").render(vars);
+    } catch (const mxmoe::Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_GT(errors, 0);
 }
 
 TEST(ChatTemplate, MissingTemplateIsAnError) {
