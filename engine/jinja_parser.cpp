@@ -266,6 +266,15 @@ class ExprParser {
     src_.position(offset, *n);
     return n;
   }
+  // Bounds the recursion of nested expressions (a deep template is an error, not a crash).
+  struct Nesting {
+    int* depth;
+    ~Nesting() { --*depth; }
+  };
+  Nesting nest() {
+    if (++depth_ > kMaxDepth) error("expression nested too deeply");
+    return Nesting{&depth_};
+  }
 
  private:
   NodePtr binary(const std::string& op, NodePtr a, NodePtr b, size_t at) {
@@ -292,6 +301,7 @@ class ExprParser {
     return a;
   }
   NodePtr not_expr() {
+    const auto guard = nest();
     if (is_name("not")) {
       auto n = node(Node::Kind::unary, next().offset);
       n->name = "not";
@@ -355,6 +365,7 @@ class ExprParser {
     return a;
   }
   NodePtr unary(bool with_filter = true) {
+    const auto guard = nest();  // every bracket and sign passes here
     NodePtr n;
     if (is_op("-") || is_op("+")) {
       const Token& op = next();
@@ -542,9 +553,11 @@ class ExprParser {
     }
   }
 
+  static constexpr int kMaxDepth = 100;
   const Source& src_;
   std::vector<Token> t_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 // ---- Statement parsing ----
@@ -604,6 +617,11 @@ class Parser {
   }
 
   NodePtr statement(const std::string& keyword, ExprParser& p, const Segment& s) {
+    if (++depth_ > kMaxDepth) src_.error(s.offset, "statements nested too deeply");
+    struct Leave {
+      int& d;
+      ~Leave() { --d; }
+    } leave{depth_};
     std::string stop;
     if (keyword == "if") {
       auto n = p.node(Node::Kind::if_, s.offset);
@@ -688,9 +706,11 @@ class Parser {
     src_.error(s.offset, "unknown or misplaced statement '" + keyword + "'");
   }
 
+  static constexpr int kMaxDepth = 100;
   const Source& src_;
   std::vector<Segment> segs_;
   size_t pos_ = 0;
+  int depth_ = 0;
   std::unique_ptr<ExprParser> tag_;
 };
 

@@ -220,6 +220,11 @@ class Renderer {
         }
         frame[name] = v;
       }
+      if (++macro_depth_ > kMaxMacroDepth) error(n, "macro '" + n.name + "' recursion deeper than " + std::to_string(kMaxMacroDepth));
+      struct Leave {
+        int& d;
+        ~Leave() { --d; }
+      } leave{macro_depth_};
       auto saved = std::move(frames_);
       frames_.clear();
       frames_.push_back(saved.front());
@@ -670,8 +675,10 @@ class Renderer {
     return bad();
   }
 
+  static constexpr int kMaxMacroDepth = 100;
   std::string what_;
   std::vector<std::unordered_map<std::string, Value>> frames_;
+  int macro_depth_ = 0;
 };
 
 }  // namespace

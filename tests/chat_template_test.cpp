@@ -76,6 +76,17 @@ TEST(Jinja, ErrorsNameThePosition) {
   expect_error("{{ x.y }}", "line 1, column 5: cannot read attribute 'y' of an undefined value");
   expect_error("{{ 'a' + 1 }}", "unsupported operand types for +: str and int");
   expect_error("{% set ns = 3 %}{% set ns.a = 1 %}", "'ns' is not a namespace");
+  expect_error("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}", "nested too deeply");
+  std::string deep;
+  for (int k = 0; k < 5000; ++k) deep += "{% if true %}";
+  expect_error(deep, "statements nested too deeply");
+  expect_error("{{ " + std::string(5000, '[') + " }}", "nested too deeply");
+  std::string nots;
+  for (int k = 0; k < 5000; ++k) nots += "not ";
+  expect_error("{{ " + nots + "1 }}", "nested too deeply");
+  expect_error("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursion deeper than");
+  expect_error("{{ '\\uZZZZ' }}", "bad \\u escape");
+  expect_error("{{ 99999999999999999999 }}", "integer literal out of range");
 }
 
 // Damaged templates (random cuts, deletions, duplicated spans of the Qwen3 template) either
