@@ -416,4 +416,16 @@ LoadReport load_dummy_weights(std::span<Loadable* const> layers, const LoadOptio
   return report;
 }
 
+LoadFormat parse_load_format(std::string_view name) {
+  if (name == "safetensors" || name == "auto") return LoadFormat::safetensors;
+  if (name == "dummy") return LoadFormat::dummy;
+  fail("unknown load format \"", name, "\" (supported: safetensors, auto, dummy)");
+}
+
+LoadReport load_weights(const std::string& path, LoadFormat format, std::span<Loadable* const> layers,
+                        const LoadOptions& options) {
+  if (format == LoadFormat::dummy) return load_dummy_weights(layers, options);
+  return load_weights(Checkpoint(path), layers, options);
+}
+
 }  // namespace mxmoe

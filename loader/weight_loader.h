@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/loadable.h"
@@ -45,6 +46,10 @@ struct LoadReport {
   double gb_per_s() const { return seconds > 0 ? double(bytes) / seconds / 1e9 : 0; }
 };
 
+// --load-format: "safetensors" (also "auto", as vLLM names the default) or "dummy".
+enum class LoadFormat { safetensors, dummy };
+LoadFormat parse_load_format(std::string_view name);
+
 // The shape of a spec's slice: spec.shape with the shard's length along its dim.
 Shape shard_shape(const WeightSpec& spec);
 
@@ -55,5 +60,9 @@ LoadReport load_weights(const Checkpoint& checkpoint, std::span<Loadable* const>
 // normal(spec.dummy_mean, spec.dummy_std) values (kernels/convert.h fill_normal); a value depends
 // only on (seed, tensor name, index in the full tensor), so TP shards are slices of one tensor.
 LoadReport load_dummy_weights(std::span<Loadable* const> layers, const LoadOptions& options = {});
+
+// What an app calls: the checkpoint at `path` (see Checkpoint), or dummy weights (path unused).
+LoadReport load_weights(const std::string& path, LoadFormat format, std::span<Loadable* const> layers,
+                        const LoadOptions& options = {});
 
 }  // namespace mxmoe

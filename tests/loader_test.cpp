@@ -3,6 +3,7 @@
 // (missing tensor, wrong shape, NaN/Inf, unusable dtype, extra tensors) with its error text.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 
@@ -12,6 +13,7 @@
 #include "loader/safetensors_writer.h"
 #include "loader/weight_loader.h"
 #include "loader/weight_set.h"
+#include "loader/worker_pool.h"
 #include "test_util.h"
 
 namespace mxmoe {
@@ -218,6 +220,31 @@ TEST_F(LoaderTest, DummyWeightsOnTheCpu) {
   Tensor expected = Tensor::empty({64, 128}, DType::f32, Device::cpu);
   expected.copy_from(full.weight(0).narrow(1, 128, 128));
   expect_same_bytes(shard.weight(0), expected, "dummy shard is the slice of the full tensor");
+}
+
+TEST_F(LoaderTest, LoadFormatByName) {
+  const Tensor a = random_tensor({4, 32}, DType::bf16, rng_);
+  write({{"a", a}});
+  WeightSet s("layer", {{"a", a.shape()}}, Device::cpu, DType::bf16, WeightSet::Mode::keep);
+  Loadable* layers[] = {&s};
+  load_weights(dir_, parse_load_format("auto"), layers, options_);
+  expect_same_bytes(s.weight(0), a, "safetensors");
+  load_weights("/nonexistent", parse_load_format("dummy"), layers, options_);
+  EXPECT_FALSE(std::memcmp(s.weight(0).data(), a.data(), a.nbytes()) == 0) << "dummy values replace the checkpoint's";
+  expect_error([] { parse_load_format("pt"); }, {"\"pt\"", "safetensors, auto, dummy"});
+}
+
+TEST(WorkerPool, RunsEveryIndexOnceAndRethrows) {
+  WorkerPool pool(4);
+  for (size_t n : {size_t(1), size_t(7), size_t(1000)}) {
+    std::vector<std::atomic<int>> hits(n);
+    pool.run(n, [&](size_t i) { hits[i]++; });
+    for (size_t i = 0; i < n; ++i) EXPECT_EQ(hits[i].load(), 1) << "n " << n << " i " << i;
+  }
+  EXPECT_THROW(pool.run(50, [](size_t i) { if (i == 17) fail("boom"); }), Error);
+  std::atomic<int> after{0};
+  pool.run(10, [&](size_t) { after++; });  // still usable after an error
+  EXPECT_EQ(after.load(), 10);
 }
 
 }  // namespace
