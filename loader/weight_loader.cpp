@@ -18,11 +18,17 @@
 
 namespace mxmoe {
 
+Shape shard_shape(const WeightSpec& spec) {
+  Shape s = spec.shape;
+  if (spec.shard.dim >= 0 && spec.shard.dim < int(s.size())) s[spec.shard.dim] = spec.shard.length;
+  return s;
+}
+
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 constexpr size_t kAlign = 16;          // staging offsets: whole elements of any dtype, aligned DMA
-constexpr size_t kPieceBytes = 1 << 20; // unit of parallel copying
+constexpr size_t kPieceBytes = 1 << 20;  // unit of parallel copying
 
 bool is_float(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
 
@@ -42,16 +48,6 @@ FillGeometry slice_geometry(const WeightSpec& spec, const std::string& layer) {
   for (int d = s.dim + 1; d < rank; ++d) g.inner *= spec.shape[d];
   return g;
 }
-
-}  // namespace
-
-Shape shard_shape(const WeightSpec& spec) {
-  Shape s = spec.shape;
-  if (spec.shard.dim >= 0 && spec.shard.dim < int(s.size())) s[spec.shard.dim] = spec.shard.length;
-  return s;
-}
-
-namespace {
 
 // weight_dest(i), checked against the slice it must hold.
 Tensor checked_dest(Loadable& layer, size_t i, const WeightSpec& spec) {
@@ -296,10 +292,6 @@ void warn_unexpected(const std::vector<std::string>& names, const std::string& p
   if (names.size() > 20) list += cat(", ... (", names.size() - 20, " more)");
   log_warn(path, ": ", names.size(), " tensor(s) not used by the model: ", list);
 }
-
-}  // namespace
-
-namespace {
 
 // A spec resolved against the checkpoint.
 struct Planned {
