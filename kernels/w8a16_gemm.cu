@@ -73,19 +73,19 @@ double wave_efficiency(int64_t tiles, int sms) {
 // fill the SMs (half the dequant work per flop of 128-row tiles, and 4 warps per scheduler to
 // hide latency); otherwise, and for grouped GEMMs with small groups (partial m-tiles), 128 x 128
 // tiles with two CTAs per SM.
-GemmTileN pick_dense(GemmTileN tile, int64_t m, int64_t n, int sms) {
-  if (tile != GemmTileN::automatic) return tile;
+GemmTile pick_dense(GemmTile tile, int64_t m, int64_t n, int sms) {
+  if (tile != GemmTile::automatic) return tile;
   const int64_t tiles = (m + 255) / 256 * ((n + 127) / 128);
-  return wave_efficiency(tiles, sms) >= 0.85 ? GemmTileN::m256_4wg : GemmTileN::n128_2cta;
+  return wave_efficiency(tiles, sms) >= 0.85 ? GemmTile::m256_4wg : GemmTile::n128_2cta;
 }
-GemmTileN pick_grouped(GemmTileN tile, int64_t m, int64_t groups) {
-  if (tile != GemmTileN::automatic) return tile;
-  return m >= 512 * groups ? GemmTileN::m256_4wg : GemmTileN::n128_2cta;
+GemmTile pick_grouped(GemmTile tile, int64_t m, int64_t groups) {
+  if (tile != GemmTile::automatic) return tile;
+  return m >= 512 * groups ? GemmTile::m256_4wg : GemmTile::n128_2cta;
 }
 
 // Grid: dense, exactly the tiles; grouped, every group adds at most one partial m-tile, so
 // M/BM + G m-tiles bound the count (the extra CTAs exit at once).
-template <int BM, int BN, bool kFp8, int kCtas, int kWG = 2>
+template <int BM, int BN, bool kFp8, int kCtas, int kWG>
 void launch(GemmArgs a, cudaStream_t stream) {
   using T = w8a16::Tile<BM, BN, kFp8, kCtas, kWG>;
   constexpr int smem = T::smem_bytes;
@@ -106,18 +106,15 @@ void launch(GemmArgs a, cudaStream_t stream) {
 }
 
 template <bool kFp8>
-void dispatch(const GemmArgs& a, GemmTileN tile, cudaStream_t stream) {
+void dispatch(const GemmArgs& a, GemmTile tile, cudaStream_t stream) {
   switch (tile) {
-    case GemmTileN::n256: launch<128, 256, kFp8, 1>(a, stream); break;
-    case GemmTileN::m256: launch<256, 128, kFp8, 1>(a, stream); break;
-    case GemmTileN::m256_4wg: launch<256, 128, kFp8, 1, 4>(a, stream); break;
-    case GemmTileN::n128_2cta: launch<128, 128, kFp8, 2>(a, stream); break;
-    default: launch<128, 128, kFp8, 1>(a, stream); break;
+    case GemmTile::m256_4wg: launch<256, 128, kFp8, 1, 4>(a, stream); break;
+    default: launch<128, 128, kFp8, 2, 2>(a, stream); break;
   }
 }
 
 template <bool kFp8>
-void grouped(GemmArgs a, const Tensor& offsets, int64_t groups, GemmTileN tile, cudaStream_t stream) {
+void grouped(GemmArgs a, const Tensor& offsets, int64_t groups, GemmTile tile, cudaStream_t stream) {
   a.offsets = offsets.data_as<const int>();
   a.G = int(groups);
   if (a.M == 0 || groups == 0) return;
@@ -127,7 +124,7 @@ void grouped(GemmArgs a, const Tensor& offsets, int64_t groups, GemmTileN tile, 
 }  // namespace
 
 void w8a16_gemm(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream,
-                GemmTileN tile) {
+                GemmTile tile) {
   const char* op = "w8a16_gemm";
   check_weight(w, 2, op);
   GemmArgs a = common_args(x, y, w.elems.size(0), w.elems.size(1), op);
@@ -145,7 +142,7 @@ void w8a16_gemm(const Tensor& x, const MxTensor& w, const Tensor* bias, const Te
 }
 
 void w8a16_grouped_gemm(const Tensor& x, const MxTensor& w, const Tensor& offsets, const Tensor& y,
-                        cudaStream_t stream, GemmTileN tile) {
+                        cudaStream_t stream, GemmTile tile) {
   const char* op = "w8a16_grouped_gemm";
   check_weight(w, 3, op);
   const int64_t groups = w.elems.size(0);
@@ -157,7 +154,7 @@ void w8a16_grouped_gemm(const Tensor& x, const MxTensor& w, const Tensor& offset
 }
 
 void bf16_grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& y, cudaStream_t stream,
-                       GemmTileN tile) {
+                       GemmTile tile) {
   const char* op = "bf16_grouped_gemm";
   MXMOE_CHECK(w.device() == Device::cuda && w.dtype() == DType::bf16 && w.dim() == 3 && w.is_contiguous(), op,
               ": W must be a contiguous 3-D bf16 CUDA tensor, got ", dtype_name(w.dtype()), " ", shape_str(w.shape()));
@@ -169,14 +166,14 @@ void bf16_grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& offsets, 
 }
 
 void w8a16_gemm(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream) {
-  w8a16_gemm(x, w, bias, y, stream, GemmTileN::automatic);
+  w8a16_gemm(x, w, bias, y, stream, GemmTile::automatic);
 }
 void w8a16_grouped_gemm(const Tensor& x, const MxTensor& w, const Tensor& offsets, const Tensor& y,
                         cudaStream_t stream) {
-  w8a16_grouped_gemm(x, w, offsets, y, stream, GemmTileN::automatic);
+  w8a16_grouped_gemm(x, w, offsets, y, stream, GemmTile::automatic);
 }
 void bf16_grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& y, cudaStream_t stream) {
-  bf16_grouped_gemm(x, w, offsets, y, stream, GemmTileN::automatic);
+  bf16_grouped_gemm(x, w, offsets, y, stream, GemmTile::automatic);
 }
 
 }  // namespace mxmoe

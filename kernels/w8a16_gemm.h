@@ -1,6 +1,7 @@
 #pragma once
 // Prefill-size (large M) weight-only W8A16 GEMMs on tensor cores (Hopper): MXFP8 weights are
-// dequantized to bf16 on chip, activations are bf16, accumulation is fp32.
+// dequantized to bf16 on chip, activations are bf16, accumulation is fp32. They need an sm_90 GPU
+// (wgmma); elsewhere they throw mxmoe::Error. Asynchronous on `stream`, no host sync.
 #include <cuda_runtime.h>
 
 #include "engine/tensor.h"

@@ -1,21 +1,21 @@
 #pragma once
-// Explicit tile-width variants of the W8A16 / bf16 tensor-core GEMMs (kernels/w8a16_gemm.h), for
+// Explicit tile variants of the W8A16 / bf16 tensor-core GEMMs (kernels/w8a16_gemm.h), for
 // tests (every variant is checked) and benchmarks (variants are compared). The public functions
-// use GemmTileN::automatic, which picks by shape.
+// use GemmTile::automatic, which picks by shape.
 #include "kernels/w8a16_gemm.h"
 
 namespace mxmoe {
 
-// n128 / n256 / m256: 128 x 128, 128 x 256 or 256 x 128 tiles of y, one CTA of 2 warpgroups per
-// SM; m256_4wg: 256 x 128 with 4 warpgroups (more warps to hide latency, <= 128 registers);
-// n128_2cta: 128 x 128 tiles, two CTAs per SM (shallower pipeline, fewer registers).
-enum class GemmTileN : int { automatic, n128, n256, m256, m256_4wg, n128_2cta };
+// m256_4wg: 256 x 128 tiles of y, one CTA of 4 warpgroups per SM, 4-8 pipeline stages.
+// n128_2cta: 128 x 128 tiles, two CTAs of 2 warpgroups per SM (3 stages): finer waves.
+// (Measured and dropped: 128x128 / 128x256 / 256x128 with one CTA of 2 warpgroups, all slower.)
+enum class GemmTile : int { automatic, m256_4wg, n128_2cta };
 
 void w8a16_gemm(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream,
-                GemmTileN tile);
+                GemmTile tile);
 void w8a16_grouped_gemm(const Tensor& x, const MxTensor& w, const Tensor& offsets, const Tensor& y,
-                        cudaStream_t stream, GemmTileN tile);
+                        cudaStream_t stream, GemmTile tile);
 void bf16_grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& y, cudaStream_t stream,
-                       GemmTileN tile);
+                       GemmTile tile);
 
 }  // namespace mxmoe

@@ -24,8 +24,7 @@ using testing::random_tensor;
 using testing::rel_error;
 
 constexpr double kTol = 5e-3;
-const GemmTileN kTiles[] = {GemmTileN::automatic, GemmTileN::n128,     GemmTileN::n256,
-                            GemmTileN::m256,      GemmTileN::m256_4wg, GemmTileN::n128_2cta};
+const GemmTile kTiles[] = {GemmTile::automatic, GemmTile::m256_4wg, GemmTile::n128_2cta};
 
 struct CpuMx {  // MXFP8 weight on the CPU (reference) and on the GPU (kernel)
   MxTensor cpu, gpu;
@@ -84,13 +83,10 @@ void expect_rows_match(const Tensor& x_cpu, const W& w_cpu, const Tensor* bias_c
   EXPECT_LE(err, kTol) << what;
 }
 
-const char* tile_name(GemmTileN t) {
+const char* tile_name(GemmTile t) {
   switch (t) {
-    case GemmTileN::n128: return "128x128";
-    case GemmTileN::n256: return "128x256";
-    case GemmTileN::m256: return "256x128";
-    case GemmTileN::m256_4wg: return "256x128 4wg";
-    case GemmTileN::n128_2cta: return "128x128 2cta";
+    case GemmTile::m256_4wg: return "256x128 4wg";
+    case GemmTile::n128_2cta: return "128x128 2cta";
     default: return "auto";
   }
 }
@@ -114,7 +110,7 @@ TEST(W8A16Gemm, DenseMatchesReference) {
     const Tensor bias = random_tensor({c.n}, DType::bf16, rng);
     const CpuMx w = random_mx_weight({c.n, c.k}, rng);
     const Tensor xg = x.to(Device::cuda), bg = bias.to(Device::cuda);
-    for (GemmTileN tile : kTiles) {
+    for (GemmTile tile : kTiles) {
       const Tensor y = poisoned({c.m, c.n}, stream);
       w8a16_gemm(xg, w.gpu, c.bias ? &bg : nullptr, y, stream, tile);
       stream.synchronize();
@@ -177,7 +173,7 @@ void check_grouped(MakeWeight make_weight, Gemm gemm) {
     const auto w = make_weight(Shape{c.groups, c.n, c.k}, rng);
     const std::vector<int> offsets = group_offsets(c.m, c.groups, c.mode, rng);
     const Tensor off = offsets_tensor(offsets), xg = x.to(Device::cuda);
-    for (GemmTileN tile : kTiles) {
+    for (GemmTile tile : kTiles) {
       const Tensor y = poisoned({c.m, c.n}, stream);
       gemm(xg, w, off, y, stream, tile);
       stream.synchronize();
@@ -208,7 +204,7 @@ TEST(W8A16Gemm, GroupedMatchesReference) {
   MXMOE_REQUIRE_GPU();
   check_grouped([](const Shape& s, std::mt19937_64& rng) { return MxGroupWeight{random_mx_weight(s, rng)}; },
                 [](const Tensor& x, const MxGroupWeight& w, const Tensor& off, const Tensor& y, cudaStream_t st,
-                   GemmTileN tile) { w8a16_grouped_gemm(x, w.w.gpu, off, y, st, tile); });
+                   GemmTile tile) { w8a16_grouped_gemm(x, w.w.gpu, off, y, st, tile); });
 }
 
 TEST(W8A16Gemm, Bf16GroupedMatchesReference) {
@@ -219,7 +215,7 @@ TEST(W8A16Gemm, Bf16GroupedMatchesReference) {
         return Bf16GroupWeight{w, w.to(Device::cuda)};
       },
       [](const Tensor& x, const Bf16GroupWeight& w, const Tensor& off, const Tensor& y, cudaStream_t st,
-         GemmTileN tile) { bf16_grouped_gemm(x, w.gpu, off, y, st, tile); });
+         GemmTile tile) { bf16_grouped_gemm(x, w.gpu, off, y, st, tile); });
 }
 
 // The grouped GEMM reads offsets on the device, so it can be captured once and replayed after the
