@@ -4,7 +4,9 @@
 // (tests/data/tokenizer_goldens/texts.json) repeated to --mb MiB, exactly as
 // `python3 tests/data/make_tokenizer_goldens.py --bench` builds it for Hugging Face tokenizers
 // (encode_batch / encode with RAYON_NUM_THREADS=1), so token counts must agree and MB/s compare.
-//   bench-tokenizer [--data tests/data] [--mb 4]
+// The repeated text set keeps both word caches warm; --corpus takes a JSON list of documents
+// instead, e.g. the cache-cold one written by `make_tokenizer_goldens.py --random-corpus FILE`.
+//   bench-tokenizer [--data tests/data] [--mb 4] [--corpus docs.json]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -20,8 +22,8 @@
 
 namespace {
 
-std::vector<std::string> corpus(const std::string& data, double mb) {
-  const std::string path = data + "/tokenizer_goldens/texts.json";
+// The documents of a JSON list of strings, repeated to at least `mb` MiB (mb = 0: once).
+std::vector<std::string> corpus(const std::string& path, double mb) {
   std::ifstream f(path);
   MXMOE_CHECK(f, "cannot open ", path, " (run from the repository root or pass --data <repo>/tests/data)");
   std::vector<std::string> texts;
@@ -32,8 +34,8 @@ std::vector<std::string> corpus(const std::string& data, double mb) {
     size += texts.back().size();
   }
   const auto min_bytes = static_cast<size_t>(mb * (1 << 20));
-  std::vector<std::string> docs;
-  for (size_t k = 0; k < (min_bytes + size - 1) / size; ++k) docs.insert(docs.end(), texts.begin(), texts.end());
+  std::vector<std::string> docs = texts;
+  for (size_t k = 1; k < (min_bytes + size - 1) / size; ++k) docs.insert(docs.end(), texts.begin(), texts.end());
   return docs;
 }
 
@@ -51,20 +53,22 @@ double best_of_3(F&& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string data = "tests/data";
+  std::string data = "tests/data", corpus_path;
   double mb = 4;
   for (int k = 1; k < argc; ++k) {
     if (!std::strcmp(argv[k], "--data") && k + 1 < argc) {
       data = argv[++k];
     } else if (!std::strcmp(argv[k], "--mb") && k + 1 < argc) {
       mb = std::atof(argv[++k]);
+    } else if (!std::strcmp(argv[k], "--corpus") && k + 1 < argc) {
+      corpus_path = argv[++k];
     } else {
-      std::fprintf(stderr, "usage: %s [--data tests/data] [--mb 4]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--data tests/data] [--mb 4] [--corpus docs.json]\n", argv[0]);
       return 2;
     }
   }
   try {
-    const auto docs = corpus(data, mb);
+    const auto docs = corpus_path.empty() ? corpus(data + "/tokenizer_goldens/texts.json", mb) : corpus(corpus_path, 0);
     std::string whole;
     size_t doc_bytes = 0;
     for (const auto& d : docs) {

@@ -7,6 +7,8 @@ The independent implementation is Hugging Face `tokenizers` (encode/decode/Decod
     python3 tests/data/make_tokenizer_goldens.py          # writes tests/data/tokenizer_goldens/*.json
     python3 tests/data/make_tokenizer_goldens.py --bench  # times `tokenizers` (one thread) on the
                                                           # corpus of apps/bench-tokenizer.cpp
+    python3 tests/data/make_tokenizer_goldens.py --random-corpus /tmp/c.json  # cache-cold corpus for
+    python3 tests/data/make_tokenizer_goldens.py --bench --corpus /tmp/c.json  # both benches
 The text set is tests/data/tokenizer_goldens/texts.json (committed); the tokenizers are the real
 tokenizer.json/tokenizer_config.json files under tests/data/tokenizers/<name>/.
 """
@@ -211,9 +213,8 @@ def bench_corpus(texts, min_bytes):
     return docs * -(-min_bytes // size)
 
 
-def bench(texts, mb):
+def bench(docs):
     import tokenizers
-    docs = bench_corpus(texts, int(mb * (1 << 20)))
     whole = "\n".join(docs)
     size_docs = sum(len(d.encode("utf-8")) for d in docs)
     size_whole = len(whole.encode("utf-8"))
@@ -238,11 +239,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", action="store_true", help="time tokenizers instead of writing goldens")
     ap.add_argument("--mb", type=float, default=4.0, help="bench corpus size in MiB")
+    ap.add_argument("--corpus", help="bench on the documents of this JSON list instead (see --random-corpus)")
+    ap.add_argument("--random-corpus", metavar="FILE",
+                    help="write --count seeded random documents (few repeated words, so word caches miss) to FILE")
+    ap.add_argument("--count", type=int, default=30000)
     args = ap.parse_args()
+    if args.random_corpus:
+        with open(args.random_corpus, "w", encoding="utf-8") as f:
+            json.dump(random_texts(args.count, seed=7), f, ensure_ascii=False)
+        return
     os.environ["RAYON_NUM_THREADS"] = "1"  # one thread, like the C++ bench (set before the import)
     texts = load_texts()
     if args.bench:
-        bench(texts, args.mb)
+        if args.corpus:
+            with open(args.corpus, encoding="utf-8") as f:
+                bench([d for d in json.load(f) if d])
+        else:
+            bench(bench_corpus(texts, int(args.mb * (1 << 20))))
         return
     path = os.path.join(GOLD, "jinja.json")
     with open(path, "w", encoding="utf-8") as f:
