@@ -100,8 +100,7 @@ void Decoder::add(const nlohmann::json& spec, const std::string& what) {
   } else if (type == "Strip") {
     // Removes up to `start` leading and `stop` trailing `content` characters of every token.
     const std::string content = spec.at("content").get<std::string>();
-    size_t ci = 0;
-    MXMOE_CHECK(!content.empty() && (utf8::next(content, ci), ci == content.size()), what,
+    MXMOE_CHECK(!content.empty() && utf8::char_len(static_cast<unsigned char>(content[0])) == content.size(), what,
                 ": Strip content must be one character, got '", content, "'");
     steps_.push_back([content, start = spec.at("start").get<size_t>(), stop = spec.at("stop").get<size_t>()](
                          std::vector<std::string> tokens) {
