@@ -68,6 +68,12 @@ struct DeviceContext {
     cublasLtMatmulHeuristicResult_t result{};
     int count = 0;
     const LtGemmDesc& d = slot->desc;
+    if (shape.type == LtGemmType::mxfp8) {
+      // The heuristic rejects block scaling without scale pointers (CUBLAS_STATUS_INVALID_VALUE,
+      // "requires a custom pointer for A scale"): give it device addresses, replaced at each call.
+      set_attr(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, workspace.data());
+      set_attr(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, workspace.data());
+    }
     const cublasStatus_t status =
         cublasLtMatmulAlgoGetHeuristic(handle, d.op, d.a, d.b, d.d, d.d, pref, 1, &result, &count);
     cublasLtMatmulPreferenceDestroy(pref);
