@@ -108,14 +108,16 @@ struct Tokenizer::Impl {
   }
 
   // Normalizes, pre-tokenizes and runs the model on a piece without raw added tokens.
-  void encode_plain(std::string_view piece, std::vector<int32_t>& ids) const {
+  void encode_plain(std::string_view piece, bool at_text_start, std::vector<int32_t>& ids) const {
     const std::string text = normalizer(std::string(piece));
     for (const TextPiece& p : normalized_matcher->split(text)) {
       if (p.token >= 0) {
         ids.push_back(p.token);
         continue;
       }
-      for (const std::string& word : pre_tokenizer(text.substr(p.begin, p.end - p.begin))) model->tokenize(word, ids);
+      for (const std::string& word : pre_tokenizer(text.substr(p.begin, p.end - p.begin), at_text_start && p.begin == 0)) {
+        model->tokenize(word, ids);
+      }
     }
   }
 };
@@ -152,7 +154,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
     if (p.token >= 0) {
       ids.push_back(p.token);
     } else {
-      t.encode_plain(text.substr(p.begin, p.end - p.begin), ids);
+      t.encode_plain(text.substr(p.begin, p.end - p.begin), p.begin == 0, ids);
     }
   }
   if (add_special_tokens) ids.insert(ids.end(), t.post.after.begin(), t.post.after.end());

@@ -97,6 +97,21 @@ void Decoder::add(const nlohmann::json& spec, const std::string& what) {
       }
       return tokens;
     });
+  } else if (type == "Metaspace") {
+    // ▁ becomes a space, except in the first token (where it is dropped) unless the scheme is
+    // "never" (Metaspace::decode_chain of tokenizers).
+    const std::string scheme = spec.value("prepend_scheme", spec.value("add_prefix_space", true) ? "always" : "never");
+    steps_.push_back([rep = spec.value("replacement", "\u2581"), drop_first = scheme != "never"](std::vector<std::string> tokens) {
+      for (size_t k = 0; k < tokens.size(); ++k) {
+        std::string r;
+        size_t last = 0;
+        for (size_t p; (p = tokens[k].find(rep, last)) != std::string::npos; last = p + rep.size()) {
+          r.append(tokens[k], last, p - last).append(k == 0 && drop_first ? "" : " ");
+        }
+        tokens[k] = r.append(tokens[k], last, std::string::npos);
+      }
+      return tokens;
+    });
   } else if (type == "Strip") {
     // Removes up to `start` leading and `stop` trailing `content` characters of every token.
     const std::string content = spec.at("content").get<std::string>();
@@ -118,7 +133,7 @@ void Decoder::add(const nlohmann::json& spec, const std::string& what) {
     });
   } else {
     fail(what, ": unsupported decoder type '", type,
-         "' (supported: Sequence, ByteLevel, ByteFallback, Fuse, Replace, Strip)");
+         "' (supported: Sequence, ByteLevel, Metaspace, ByteFallback, Fuse, Replace, Strip)");
   }
 }
 

@@ -1,7 +1,7 @@
 #pragma once
 // The "decoder" of tokenizer.json: turns the token strings of an id sequence back into text.
-// Supported: ByteLevel, Replace (String pattern), ByteFallback, Fuse, Strip, Sequence; without a
-// decoder tokens are joined with spaces, as in tokenizers.
+// Supported: ByteLevel, Metaspace, Replace (String pattern), ByteFallback, Fuse, Strip, Sequence;
+// without a decoder tokens are joined with spaces, as in tokenizers.
 #include <functional>
 #include <string>
 #include <vector>

@@ -65,7 +65,8 @@ TEST_P(Goldens, EncodeDecodeStreamMatchTokenizers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokenizers, Goldens, ::testing::Values("qwen3", "llama2", "deepseek_v3", "synthetic_bytelevel", "synthetic_unk"));
+INSTANTIATE_TEST_SUITE_P(Tokenizers, Goldens, ::testing::Values("qwen3", "llama2", "deepseek_v3", "synthetic_bytelevel", "synthetic_unk",
+                                           "synthetic_metaspace"));
 
 TEST(Tokenizer, StreamNeverSplitsACharacter) {
   // Llama-2 spells rare characters with byte-fallback tokens, one byte each: the stream must hold

@@ -55,8 +55,9 @@ def random_texts(count=150, seed=1234):
 # Synthetic tokenizers trained here on the text set, to cover tokenizer.json features the three
 # real files do not use: lstrip/rstrip/single_word/normalized added tokens, NFKC + Lowercase,
 # ByteLevel with its GPT-2 regex and add_prefix_space, a template with a trailing token, unk
-# without byte fallback, continuing_subword_prefix, Replace/Split with regexes, Removed, no decoder.
-SYNTHETIC = ["synthetic_bytelevel", "synthetic_unk"]
+# without byte fallback, continuing_subword_prefix, Replace/Split with regexes, Removed, no decoder,
+# Metaspace (prepend_scheme "first", split) with byte fallback.
+SYNTHETIC = ["synthetic_bytelevel", "synthetic_unk", "synthetic_metaspace"]
 SYNTHETIC_TEXTS = [
     "a  [LS] b [LS]c", "x[RS]   y [RS]", "word words sword word_ wordy (word) word", "MIXED mixed MiXeD",
     "ﬁne ｆｕｌｌ Ⅻ", "[LS][RS]word[LS]", "tabs\tand  spaces   here", "digits 12345 and 6.78",
@@ -87,6 +88,14 @@ def make_synthetic(texts):
         vocab_size=300, special_tokens=["[UNK]"], limit_alphabet=40, continuing_subword_prefix="##",
         show_progress=False))
     yield "synthetic_unk", tok
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
+    tok.decoder = decoders.Sequence([decoders.Metaspace(prepend_scheme="first"), decoders.ByteFallback(), decoders.Fuse()])
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)],
+        limit_alphabet=60, show_progress=False))
+    yield "synthetic_metaspace", tok
 
 
 def encode_goldens(name, texts):
