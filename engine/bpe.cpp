@@ -26,7 +26,14 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& what) {
     max_id = std::max(max_id, v);
   }
   id_to_token_.resize(static_cast<size_t>(max_id + 1));
-  for (const auto& [token, id] : vocab_) id_to_token_[static_cast<size_t>(id)] = token;
+  small_char_ids_.assign(0x800, -1);
+  for (const auto& [token, id] : vocab_) {
+    id_to_token_[static_cast<size_t>(id)] = token;
+    if (token.size() <= 2 && utf8::char_len(static_cast<unsigned char>(token[0])) == token.size()) {
+      size_t i = 0;
+      small_char_ids_[utf8::next(token, i)] = id;
+    }
+  }
 
   fuse_unk_ = model.value("fuse_unk", false);
   byte_fallback_ = model.value("byte_fallback", false);
@@ -47,7 +54,8 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& what) {
 
   // Merges: "a b" strings (older files) or ["a", "b"] pairs; rank = position in the list.
   const auto& merges = model.at("merges");
-  merges_.reserve(merges.size());
+  while (merge_shift_ > 1 && (size_t{1} << (64 - merge_shift_)) < 2 * merges.size() + 2) --merge_shift_;
+  merge_slots_.resize(size_t{1} << (64 - merge_shift_));
   int32_t rank = 0;
   for (const auto& m : merges) {
     std::string a, b;
@@ -68,7 +76,10 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& what) {
     const auto ia = token_to_id(a), ib = token_to_id(b), inew = token_to_id(a + b.substr(cut));
     MXMOE_CHECK(ia && ib && inew, what, ": merge ", rank, " ('", a, "', '", b,
                 "') uses a token that is not in the vocabulary");
-    merges_.insert_or_assign(pair_key(*ia, *ib), Merge{rank, *inew});  // a repeat overrides, as in tokenizers
+    const uint64_t key = pair_key(*ia, *ib);
+    size_t slot = slot_of(key);
+    while (merge_slots_[slot].key != kEmptySlot && merge_slots_[slot].key != key) slot = (slot + 1) & (merge_slots_.size() - 1);
+    merge_slots_[slot] = {key, Merge{rank, *inew}};  // a repeated pair overrides, as in tokenizers
     ++rank;
   }
 }
@@ -86,8 +97,12 @@ const std::string* BpeModel::id_to_token(int32_t id) const {
 }
 
 const BpeModel::Merge* BpeModel::find_merge(int32_t a, int32_t b) const {
-  const auto it = merges_.find(pair_key(a, b));
-  return it == merges_.end() ? nullptr : &it->second;
+  const uint64_t key = pair_key(a, b);
+  for (size_t slot = slot_of(key);; slot = (slot + 1) & (merge_slots_.size() - 1)) {
+    const MergeSlot& e = merge_slots_[slot];
+    if (e.key == key) return &e.merge;
+    if (e.key == kEmptySlot) return nullptr;
+  }
 }
 
 void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& out) const {
@@ -138,7 +153,14 @@ void BpeModel::tokenize_uncached(std::string_view word, std::vector<int32_t>& ou
       s.assign(first ? "" : continuing_subword_prefix_).append(c).append(last ? end_of_word_suffix_ : "");
       c = s;
     }
-    if (const auto id = token_to_id(c)) {
+    std::optional<int32_t> id;
+    if (c.data() != s.data() && n <= 2) {  // a plain character below U+0800
+      size_t k = 0;
+      if (const int32_t v = small_char_ids_[utf8::next(c, k)]; v >= 0) id = v;
+    } else {
+      id = token_to_id(c);
+    }
+    if (id) {
       flush_unk();
       ids.push_back(*id);
       lens.push_back(static_cast<int32_t>(n));

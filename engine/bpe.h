@@ -49,7 +49,21 @@ class BpeModel {
 
   TokenMap vocab_;
   std::vector<std::string> id_to_token_;  // "" where an id has no token
-  std::unordered_map<uint64_t, Merge> merges_;
+  // Ids of the one-character tokens below U+0800 by code point (-1: none): every byte-level
+  // symbol and most SentencePiece ones, looked up without hashing a string.
+  std::vector<int32_t> small_char_ids_;
+  // Merges by (left, right) id pair: open addressing with linear probing in a power-of-two
+  // table, since this lookup is the hottest operation of encode.
+  struct MergeSlot {
+    uint64_t key = kEmptySlot;
+    Merge merge{};
+  };
+  static constexpr uint64_t kEmptySlot = ~uint64_t{0};  // ids are >= 0: no pair key has the top bit
+  std::vector<MergeSlot> merge_slots_;
+  int merge_shift_ = 64;
+  size_t slot_of(uint64_t key) const {
+    return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> merge_shift_);
+  }
   std::optional<int32_t> unk_id_;
   bool fuse_unk_ = false;
   bool byte_fallback_ = false;
