@@ -1,10 +1,12 @@
 #pragma once
 // Tokenizer: reads a Hugging Face tokenizer.json and encodes/decodes exactly as the `tokenizers`
-// library does (tests/tokenizer_test.cpp checks this against its output for Qwen3, Llama-2 and
-// DeepSeek-V3). Supported: model BPE (byte-level or SentencePiece-style with byte fallback),
-// normalizers NFC/NFD/NFKC/NFKD/Lowercase/Prepend/Replace/Sequence, pre-tokenizers
-// Split/ByteLevel/Sequence, post-processors TemplateProcessing/ByteLevel/Sequence, decoders
-// ByteLevel/Replace/ByteFallback/Fuse/Strip/Sequence; anything else is an Error naming it.
+// library does (tests/tokenizer_test.cpp checks this against its output for Qwen3, Llama-2,
+// DeepSeek-V3 and three synthetic tokenizers). Supported: model BPE (byte-level or
+// SentencePiece-style with byte fallback, unk, subword prefix), normalizers
+// NFC/NFD/NFKC/NFKD/Lowercase/Prepend/Replace/Sequence, pre-tokenizers
+// Split/ByteLevel/Metaspace/Sequence, post-processors TemplateProcessing/ByteLevel/Sequence,
+// decoders ByteLevel/Metaspace/Replace/ByteFallback/Fuse/Strip/Sequence, added tokens with
+// lstrip/rstrip/single_word/normalized; anything else is an Error naming it.
 //
 // Text is UTF-8: invalid input to encode() is an Error naming the byte offset (the Python
 // library cannot receive such text at all). decode() returns valid UTF-8, with U+FFFD where the
