@@ -208,6 +208,28 @@ JINJA_SNIPPETS = [
 ]
 
 
+# Idioms of other checkpoints' templates (Mistral/Mixtral alternation check, Llama-3 headers with
+# `| trim` inside `+`, a system message pulled out with a slice).
+CHAT = [{"role": "system", "content": " Be nice. "}, {"role": "user", "content": " Hi! "},
+        {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+JINJA_SNIPPETS += [
+    ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+     "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+     "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% endif %}{% endfor %}",
+     {"bos_token": "<s>", "eos_token": "</s>", "messages": CHAT[1:]}),
+    ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+     "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+     "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+     {"bos_token": "<|begin_of_text|>", "messages": CHAT, "add_generation_prompt": True}),
+    ("{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] | trim %}"
+     "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+     "[{{ system_message }}]{% for m in messages %}{{ loop.index }}{{ m.role[0] | upper }}{% endfor %}",
+     {"messages": CHAT}),
+]
+
+
 def jinja_goldens():
     from transformers.utils.chat_template_utils import _compile_jinja_template
     return [{"template": src, "variables": variables, "text": _compile_jinja_template(src).render(**variables)}
@@ -252,6 +274,7 @@ def main():
     ap.add_argument("--random-corpus", metavar="FILE",
                     help="write --count seeded random documents (few repeated words, so word caches miss) to FILE")
     ap.add_argument("--count", type=int, default=30000)
+    ap.add_argument("--retrain", action="store_true", help="overwrite the synthetic tokenizers too")
     args = ap.parse_args()
     if args.random_corpus:
         with open(args.random_corpus, "w", encoding="utf-8") as f:
@@ -270,9 +293,13 @@ def main():
     with open(path, "w", encoding="utf-8") as f:
         json.dump(jinja_goldens(), f, ensure_ascii=False, indent=1)
     print("wrote", path)
+    # The BPE trainer breaks ties differently from run to run: keep the committed synthetic
+    # tokenizers (the goldens are computed from the files) unless --retrain is given.
     for name, tok in make_synthetic(texts):
-        os.makedirs(os.path.join(DATA, "tokenizers", name), exist_ok=True)
-        tok.save(os.path.join(DATA, "tokenizers", name, "tokenizer.json"))
+        path = os.path.join(DATA, "tokenizers", name, "tokenizer.json")
+        if args.retrain or not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tok.save(path)
     for name in NAMES + SYNTHETIC:
         extra = SYNTHETIC_TEXTS if name in SYNTHETIC else []
         out = {"encode": encode_goldens(name, texts + extra + random_texts())}
