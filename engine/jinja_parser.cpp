@@ -209,9 +209,10 @@ class ExprParser {
  public:
   ExprParser(const Source& source, std::vector<Token> tokens) : src_(source), t_(std::move(tokens)) {}
 
-  NodePtr expression() {
+  // with_cond=false: no `a if c else b` at the top (a for loop's iterable, before its filter).
+  NodePtr expression(bool with_cond = true) {
     NodePtr e = or_expr();
-    if (is_name("if")) {  // a if cond else b
+    if (with_cond && is_name("if")) {  // a if cond else b
       const size_t at = next().offset;
       auto n = node(Node::Kind::cond, at);
       n->kids.push_back(std::move(e));
@@ -226,9 +227,9 @@ class ExprParser {
   }
 
   // Comma-separated expressions without brackets form a tuple (a list here).
-  NodePtr tuple_or_expression() {
+  NodePtr tuple_or_expression(bool with_cond = true) {
     const size_t at = cur().offset;
-    NodePtr e = expression();
+    NodePtr e = expression(with_cond);
     if (!is_op(",")) return e;
     auto n = node(Node::Kind::list, at);
     n->name = "tuple";
@@ -236,7 +237,7 @@ class ExprParser {
     while (is_op(",")) {
       next();
       if (at_end()) break;
-      n->kids.push_back(expression());
+      n->kids.push_back(expression(with_cond));
     }
     return n;
   }
@@ -652,8 +653,13 @@ class Parser {
       }
       if (!p.is_name("in")) p.error("expected 'in'");
       p.next();
-      n->kids.push_back(p.tuple_or_expression());
-      if (p.is_name("if")) p.error("loop filters ('for x in y if c') are not supported");
+      // kids: iterable, body, else body or null, loop filter or null
+      n->kids.push_back(p.tuple_or_expression(false));
+      NodePtr filter;
+      if (p.is_name("if")) {
+        p.next();
+        filter = p.expression();
+      }
       if (p.is_name("recursive")) p.error("recursive loops are not supported");
       p.expect_end();
       n->kids.push_back(block({"else", "endfor"}, stop));
@@ -661,7 +667,10 @@ class Parser {
       if (stop == "else") {
         n->kids.push_back(block({"endfor"}, stop));
         tag_->expect_end();
+      } else {
+        n->kids.push_back(nullptr);
       }
+      n->kids.push_back(std::move(filter));
       return n;
     }
     if (keyword == "set") {
@@ -671,7 +680,13 @@ class Parser {
         p.next();
         n->names.push_back(p.expect_name());
       }
-      if (!p.is_op("=")) p.error("expected '=' ({% set %} blocks are not supported)");
+      if (p.at_end() && n->names.size() == 1) {  // {% set x %}...{% endset %}: x = rendered body
+        n->name = "block";
+        n->kids.push_back(block({"endset"}, stop));
+        tag_->expect_end();
+        return n;
+      }
+      if (!p.is_op("=")) p.error("expected '='");
       p.next();
       n->kids.push_back(p.tuple_or_expression());
       p.expect_end();

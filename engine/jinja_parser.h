@@ -1,8 +1,8 @@
 #pragma once
 // Lexer and parser of the Jinja subset used by chat templates: text, {{ expr }}, {# comments #},
-// {% if/elif/else/endif %}, {% for a[, b] in expr %}...{% else %}...{% endfor %},
-// {% set name = expr %}, {% set ns.attr = expr %}, {% macro name(args) %}...{% endmacro %},
-// {% break %}/{% continue %}, whitespace control with '-' plus the trim_blocks/lstrip_blocks
+// {% if/elif/else/endif %}, {% for a[, b] in expr [if cond] %}...{% else %}...{% endfor %},
+// {% set name = expr %}, {% set ns.attr = expr %}, {% set name %}...{% endset %},
+// {% macro name(args) %}...{% endmacro %}, {% break %}/{% continue %}, whitespace control with '-' plus the trim_blocks/lstrip_blocks
 // settings transformers renders with. Expressions: literals (str, int, float, true/false/none,
 // lists, dicts, tuples), names, attribute/item access, slices, calls with keyword arguments,
 // filters (|name(args)), tests (is [not] name), unary/binary operators with Python precedence

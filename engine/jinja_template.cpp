@@ -128,7 +128,14 @@ class Renderer {
         return Flow::normal;
       case Kind::for_: return exec_for(n, out);
       case Kind::set: {
-        Value v = eval(*n.kids[0]);
+        Value v;
+        if (n.name == "block") {
+          std::string body;
+          exec(*n.kids[0], body);
+          v = Value::string(std::move(body));
+        } else {
+          v = eval(*n.kids[0]);
+        }
         if (n.names.size() == 1) {
           frames_.back()[n.names[0]] = std::move(v);
         } else {
@@ -170,24 +177,35 @@ class Renderer {
     } else if (!seq.is_undefined()) {
       error(*n.kids[0], "cannot iterate over a " + seq.type_name());
     }
-    if (items.empty()) {
-      if (n.kids.size() > 2) return exec(*n.kids[2], out);
-      return Flow::normal;
-    }
     frames_.emplace_back();
-    const auto len = static_cast<int64_t>(items.size());
-    for (int64_t k = 0; k < len; ++k) {
+    const auto bind = [&](const Value& item) {
       auto& frame = frames_.back();
       frame.clear();
-      const Value& item = items[static_cast<size_t>(k)];
       if (n.names.size() == 1) {
         frame[n.names[0]] = item;
-      } else {
-        if (!item.is_list() || item.list->size() != n.names.size()) {
-          error(n, "cannot unpack a " + item.type_name() + " into " + std::to_string(n.names.size()) + " names");
-        }
-        for (size_t t = 0; t < n.names.size(); ++t) frame[n.names[t]] = (*item.list)[t];
+        return;
       }
+      if (!item.is_list() || item.list->size() != n.names.size()) {
+        error(n, "cannot unpack a " + item.type_name() + " into " + std::to_string(n.names.size()) + " names");
+      }
+      for (size_t t = 0; t < n.names.size(); ++t) frame[n.names[t]] = (*item.list)[t];
+    };
+    if (n.kids[3]) {  // loop filter: drops items before `loop` counts them
+      List kept;
+      for (const Value& item : items) {
+        bind(item);
+        if (eval(*n.kids[3]).truthy()) kept.push_back(item);
+      }
+      items = std::move(kept);
+    }
+    if (items.empty()) {
+      frames_.pop_back();
+      return n.kids[2] ? exec(*n.kids[2], out) : Flow::normal;
+    }
+    const auto len = static_cast<int64_t>(items.size());
+    for (int64_t k = 0; k < len; ++k) {
+      bind(items[static_cast<size_t>(k)]);
+      auto& frame = frames_.back();
       Dict loop;
       loop.set("index", Value::integer(k + 1));
       loop.set("index0", Value::integer(k));
@@ -276,6 +294,7 @@ class Renderer {
   struct Args {
     List pos;
     KwArgs kw;
+    // Positional argument k, else keyword argument `kwname`, else `fallback`.
     const Value& at(size_t k, const char* kwname, const Value& fallback) const {
       if (k < pos.size()) return pos[k];
       for (const auto& [name, v] : kw) {
@@ -498,10 +517,17 @@ class Renderer {
     error(n, "str has no method '" + name + "'");
   }
 
+  static Value item_or_undefined(const Value& dict, const std::string& key) {
+    const Value* v = dict.dict->find(key);
+    return v ? *v : Value();
+  }
+
   Value filter(const Node& n) {
     const Value v = eval(*n.kids[0]);
-    const Args a = args(n, 1);
-    const std::string& f = n.name;
+    return apply_filter(n.name, v, args(n, 1), n);
+  }
+
+  Value apply_filter(const std::string& f, const Value& v, const Args& a, const Node& n) {
     if (f == "length" || f == "count") {
       if (v.is_list()) return Value::integer(static_cast<int64_t>(v.list->size()));
       if (v.is_dict()) return Value::integer(static_cast<int64_t>(v.dict->items.size()));
@@ -576,13 +602,47 @@ class Renderer {
       if (v.is_numeric()) return Value::number(std::fabs(v.as_double()));
       error(n, "abs needs a number");
     }
+    if (f == "selectattr" || f == "rejectattr" || f == "select" || f == "reject" || f == "map") {
+      if (!v.is_list()) error(n, f + " needs a list, got " + v.type_name());
+      const bool by_attr = f == "selectattr" || f == "rejectattr";
+      List out;
+      for (const Value& item : *v.list) {
+        if (f == "map") {  // map(attribute='x') or map('filter', args...)
+          const Value& attr = a.at(a.pos.size(), "attribute", Value());  // keyword only
+          if (attr.is_string()) {
+            out.push_back(item.is_dict() ? item_or_undefined(item, attr.s) : Value());
+            continue;
+          }
+          if (a.pos.empty() || !a.pos[0].is_string()) error(n, "map needs attribute= or a filter name");
+          Args rest{List(a.pos.begin() + 1, a.pos.end()), a.kw};
+          out.push_back(apply_filter(a.pos[0].s, item, rest, n));
+          continue;
+        }
+        Value subject = item;
+        size_t first = 0;
+        if (by_attr) {
+          if (a.pos.empty() || !a.pos[0].is_string()) error(n, f + " needs an attribute name");
+          subject = item.is_dict() ? item_or_undefined(item, a.pos[0].s) : Value();
+          first = 1;
+        }
+        bool keep = subject.truthy();
+        if (a.pos.size() > first) {
+          if (!a.pos[first].is_string()) error(n, f + " needs a test name");
+          keep = apply_test(a.pos[first].s, subject, Args{List(a.pos.begin() + static_cast<std::ptrdiff_t>(first) + 1, a.pos.end()), {}}, n);
+        }
+        if (keep == (f == "selectattr" || f == "select")) out.push_back(item);
+      }
+      return Value::make_list(std::move(out));
+    }
     error(n, "unknown filter '" + f + "'");
   }
 
   bool test(const Node& n) {
     const Value v = eval(*n.kids[0]);
-    const Args a = args(n, 1);
-    const std::string& t = n.name;
+    return apply_test(n.name, v, args(n, 1), n);
+  }
+
+  bool apply_test(const std::string& t, const Value& v, const Args& a, const Node& n) {
     if (t == "defined") return !v.is_undefined();
     if (t == "undefined") return v.is_undefined();
     if (t == "none") return v.is_none();

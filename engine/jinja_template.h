@@ -3,10 +3,10 @@
 // transformers does (trim_blocks and lstrip_blocks on, transformers' tojson, raise_exception).
 // The supported syntax is listed in engine/jinja_parser.h. Filters: length/count, tojson, trim,
 // upper, lower, capitalize, title, default/d, join, first, last, list, string, int, float,
-// items, abs, replace, safe. Tests: defined, undefined, none, string, number, integer, float,
+// items, abs, replace, safe, select, reject, selectattr, rejectattr, map. Tests: defined, undefined, none, string, number, integer, float,
 // boolean, true, false, mapping, iterable, sequence, callable, odd, even, divisibleby, eq, ne.
 // Methods: str.startswith/endswith/split/strip/lstrip/rstrip/upper/lower/title/capitalize/
-// replace/find/count/join, dict.items/keys/values/get. Globals: namespace(), range(),
+// replace/find/count/join, dict.items/keys/values/get. Globals: namespace(), dict(), range(),
 // raise_exception(). Anything else is an Error naming it with its line and column.
 #include <string>
 

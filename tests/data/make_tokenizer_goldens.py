@@ -230,6 +230,17 @@ JINJA_SNIPPETS += [
 ]
 
 
+JINJA_SNIPPETS += [
+    ("{% for m in messages if m.role != 'system' %}{{ loop.index }}/{{ loop.length }}:{{ m.role }} {% else %}none{% endfor %}"
+     "|{% for m in messages if m.role == 'tool' %}x{% else %}none{% endfor %}", {"messages": CHAT}),
+    ("{% set block %}Hi {{ name }}\n{% endset %}[{{ block }}]{{ block | length }}", {"name": "Ann"}),
+    ("{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(',') }}"
+     "|{{ messages | rejectattr('role', 'eq', 'user') | list | length }}|{{ [0, 1, 2, '', 'a'] | select | list }}"
+     "|{{ [1, 2, 3, 4] | reject('odd') | list }}|{{ ['a', 'b'] | map('upper') | list }}"
+     "|{{ messages | selectattr('name') | list | length }}", {"messages": CHAT + [{"role": "user", "content": "x", "name": "n"}]}),
+]
+
+
 def jinja_goldens():
     from transformers.utils.chat_template_utils import _compile_jinja_template
     return [{"template": src, "variables": variables, "text": _compile_jinja_template(src).render(**variables)}
