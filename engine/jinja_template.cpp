@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <ctime>
 #include <unordered_map>
 
 #include "engine/error.h"
@@ -270,6 +271,15 @@ class Renderer {
       Value ns = make_dict(args, kwargs);
       ns.is_namespace = true;
       return ns;
+    });
+    g["strftime_now"] = Value::function([](const List& args, const KwArgs&) {  // as transformers provides
+      if (args.size() != 1 || !args[0].is_string()) fail("strftime_now() takes one format string");
+      const std::time_t now = std::time(nullptr);
+      std::tm local{};
+      localtime_r(&now, &local);
+      char buf[256];
+      const size_t n = std::strftime(buf, sizeof(buf), args[0].s.c_str(), &local);
+      return Value::string(std::string(buf, n));
     });
     g["raise_exception"] = Value::function([](const List& args, const KwArgs&) -> Value {
       fail("raise_exception: ", args.empty() ? std::string() : args[0].str());

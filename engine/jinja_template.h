@@ -7,7 +7,7 @@
 // boolean, true, false, mapping, iterable, sequence, callable, odd, even, divisibleby, eq, ne.
 // Methods: str.startswith/endswith/split/strip/lstrip/rstrip/upper/lower/title/capitalize/
 // replace/find/count/join, dict.items/keys/values/get. Globals: namespace(), dict(), range(),
-// raise_exception(). Anything else is an Error naming it with its line and column.
+// raise_exception(), strftime_now(). Anything else is an Error naming it with its line and column.
 #include <string>
 
 #include "engine/jinja_parser.h"

@@ -121,6 +121,12 @@ TEST(Jinja, FuzzDamagedTemplates) {
   EXPECT_GT(errors, 0);
 }
 
+TEST(Jinja, StrftimeNow) {
+  const std::string year = mxmoe::jinja::Template("{{ strftime_now('%Y') }}", "t").render(mxmoe::jinja::from_json(ordered_json::object()));
+  ASSERT_EQ(year.size(), 4u);
+  EXPECT_GE(std::stoi(year), 2024);
+}
+
 TEST(ChatTemplate, MissingTemplateIsAnError) {
   try {
     ChatTemplate::from_dir(kData + "/tokenizers/llama2");
