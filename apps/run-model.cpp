@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -17,6 +18,7 @@
 #include "engine/generator.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#include "engine/perplexity.h"
 #include "engine/tokenizer.h"
 #include "loader/checkpoint.h"
 #include "loader/generation_config.h"
@@ -44,6 +46,8 @@ constexpr const char* kUsage = R"(usage: run-model [-m DIR] [-p PROMPT] [options
       --interactive            multi-turn chat at a prompt (empty line or EOF ends)
       --quantization Q         mxfp8 (default) or bf16
       --quantize-lm-head       quantize the LM head too (it stays bf16 by default)
+      --scale-rule R           MXFP8 block scale: rceil (default) or ocp (OCP MX v1.0)
+      --perplexity FILE        print the perplexity of FILE's text instead of generating
       --device D               cuda (default when a GPU is present) or cpu
       --max-model-len N        longest prompt + completion (default min(max_position_embeddings, 8192))
       --load-format F          safetensors (default) or dummy (random weights, no checkpoint needed)
@@ -55,6 +59,8 @@ constexpr const char* kUsage = R"(usage: run-model [-m DIR] [-p PROMPT] [options
 
 struct Args {
   std::string model, prompt = "Once upon a time", system, quantization = "mxfp8", device, load_format = "safetensors";
+  std::string perplexity_file;
+  ScaleRule scale_rule = ScaleRule::rceil;
   int max_tokens = 128, tp = 1;
   int64_t max_model_len = 0;
   double gpu_memory_limit_gb = 0;
@@ -104,6 +110,11 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--interactive") a.interactive = a.chat = true;
     else if (arg == "--quantization") a.quantization = value();
     else if (arg == "--quantize-lm-head") a.quantize_lm_head = true;
+    else if (arg == "--scale-rule") {
+      const std::string r = value();
+      MXMOE_CHECK(r == "rceil" || r == "ocp", "--scale-rule must be rceil or ocp, got ", r);
+      a.scale_rule = r == "rceil" ? ScaleRule::rceil : ScaleRule::ocp;
+    } else if (arg == "--perplexity") a.perplexity_file = value();
     else if (arg == "--device") a.device = value();
     else if (arg == "--max-model-len") a.max_model_len = int64_t(number(1, 1e9));
     else if (arg == "--load-format") a.load_format = value();
@@ -139,6 +150,7 @@ int run(int argc, char** argv) {
   ModelOptions options;
   options.quant.scheme = args.quantization;
   options.quant.quantize_lm_head = args.quantize_lm_head;
+  options.quant.scale_rule = args.scale_rule;
   options.device = device;
 
   const auto load_start = std::chrono::steady_clock::now();
@@ -159,6 +171,21 @@ int run(int argc, char** argv) {
   kv.num_blocks = (max_len + kv.block_size - 1) / kv.block_size;
   KvCache cache(kv, device);
   Generator generator(*model, cache);
+
+  if (!args.perplexity_file.empty()) {
+    std::ifstream in(args.perplexity_file, std::ios::binary);
+    MXMOE_CHECK(in, "cannot read ", args.perplexity_file);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::vector<int32_t> ids = tokenizer.encode(text, false);
+    const int64_t window = std::min<int64_t>(512, max_len - 1);
+    const auto start = std::chrono::steady_clock::now();
+    const PerplexityResult r = perplexity(generator, ids, window);
+    std::printf("perplexity %.4f over %lld tokens of %s (%s, scale rule %s, windows of %lld)\n", r.perplexity(),
+                (long long)r.predicted, args.perplexity_file.c_str(), args.quantization.c_str(),
+                args.scale_rule == ScaleRule::rceil ? "rceil" : "ocp", (long long)window);
+    std::fprintf(stderr, "[mxmoe] load %.2f s, evaluation %.2f s\n", load_seconds, seconds_since(start));
+    return 0;
+  }
 
   GenerationOptions gen;
   gen.max_new_tokens = args.max_tokens;

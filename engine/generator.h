@@ -47,6 +47,7 @@ class Generator {
               const std::vector<int32_t>& logit_rows);
 
   const GenerationStats& stats() const { return stats_; }
+  KvCache& cache() { return cache_; }
   cudaStream_t stream() const { return stream_ ? cudaStream_t(*stream_) : nullptr; }
 
  private:

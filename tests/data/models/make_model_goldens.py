@@ -24,6 +24,8 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+from hub_format import hub_state_dict
+
 # head_dim 64 as in real checkpoints (the attention kernels take 64, 128 and 256), 2 query heads
 # sharing 1 KV head (GQA).
 V, H, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 256, 128, 2, 2, 1, 64
@@ -55,31 +57,6 @@ ARCHS = {
 }
 PROMPTS = [[1, 17, 42, 99, 3, 250, 7], [1, 5, 5, 5, 200, 13, 64, 128, 31, 77, 9, 180]]
 NEW_TOKENS = 8
-
-
-def hub_state_dict(model, arch):
-    """The model's tensors under the per-expert names published checkpoints use."""
-    out = {}
-    for name, t in model.state_dict().items():
-        t = t.detach().to(torch.bfloat16).contiguous()
-        if arch == "mixtral":
-            name = name.replace(".mlp.", ".block_sparse_moe.")
-        if name.endswith("experts.gate_up_proj"):
-            prefix, inter = name[: -len("gate_up_proj")], t.shape[1] // 2
-            gate, up = ("w1", "w3") if arch == "mixtral" else ("gate_proj", "up_proj")
-            for e in range(t.shape[0]):
-                out[f"{prefix}{e}.{gate}.weight"] = t[e, :inter].clone()
-                out[f"{prefix}{e}.{up}.weight"] = t[e, inter:].clone()
-        elif name.endswith("experts.down_proj"):
-            prefix = name[: -len("down_proj")]
-            down = "w2" if arch == "mixtral" else "down_proj"
-            for e in range(t.shape[0]):
-                out[f"{prefix}{e}.{down}.weight"] = t[e].clone()
-        else:
-            out[name] = t
-    if model.config.tie_word_embeddings:
-        out.pop("lm_head.weight", None)
-    return out
 
 
 def mxfp8_roundtrip(w):
