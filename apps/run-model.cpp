@@ -233,6 +233,7 @@ int run(int argc, char** argv) {
     turn(args.prompt);
   }
 
+  std::fflush(stdout);  // the text before the statistics
   const GenerationStats& s = generator.stats();
   const double peak_gib = device == Device::cuda ? double(device_memory_stats(current_device()).peak) / (1ull << 30) : 0;
   std::fprintf(stderr,

@@ -46,7 +46,10 @@ bool as_pitched(const Tensor& t, Pitched& p) {
     expect *= t.shape()[inner];
     --inner;
   }
-  if (inner < 0) return false;
+  if (inner < 0) {  // contiguous but for the strides of size-1 dimensions (e.g. [1, N] of [1, 2N])
+    p = {1, int64_t(expect * esize), int64_t(expect * esize)};
+    return true;
+  }
   int64_t rows = t.shape()[inner];
   for (int d = inner - 1; d >= 0; --d) {
     if (t.shape()[d] == 1) continue;

@@ -57,6 +57,11 @@ TEST(Tensor, CopyIntoAStridedView) {
   EXPECT_EQ(dst.data_as<int32_t>()[7], 7);
 }
 
+TEST(Tensor, CopyOfASingleRowView) {
+  const Tensor t = iota({1, 8});
+  EXPECT_EQ(values(t.narrow(1, 2, 4)), (std::vector<int32_t>{2, 3, 4, 5}));  // [1, 4] of [1, 8]
+}
+
 TEST(Tensor, ViewAndMismatchErrorsNameTheShapes) {
   const Tensor t = iota({4, 6});
   EXPECT_EQ(t.view({6, 4}).size(0), 6);
