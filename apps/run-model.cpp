@@ -41,6 +41,7 @@ constexpr const char* kUsage = R"(usage: run-model [-m DIR] [-p PROMPT] [options
       --min-p P                drop tokens below P x the top probability (default 0 = off)
       --repetition-penalty R   (default 1 = off)
       --seed S                 same seed, same tokens (default 0)
+      --stop TEXT              stop when the completion contains TEXT (repeatable)
       --chat                   render the prompt with the checkpoint's chat template
       --system TEXT            system message for --chat / --interactive
       --interactive            multi-turn chat at a prompt (empty line or EOF ends)
@@ -60,6 +61,7 @@ constexpr const char* kUsage = R"(usage: run-model [-m DIR] [-p PROMPT] [options
 struct Args {
   std::string model, prompt = "Once upon a time", system, quantization = "mxfp8", device, load_format = "safetensors";
   std::string perplexity_file;
+  std::vector<std::string> stops;
   ScaleRule scale_rule = ScaleRule::rceil;
   int max_tokens = 128, tp = 1;
   int64_t max_model_len = 0;
@@ -106,6 +108,7 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--repetition-penalty") a.sampling.repetition_penalty = float(number(1e-6, 1e6));
     else if (arg == "--seed") a.sampling.seed = uint64_t(number(0, 1.8e19));
     else if (arg == "--chat") a.chat = true;
+    else if (arg == "--stop") a.stops.push_back(value());
     else if (arg == "--system") a.system = value();
     else if (arg == "--interactive") a.interactive = a.chat = true;
     else if (arg == "--quantization") a.quantization = value();
@@ -209,14 +212,30 @@ int run(int argc, char** argv) {
                 args.max_tokens, " exceed --max-model-len ", max_len);
     DecodeStream stream(tokenizer, true);
     std::string completion;
+    size_t printed = 0, hold = 0;  // text that could start a stop string is held back
+    for (const std::string& stop : args.stops) hold = std::max(hold, stop.size() - 1);
+    const auto print_until = [&](size_t end) {
+      std::fwrite(completion.data() + printed, 1, end - printed, stdout);
+      std::fflush(stdout);
+      printed = end;
+    };
     if (!chat_template) std::fputs(user.c_str(), stdout);
     generator.generate({ids}, gen, [&](size_t, int32_t token) {
-      if (const auto piece = stream.step(token)) {
-        completion += *piece;
-        std::fputs(piece->c_str(), stdout);
-        std::fflush(stdout);
+      const auto piece = stream.step(token);
+      if (!piece) return true;
+      completion += *piece;
+      size_t stop_at = std::string::npos;
+      for (const std::string& stop : args.stops)
+        stop_at = std::min(stop_at, completion.find(stop, printed > hold ? printed - hold : 0));
+      if (stop_at != std::string::npos) {
+        completion.resize(stop_at);
+        print_until(std::max(printed, stop_at));
+        return false;
       }
+      if (completion.size() > printed + hold) print_until(completion.size() - hold);
+      return true;
     });
+    print_until(completion.size());
     std::fputc('\n', stdout);
     if (chat_template) messages.push_back({{"role", "assistant"}, {"content", completion}});
   };

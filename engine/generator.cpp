@@ -82,8 +82,7 @@ Tensor Generator::step(std::span<const int> seqs, const std::vector<std::vector<
 }
 
 std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
-                                            const GenerationOptions& options,
-                                            const std::function<void(size_t, int32_t)>& on_token) {
+                                            const GenerationOptions& options, const TokenCallback& on_token) {
   check_sampling_params(options.sampling);
   MXMOE_CHECK(options.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", options.max_new_tokens);
   std::vector<Generation> out(prompts.size());
@@ -138,9 +137,11 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
       out[i].tokens.push_back(token);
       history[i].push_back(token);
       ++stats_.generated_tokens;
-      if (on_token) on_token(i, token);
-      out[i].stopped = std::find(options.stop_ids.begin(), options.stop_ids.end(), token) != options.stop_ids.end();
-      if (!out[i].stopped && int(out[i].tokens.size()) < options.max_new_tokens) {
+      if (std::find(options.stop_ids.begin(), options.stop_ids.end(), token) != options.stop_ids.end())
+        out[i].finish = Generation::Finish::stop_id;
+      else if (on_token && !on_token(i, token))
+        out[i].finish = Generation::Finish::caller;
+      if (out[i].finish == Generation::Finish::length && int(out[i].tokens.size()) < options.max_new_tokens) {
         still.push_back(i);
         next.push_back({token});
       }

@@ -1,8 +1,9 @@
 #pragma once
 // The generation loop over a batch of prompts: one prefill step for all of them (sequences of
 // different lengths in one batch), then decode steps for the sequences still running, each
-// sampled on the model's device. A sequence stops at one of its stop ids (EOS) or at
-// max_new_tokens; its KV blocks go back to the pool when the call returns.
+// sampled on the model's device. A sequence stops at one of its stop ids (EOS), at
+// max_new_tokens, or when the caller's on_token returns false (stop strings, cancellation); its
+// KV blocks go back to the pool when the call returns.
 #include <cuda_runtime.h>
 
 #include <functional>
@@ -24,9 +25,13 @@ struct GenerationOptions {
 };
 
 struct Generation {
+  enum class Finish : uint8_t { length, stop_id, caller };
   std::vector<int32_t> tokens;  // generated ids, the stop id included when one ended it
-  bool stopped = false;         // true: a stop id; false: max_new_tokens
+  Finish finish = Finish::length;
 };
+
+// Called with each new token; returning false finishes that prompt's generation.
+using TokenCallback = std::function<bool(size_t prompt, int32_t token)>;
 
 struct GenerationStats {
   int64_t prompt_tokens = 0, generated_tokens = 0;
@@ -38,7 +43,7 @@ class Generator {
   Generator(CausalLM& model, KvCache& cache);
 
   std::vector<Generation> generate(const std::vector<std::vector<int32_t>>& prompts, const GenerationOptions& options,
-                                   const std::function<void(size_t prompt, int32_t token)>& on_token = {});
+                                   const TokenCallback& on_token = {});
 
   // One forward step: appends tokens[i] to sequence seqs[i] (cache ids) and returns the logits
   // [R, vocab] (model.logits_dtype(), on the model's device) of the step's token rows
