@@ -304,8 +304,9 @@ class Renderer {
   struct Args {
     List pos;
     KwArgs kw;
-    // Positional argument k, else keyword argument `kwname`, else `fallback`.
-    const Value& at(size_t k, const char* kwname, const Value& fallback) const {
+    // Positional argument k, else keyword argument `kwname`, else `fallback` (returned by
+    // value: callers pass temporaries as fallback).
+    Value at(size_t k, const char* kwname, const Value& fallback) const {
       if (k < pos.size()) return pos[k];
       for (const auto& [name, v] : kw) {
         if (name == kwname) return v;
