@@ -27,24 +27,6 @@ namespace {
     MXMOE_CHECK(st_ == CUBLAS_STATUS_SUCCESS, #call, " failed: cublasStatus_t ", int(st_)); \
   } while (0)
 
-// Uniform values in [-a, a) from a hash of the index: never zeros, no host round trip.
-__global__ void fill_uniform(__nv_bfloat16* p, int64_t n, uint64_t seed, float a) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint64_t z = (uint64_t(i) + seed) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    p[i] = __float2bfloat16(a * (float(z >> 40) * 0x1p-23f - 1.f));
-  }
-}
-
-Tensor random_bf16(const Shape& shape, uint64_t seed, float a, cudaStream_t stream) {
-  Tensor t = Tensor::empty(shape, DType::bf16, Device::cuda);
-  fill_uniform<<<1024, 256, 0, stream>>>(t.data_as<__nv_bfloat16>(), t.numel(), seed, a);
-  CUDA_CHECK_LAUNCH();
-  return t;
-}
-
 // cuBLASLt bf16 y[M, N] = x[M, K] · W[N, K]ᵀ, fp32 accumulation: column-major D[N, M] = Wᵀᵀ · x.
 class LtGemm {
  public:
@@ -107,13 +89,13 @@ void print_row(const char* name, int64_t m, int64_t n, int64_t k, double t256x4,
 }
 
 void bench_dense(const char* name, int64_t m, int64_t n, int64_t k, cudaStream_t stream) {
-  const Tensor x = random_bf16({m, k}, 1, 1.f, stream);
+  const Tensor x = bench::random_bf16({m, k}, 1, 1.f, stream);
   const Tensor y = Tensor::empty({m, n}, DType::bf16, Device::cuda);
   const int copies = rotation(size_t(n * k) * 2);  // bf16 size: cuBLASLt's copies; fp8 uses as many
   std::vector<Tensor> w16;
   std::vector<MxTensor> w8;
   for (int i = 0; i < copies; ++i) {
-    w16.push_back(random_bf16({n, k}, 100 + i, 0.05f, stream));
+    w16.push_back(bench::random_bf16({n, k}, 100 + i, 0.05f, stream));
     w8.push_back(mxfp8_empty({n, k}, Device::cuda));
     mxfp8_quantize(w16.back(), w8.back(), ScaleRule::rceil, stream);
   }
@@ -155,9 +137,9 @@ void bench_grouped(const char* name, int64_t tokens, int experts, int top_k, int
   Tensor off = Tensor::empty({experts + 1}, DType::i32, Device::cpu);
   std::memcpy(off.data(), offsets.data(), offsets.size() * sizeof(int));
   off = off.to(Device::cuda);
-  const Tensor x = random_bf16({m, k}, 2, 1.f, stream);
+  const Tensor x = bench::random_bf16({m, k}, 2, 1.f, stream);
   const Tensor y = Tensor::empty({m, n}, DType::bf16, Device::cuda);
-  const Tensor w16 = random_bf16({experts, n, k}, 3, 0.05f, stream);
+  const Tensor w16 = bench::random_bf16({experts, n, k}, 3, 0.05f, stream);
   const MxTensor w8 = mxfp8_empty({experts, n, k}, Device::cuda);
   mxfp8_quantize(w16, w8, ScaleRule::rceil, stream);
   const double flops = 2.0 * double(m) * double(n) * double(k);

@@ -34,24 +34,6 @@ struct Model {
   int top_k;
 };
 
-// Uniform values in [-a, a) from a hash of the index (no host round trip, never all zeros).
-__global__ void fill_uniform(__nv_bfloat16* p, int64_t n, uint64_t seed, float a) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint64_t z = (uint64_t(i) + seed) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    p[i] = __float2bfloat16(a * (float(z >> 40) * 0x1p-23f - 1.f));
-  }
-}
-
-Tensor random_bf16(const Shape& shape, uint64_t seed, float a, cudaStream_t stream) {
-  Tensor t = Tensor::empty(shape, DType::bf16, Device::cuda);
-  fill_uniform<<<1024, 256, 0, stream>>>(t.data_as<__nv_bfloat16>(), t.numel(), seed, a);
-  CUDA_CHECK_LAUNCH();
-  return t;
-}
-
 // Expert weights in both forms; MXFP8 quantized from the bf16 values, one expert at a time.
 struct Experts {
   MoeWeights mx, bf16;
@@ -59,8 +41,8 @@ struct Experts {
 
 Experts make_experts(const Model& m, cudaStream_t stream) {
   Experts e;
-  e.bf16.w13 = random_bf16({m.experts, 2 * m.inter, m.hidden}, 1, 1.f / std::sqrt(float(m.hidden)), stream);
-  e.bf16.w2 = random_bf16({m.experts, m.hidden, m.inter}, 2, 1.f / std::sqrt(float(m.inter)), stream);
+  e.bf16.w13 = bench::random_bf16({m.experts, 2 * m.inter, m.hidden}, 1, 1.f / std::sqrt(float(m.hidden)), stream);
+  e.bf16.w2 = bench::random_bf16({m.experts, m.hidden, m.inter}, 2, 1.f / std::sqrt(float(m.inter)), stream);
   e.mx.w13_mx = mxfp8_empty(e.bf16.w13.shape(), Device::cuda);
   e.mx.w2_mx = mxfp8_empty(e.bf16.w2.shape(), Device::cuda);
   mxfp8_quantize(e.bf16.w13, e.mx.w13_mx, ScaleRule::rceil, stream);
@@ -118,7 +100,7 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
     routes.push_back(random_routing(m, tokens, rng));
     for (int mx = 0; mx < 2; ++mx) bytes[mx] += routes.back().distinct * expert_bytes(m, mx) / kPatterns;
   }
-  const Tensor x = random_bf16({tokens, m.hidden}, 3, 1.f, stream);
+  const Tensor x = bench::random_bf16({tokens, m.hidden}, 3, 1.f, stream);
   Tensor out = Tensor::empty({tokens, m.hidden}, DType::bf16, Device::cuda);
   const MoeRouting routing{m.top_k, true};
   // The routing of every pattern precomputed, for timing the expert kernels alone.
@@ -159,12 +141,12 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
 void bench_prefill(const Model& m, const Experts& ex, int64_t tokens, cudaStream_t stream) {
   std::mt19937_64 rng(17);
   const Routed r = random_routing(m, tokens, rng);
-  const Tensor x = random_bf16({tokens, m.hidden}, 4, 1.f, stream);
+  const Tensor x = bench::random_bf16({tokens, m.hidden}, 4, 1.f, stream);
   Tensor out = Tensor::empty({tokens, m.hidden}, DType::bf16, Device::cuda);
   const double flops = 6.0 * double(tokens) * m.top_k * double(m.hidden) * double(m.inter);
   const int64_t rows = tokens * m.top_k;
   // cuBLASLt bf16 reference: the two dense GEMMs of the same shapes.
-  const Tensor xs = random_bf16({rows, m.hidden}, 5, 1.f, stream), act = random_bf16({rows, m.inter}, 6, 1.f, stream);
+  const Tensor xs = bench::random_bf16({rows, m.hidden}, 5, 1.f, stream), act = bench::random_bf16({rows, m.inter}, 6, 1.f, stream);
   Tensor h = Tensor::empty({rows, 2 * m.inter}, DType::bf16, Device::cuda);
   Tensor y = Tensor::empty({rows, m.hidden}, DType::bf16, Device::cuda);
   const Tensor w13 = ex.bf16.w13.select(0);  // expert 0 as a dense [2I, H]

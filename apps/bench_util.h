@@ -6,6 +6,7 @@
 
 #include "engine/stream.h"
 #include "engine/tensor.h"
+#include "kernels/convert.h"
 
 namespace mxmoe::bench {
 
@@ -38,6 +39,17 @@ inline double copy_bandwidth_gbs(cudaStream_t stream) {
     CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, stream));
   }, 3, 20);
   return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
+}
+
+// bf16 tensor of normal(0, std) values generated on the device (never zeros, no host round trip).
+inline Tensor random_bf16(const Shape& shape, uint64_t seed, float std, cudaStream_t stream) {
+  Tensor t = Tensor::empty(shape, DType::bf16, Device::cuda);
+  NormalFill fill;
+  fill.seed = seed;
+  fill.std = std;
+  fill.geometry = whole_tensor_geometry(t.numel());
+  fill_normal(t, fill, stream);
+  return t;
 }
 
 }  // namespace mxmoe::bench

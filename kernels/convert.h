@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "engine/tensor.h"
+#include "kernels/hash.h"
 #include "kernels/mxfp8_format.h"  // MXMOE_HD
 
 namespace mxmoe {
@@ -32,16 +33,9 @@ struct NormalFill {
 };
 
 // The generator, shared by the CPU reference and the kernel so both give the same bits.
-// splitmix64 finaliser as a counter hash; the normal variate is an Irwin-Hall sum of eight
+// mix64 (kernels/hash.h) as a counter hash; the normal variate is an Irwin-Hall sum of eight
 // 16-bit uniforms (bounded at ±4.9σ, mean 0, variance 1): integer arithmetic, then exact
 // float steps (explicit fmaf, so no compiler contraction differs between host and device).
-MXMOE_HD uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 MXMOE_HD float normal_at(uint64_t seed, uint64_t index, float mean, float std) {
   const uint64_t a = mix64(seed ^ mix64(2 * index)), b = mix64(seed ^ mix64(2 * index + 1));
   int sum = 0;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/tensor.h"
+#include "kernels/hash.h"
 #include "kernels/mxfp8_format.h"  // MXMOE_HD
 
 namespace mxmoe {
@@ -35,14 +36,8 @@ static_assert(sizeof(SamplingParams) == 40);
 
 void check_sampling_params(const SamplingParams& p);  // Error naming the bad value
 
-// splitmix64 finaliser: the counter hash behind each draw.
-MXMOE_HD uint64_t sampling_hash(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-MXMOE_HD uint64_t sampling_random(uint64_t seed, uint64_t step) { return sampling_hash(seed ^ sampling_hash(step)); }
+// The random number of a draw: a counter hash (kernels/hash.h) of the seed and the step.
+MXMOE_HD uint64_t sampling_random(uint64_t seed, uint64_t step) { return mix64(seed ^ mix64(step)); }
 
 namespace sampling_detail {
 // Float -> unsigned key with the same order (larger float, larger key).

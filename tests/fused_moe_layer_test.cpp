@@ -19,15 +19,7 @@ using testing::load_layer;
 using testing::random_tensor;
 using testing::rel_error;
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using testing::error_of;
 
 constexpr int64_t kE = 6, kH = 64, kI = 192;
 const char* kPrefix = "model.layers.1.mlp.experts";

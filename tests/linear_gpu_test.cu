@@ -29,15 +29,7 @@ using testing::fresh_seed;
 using testing::load_layer;
 using testing::rel_error;
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using testing::error_of;
 
 // Uniform bf16 in ±scale (never all zero), fast enough for the 311M-element lm_head.
 Tensor fast_random_bf16(const Shape& shape, uint64_t seed, float scale) {

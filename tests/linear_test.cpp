@@ -17,15 +17,7 @@ using testing::load_layer;
 using testing::random_tensor;
 using testing::rel_error;
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using testing::error_of;
 
 // A merged QKV layer with unequal parts: q 128 rows, k 32, v 32; K = 96.
 LinearConfig qkv_config(bool bias) {

@@ -5,19 +5,12 @@
 #include "engine/fused_moe_layer.h"
 #include "engine/linear.h"
 #include "engine/registry.h"
+#include "test_util.h"
 
 namespace mxmoe {
 namespace {
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using testing::error_of;
 
 TEST(Registry, KnowsBothSchemesForBothKinds) {
   const std::vector<std::string> expected = {"bf16", "mxfp8"};

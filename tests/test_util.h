@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "engine/error.h"
 #include "engine/memory.h"
 #include "engine/tensor.h"
 #include "kernels/matmul_ref.h"
@@ -42,6 +43,17 @@ inline double rel_error(const Tensor& out, const Tensor& ref) {
     den += double(b[i]) * double(b[i]);
   }
   return den == 0 ? (num == 0 ? 0 : INFINITY) : std::sqrt(num / den);
+}
+
+// The message of the mxmoe::Error that f() throws, or "(no error)".
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 }  // namespace mxmoe::testing
