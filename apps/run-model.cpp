@@ -34,6 +34,7 @@ constexpr const char* kUsage = R"(usage: run-model [-m DIR] [-p PROMPT] [options
   -m, --model DIR              Hugging Face checkpoint directory (config.json, *.safetensors,
                                tokenizer.json); default: the model bundled with mxmoe
   -p, --prompt TEXT            the prompt (default: "Once upon a time")
+  -f, --file FILE              read the prompt from FILE
   -n, --max-tokens N           tokens to generate (default 128)
       --temperature T          0 = greedy (default 0.7)
       --top-k K                keep the K most likely tokens (default 0 = off)
@@ -78,6 +79,12 @@ std::string default_model_dir(const char* argv0) {
   fail("no -m given and the bundled model (models/demo) was not found next to ", exe.string());
 }
 
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  MXMOE_CHECK(in, "cannot read ", path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 Args parse_args(int argc, char** argv) {
   Args a;
   a.sampling.temperature = 0.7f;
@@ -100,6 +107,7 @@ Args parse_args(int argc, char** argv) {
       std::exit(0);
     } else if (arg == "-m" || arg == "--model") a.model = value();
     else if (arg == "-p" || arg == "--prompt") a.prompt = value();
+    else if (arg == "-f" || arg == "--file") a.prompt = read_file(value());
     else if (arg == "-n" || arg == "--max-tokens") a.max_tokens = int(number(0, 1e9));
     else if (arg == "--temperature") a.sampling.temperature = float(number(0, 1e4));
     else if (arg == "--top-k") a.sampling.top_k = int32_t(number(0, 1e9));
@@ -176,10 +184,7 @@ int run(int argc, char** argv) {
   Generator generator(*model, cache);
 
   if (!args.perplexity_file.empty()) {
-    std::ifstream in(args.perplexity_file, std::ios::binary);
-    MXMOE_CHECK(in, "cannot read ", args.perplexity_file);
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const std::vector<int32_t> ids = tokenizer.encode(text, false);
+    const std::vector<int32_t> ids = tokenizer.encode(read_file(args.perplexity_file), false);
     const int64_t window = std::min<int64_t>(512, max_len - 1);
     const auto start = std::chrono::steady_clock::now();
     const PerplexityResult r = perplexity(generator, ids, window);
