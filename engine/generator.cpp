@@ -85,6 +85,7 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
                                             const GenerationOptions& options, const TokenCallback& on_token) {
   check_sampling_params(options.sampling);
   MXMOE_CHECK(options.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", options.max_new_tokens);
+  MXMOE_CHECK(options.max_step_tokens >= 1, "max_step_tokens must be >= 1, got ", options.max_step_tokens);
   std::vector<Generation> out(prompts.size());
   if (prompts.empty() || options.max_new_tokens == 0) return out;
 
@@ -98,27 +99,40 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
     stats_.prompt_tokens += int64_t(prompts[i].size());
   }
   const int64_t vocab = model_.config().vocab_size;
-  std::vector<std::vector<int32_t>> step_tokens = prompts;  // first step: the whole prompts
-  bool prefill = true;
+  std::vector<std::vector<int32_t>> pending = prompts;  // tokens each running prompt has yet to feed
   while (!running.empty()) {
     const auto start = std::chrono::steady_clock::now();
+    const bool prefill = std::any_of(running.begin(), running.end(), [&](size_t i) { return out[i].tokens.empty(); });
+    // Each sequence feeds up to its share of max_step_tokens, so a long prompt is prefilled in
+    // chunks (bounded activations); those whose pending tokens all go in get a token sampled.
+    const size_t quota = std::max<size_t>(1, size_t(options.max_step_tokens) / running.size());
     std::vector<int> seqs;
+    std::vector<std::vector<int32_t>> fed;
+    std::vector<size_t> sampled;  // indices into running
     std::vector<int32_t> rows, prev_offsets = {0}, prev_ids;
     std::vector<SamplingParams> params;
     int32_t row_end = 0;
     for (size_t j = 0; j < running.size(); ++j) {
-      const size_t i = running[j];
+      const size_t i = running[j], n = std::min(pending[j].size(), quota);
       seqs.push_back(guard.ids[i]);
-      row_end += int32_t(step_tokens[j].size());
-      rows.push_back(row_end - 1);  // each sequence's last new token predicts the next
+      fed.emplace_back(pending[j].begin(), pending[j].begin() + long(n));
+      pending[j].erase(pending[j].begin(), pending[j].begin() + long(n));
+      row_end += int32_t(n);
+      if (!pending[j].empty()) continue;
+      sampled.push_back(j);
+      rows.push_back(row_end - 1);  // the sequence's last token predicts the next
       prev_ids.insert(prev_ids.end(), history[i].begin(), history[i].end());
       prev_offsets.push_back(int32_t(prev_ids.size()));
       SamplingParams p = options.sampling;
       p.step = out[i].tokens.size();
       params.push_back(p);
     }
-    const Tensor logits = step(seqs, step_tokens, rows);
-    const int64_t b = int64_t(running.size());
+    if (sampled.empty()) {  // a middle chunk of long prompts: fill the cache, sample nothing
+      step(seqs, fed, {row_end - 1});
+      continue;
+    }
+    const Tensor logits = step(seqs, fed, rows);
+    const int64_t b = int64_t(sampled.size());
     Tensor tokens = Tensor::empty({b}, DType::i32, device_);
     Tensor params_buffer = device_ == Device::cuda ? Tensor::empty({b * int64_t(sizeof(SamplingParams))}, DType::u8,
                                                                    Device::cuda)
@@ -127,13 +141,11 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
     ops::sample(logits, params, params_buffer, upload(prev_offsets), upload(prev_ids), workspace, tokens, stream());
     const Tensor chosen = tokens.to(Device::cpu, stream());  // synchronizes the step
     (prefill ? stats_.prefill_seconds : stats_.decode_seconds) += seconds_since(start);
-    prefill = false;
 
-    std::vector<size_t> still;
-    std::vector<std::vector<int32_t>> next;
-    for (size_t j = 0; j < running.size(); ++j) {
-      const size_t i = running[j];
-      const int32_t token = chosen.data_as<int32_t>()[j];
+    std::vector<bool> done(running.size(), false);
+    for (size_t r = 0; r < sampled.size(); ++r) {
+      const size_t j = sampled[r], i = running[j];
+      const int32_t token = chosen.data_as<int32_t>()[r];
       out[i].tokens.push_back(token);
       history[i].push_back(token);
       ++stats_.generated_tokens;
@@ -141,13 +153,18 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
         out[i].finish = Generation::Finish::stop_id;
       else if (on_token && !on_token(i, token))
         out[i].finish = Generation::Finish::caller;
-      if (out[i].finish == Generation::Finish::length && int(out[i].tokens.size()) < options.max_new_tokens) {
-        still.push_back(i);
-        next.push_back({token});
-      }
+      done[j] = out[i].finish != Generation::Finish::length || int(out[i].tokens.size()) >= options.max_new_tokens;
+      if (!done[j]) pending[j] = {token};
     }
+    std::vector<size_t> still;
+    std::vector<std::vector<int32_t>> still_pending;
+    for (size_t j = 0; j < running.size(); ++j)
+      if (!done[j]) {
+        still.push_back(running[j]);
+        still_pending.push_back(std::move(pending[j]));
+      }
     running = std::move(still);
-    step_tokens = std::move(next);
+    pending = std::move(still_pending);
   }
   return out;
 }

@@ -22,6 +22,7 @@ struct GenerationOptions {
   int max_new_tokens = 32;
   SamplingParams sampling;        // temperature 0: greedy
   std::vector<int32_t> stop_ids;  // EOS ids (config.json / generation_config.json)
+  int max_step_tokens = 2048;     // tokens per forward step: longer prompts are prefilled in chunks
 };
 
 struct Generation {

@@ -48,3 +48,15 @@ TEST(Generator, SeededSamplingIsReproducibleAndBatchIndependent) {
   options.sampling.seed = 8;
   EXPECT_NE(g.generator->generate({prompt(g, 0)}, options)[0].tokens, a);
 }
+
+TEST(Generator, ChunkedPrefillGivesTheSameTokens) {
+  GoldenModel g = load_golden("mixtral", "bf16", Device::cpu);
+  GenerationOptions options;
+  options.sampling.temperature = 0.f;
+  options.max_new_tokens = 5;
+  const auto whole = g.generator->generate({prompt(g, 1), prompt(g, 0)}, options);
+  options.max_step_tokens = 6;  // prompts of 12 and 7 tokens: 3 shares of 3 per step, several chunks each
+  const auto chunked = g.generator->generate({prompt(g, 1), prompt(g, 0)}, options);
+  for (size_t i = 0; i < 2; ++i) EXPECT_EQ(chunked[i].tokens, whole[i].tokens) << "prompt " << i;
+  EXPECT_EQ(g.cache->free_blocks(), g.cache->num_blocks());
+}
