@@ -129,6 +129,7 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
     }
     if (sampled.empty()) {  // a middle chunk of long prompts: fill the cache, sample nothing
       step(seqs, fed, {row_end - 1});
+      stats_.prefill_seconds += seconds_since(start);  // host time; the GPU work is waited for by the next sample
       continue;
     }
     const Tensor logits = step(seqs, fed, rows);
