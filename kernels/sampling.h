@@ -4,8 +4,9 @@
 //   repetition penalty: logits of the row's previous tokens: positive / penalty, negative · penalty
 //   temperature 0: greedy (argmax of the penalized logits, ties -> lowest id); filters are ignored
 //   top-k: keep logits >= the k-th largest; top-p: keep token t iff the probability mass of the
-//   tokens ranked above it is < top_p (the smallest nucleus reaching top_p); min-p: keep
-//   p >= min_p · p_max. The draw takes the kept tokens in id order.
+//   tokens ranked above it is < top_p (the smallest nucleus reaching top_p; tokens tied with its
+//   smallest logit are all kept); min-p: keep p >= min_p · p_max. The draw takes the kept tokens
+//   in id order.
 // The random number of a draw is a counter-based hash of (seed, step): the same seed and step give
 // the same token regardless of batch position or launch. Probability masses are summed in 40-bit
 // fixed point (exp(x − max) · 2^40 as integers), so every sum, and the result, is deterministic.

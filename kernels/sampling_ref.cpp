@@ -116,6 +116,13 @@ std::vector<double> sampling_distribution_ref(std::span<const float> logits, con
       cum += probs[order[j]];
       if (cum <= 1.0 - double(p.top_p)) removed[order[j]] = true;
     }
+    // torch.sort is not stable, so which of several tokens tied with the smallest kept logit
+    // transformers keeps is unspecified; like the kernel, keep them all.
+    float boundary = INFINITY;
+    for (size_t i = 0; i < n; ++i)
+      if (!removed[i]) boundary = std::min(boundary, x[i]);
+    for (size_t i = 0; i < n; ++i)
+      if (x[i] == boundary) removed[i] = false;
   }
   if (p.min_p > 0.f) {  // MinPLogitsWarper: remove probs < min_p · max prob
     softmax();
