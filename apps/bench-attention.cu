@@ -56,20 +56,10 @@ Setup make_setup(int batch, int ctx, int q_len, int copies, std::mt19937_64& rng
 // Milliseconds per call, from a CUDA graph of kCalls calls rotating over the cache copies: the
 // decode loop replays graphs too, and this keeps host launch latency out of small cases.
 double time_ms(Setup& s, cudaStream_t stream) {
-  constexpr int kCalls = 16;
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  for (int i = 0; i < kCalls; ++i) {
+  return bench::graph_ms_per_call(stream, 16, [&](int i) {
     paged_attention(s.q, s.k_cache, s.v_cache, s.batches[size_t(i) % s.batches.size()], 1.f / std::sqrt(float(kHeadDim)),
                     s.workspace, s.out, stream);
-  }
-  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const double ms = bench::median_ms(stream, [&](int) { CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, 3, 20) / kCalls;
-  CUDA_CHECK(cudaGraphExecDestroy(exec));
-  CUDA_CHECK(cudaGraphDestroy(graph));
-  return ms;
+  });
 }
 
 }  // namespace

@@ -70,18 +70,10 @@ Tensor random_bf16(const Shape& shape) {
   return t;
 }
 
-// Microseconds per call: `calls` calls captured in a graph, median replay time / calls.
-double graph_us(cudaStream_t stream, int calls, const std::function<void(int)>& fn) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < calls; ++i) fn(i);
-  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const double ms = bench::median_ms(stream, [&](int) { CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, 3, 20);
-  CUDA_CHECK(cudaGraphExecDestroy(exec));
-  CUDA_CHECK(cudaGraphDestroy(graph));
-  return ms * 1e3 / calls;
+// Microseconds per call from CUDA-graph replays.
+template <class Fn>
+double graph_us(cudaStream_t stream, int calls, Fn&& fn) {
+  return 1e3 * bench::graph_ms_per_call(stream, calls, std::forward<Fn>(fn));
 }
 
 #define LT_CHECK(call)                                                                     \

@@ -75,22 +75,6 @@ Routed random_routing(const Model& m, int64_t tokens, std::mt19937_64& rng) {
   return {host.to(Device::cuda), int(used.size())};
 }
 
-// Per-call milliseconds of `calls` calls of fn(i) captured in one CUDA graph and replayed.
-template <class Fn>
-double graph_ms_per_call(Fn&& fn, int calls, cudaStream_t stream) {
-  fn(0);  // grows any workspace outside the capture
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  for (int i = 0; i < calls; ++i) fn(i);
-  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const double ms = bench::median_ms(stream, [&](int) { CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, 3, 20) / calls;
-  CUDA_CHECK(cudaGraphExecDestroy(exec));
-  CUDA_CHECK(cudaGraphDestroy(graph));
-  return ms;
-}
-
 void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy_gbs, cudaStream_t stream) {
   constexpr int kPatterns = 16;
   std::mt19937_64 rng(uint64_t(tokens) * 7919 + uint64_t(m.experts));
@@ -128,8 +112,8 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
       }
     };
     const double eager_ms = bench::median_ms(stream, call, 5, 48);
-    const double graph_ms = graph_ms_per_call(call, kPatterns, stream);
-    const double experts_ms = graph_ms_per_call(experts_only, kPatterns, stream);
+    const double graph_ms = bench::graph_ms_per_call(stream, kPatterns, call);
+    const double experts_ms = bench::graph_ms_per_call(stream, kPatterns, experts_only);
     const double gbs = bytes[mx] / (graph_ms * 1e-3) / 1e9;
     std::printf("| decode %-14s T=%-4lld | %-5s | %6.1f experts, %7.1f MB | %8.1f us | %8.1f us | %8.1f us | %6.0f GB/s "
                 "| %5.1f%% |\n",

@@ -29,6 +29,24 @@ double median_ms(cudaStream_t stream, Fn&& fn, int warmup = 5, int repeats = 50)
   return times[repeats / 2];
 }
 
+// Milliseconds per call of fn(0..calls-1) captured in one CUDA graph, median of 20 replays after 3
+// (decode loops replay graphs, and this keeps host launch latency out of small cases). One call
+// runs first, outside the capture, so workspaces grow before it.
+template <class Fn>
+double graph_ms_per_call(cudaStream_t stream, int calls, Fn&& fn) {
+  fn(0);
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < calls; ++i) fn(i);
+  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  const double ms = median_ms(stream, [&](int) { CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, 3, 20) / calls;
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  return ms;
+}
+
 // Bytes read + written per second by cudaMemcpyAsync D2D of a 1 GiB buffer (far above L2).
 inline double copy_bandwidth_gbs(cudaStream_t stream) {
   const size_t bytes = size_t(1) << 30;

@@ -1,5 +1,6 @@
 #include "engine/gpu_info.h"
 
+#include <algorithm>
 #include <array>
 #include <mutex>
 
@@ -22,6 +23,11 @@ const GpuInfo& gpu_info() {
     CUDA_CHECK(cudaDeviceGetAttribute(&g.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   });
   return cache[device];
+}
+
+int grid_stride_blocks(int64_t threads, int block_threads, int blocks_per_sm) {
+  const int64_t full = (threads + block_threads - 1) / block_threads;
+  return int(std::max<int64_t>(1, std::min<int64_t>(full, int64_t(gpu_info().sm_count) * blocks_per_sm)));
 }
 
 }  // namespace mxmoe

@@ -17,10 +17,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int grid_for(int64_t n) {
-  const int64_t full = (n + kThreads - 1) / kThreads;
-  return int(std::max<int64_t>(1, std::min<int64_t>(full, int64_t(gpu_info().sm_count) * 8)));
-}
+int grid_for(int64_t threads) { return grid_stride_blocks(threads, kThreads); }
 
 __device__ float load(float v) { return v; }
 __device__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }

@@ -23,10 +23,7 @@ constexpr int kChunk = 256;         // pairs per chunk
 constexpr int kScanThreads = kMoeMaxExperts;  // one thread per expert
 constexpr int kThreads = 256;
 
-int grid_for(int64_t threads_needed) {
-  const int64_t full = (threads_needed + kThreads - 1) / kThreads;
-  return int(std::max<int64_t>(1, std::min<int64_t>(full, int64_t(gpu_info().sm_count) * 16)));
-}
+int grid_for(int64_t threads) { return grid_stride_blocks(threads, kThreads, 16); }
 
 // chunk_counts[c, e] = pairs of chunk c routed to expert e.
 __global__ void __launch_bounds__(kChunk) count_kernel(const int32_t* __restrict__ ids, int64_t n_pairs,

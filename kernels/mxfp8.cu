@@ -17,10 +17,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int grid_for(int64_t threads_needed) {
-  const int64_t full = (threads_needed + kThreads - 1) / kThreads;
-  return int(std::max<int64_t>(1, std::min<int64_t>(full, int64_t(gpu_info().sm_count) * 8)));
-}
+int grid_for(int64_t threads) { return grid_stride_blocks(threads, kThreads); }
 
 template <class T> __device__ float to_f32(T v);
 template <> __device__ float to_f32(float v) { return v; }
