@@ -11,7 +11,6 @@
 // transformers' modeling_rope_utils does: default, linear, dynamic (NTK), yarn, llama3.
 #include <cuda_runtime.h>
 
-#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -34,10 +33,6 @@ struct RopeConfig {
   double mscale = 0.0, mscale_all_dim = 0.0; // yarn
   bool truncate = true;                      // yarn
 };
-
-// Reads rope_theta and rope_scaling (or the newer rope_parameters) from a config.json object as
-// transformers does. Unknown or unsupported rope types (longrope, partial rotary, ...) -> Error.
-RopeConfig parse_rope_config(const nlohmann::json& config, int head_dim);
 
 struct RopeFrequencies {
   std::vector<float> inv_freq;    // [head_dim/2]

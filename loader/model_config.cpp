@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "loader/rope_config.h"
 
 namespace mxmoe {
 
@@ -109,39 +110,6 @@ std::string supported_list() {
   return s;
 }
 
-// `field` is the object's name in the file: rope_scaling, or rope_parameters (transformers >= 5).
-RopeScaling parse_rope_scaling(const json& j, const std::string& file, const char* field) {
-  RopeScaling r;
-  MXMOE_CHECK(j.is_object(), file, ": field \"", field, "\" must be an object or null, got ", j.dump());
-  const Fields f(j, file);
-  const std::string type = f.has("rope_type") ? f.string("rope_type") : f.has("type") ? f.string("type") : "";
-  MXMOE_CHECK(!type.empty(), file, ": field \"", field, "\" needs \"rope_type\" (or \"type\")");
-  if (type == "default") return r;
-  if (type == "linear") r.type = RopeScaling::Type::linear;
-  else if (type == "dynamic") r.type = RopeScaling::Type::dynamic;
-  else if (type == "yarn") r.type = RopeScaling::Type::yarn;
-  else if (type == "llama3") r.type = RopeScaling::Type::llama3;
-  else fail(file, ": field \"", field, "\": unsupported rope_type \"", type, "\" (supported: default, linear, dynamic, yarn, llama3)");
-  r.factor = f.number("factor");
-  MXMOE_CHECK(r.factor > 0, file, ": field \"", field, ".factor\" must be positive, got ", r.factor);
-  if (r.type == RopeScaling::Type::yarn) {
-    if (f.has("original_max_position_embeddings")) r.original_max_position_embeddings = f.positive("original_max_position_embeddings");
-    r.attention_factor = f.optional_number("attention_factor");
-    r.mscale = f.optional_number("mscale");
-    r.mscale_all_dim = f.optional_number("mscale_all_dim");
-    r.beta_fast = f.number("beta_fast", 32.0);
-    r.beta_slow = f.number("beta_slow", 1.0);
-  }
-  if (r.type == RopeScaling::Type::llama3) {
-    r.low_freq_factor = f.number("low_freq_factor");
-    r.high_freq_factor = f.number("high_freq_factor");
-    r.original_max_position_embeddings = f.positive("original_max_position_embeddings");
-    MXMOE_CHECK(r.high_freq_factor > r.low_freq_factor, file, ": field \"", field,
-                ".high_freq_factor\" must exceed low_freq_factor");
-  }
-  return r;
-}
-
 DType parse_dtype(const Fields& f) {
   const char* key = f.has("dtype") ? "dtype" : "torch_dtype";  // transformers >= 4.56 writes "dtype"
   if (!f.has(key)) return DType::f32;
@@ -199,17 +167,13 @@ ModelConfig parse_model_config(const json& j, const std::string& file) {
   c.head_dim = f.positive("head_dim", type->head_dim.value_or(c.hidden_size / c.num_attention_heads));
   c.rms_norm_eps = f.number("rms_norm_eps", type->rms_norm_eps);
   if (!(c.rms_norm_eps > 0)) f.bad("rms_norm_eps", "must be positive");
-  if (f.has("rope_parameters")) {  // transformers >= 5: rope_theta and the scaling in one object
-    const json& rope = f.raw("rope_parameters");
-    c.rope_scaling = parse_rope_scaling(rope, file, "rope_parameters");
-    c.rope_theta = Fields(rope, file).number("rope_theta", type->rope_theta);
-    if (!(c.rope_theta > 0)) f.bad("rope_parameters.rope_theta", "must be positive");
-  } else {
-    c.rope_theta = f.number("rope_theta", type->rope_theta);
-    if (!(c.rope_theta > 0)) f.bad("rope_theta", "must be positive");
-    if (f.has("rope_scaling")) c.rope_scaling = parse_rope_scaling(f.raw("rope_scaling"), file, "rope_scaling");
-  }
   c.max_position_embeddings = f.positive("max_position_embeddings", type->max_position_embeddings);
+  try {
+    c.rope = parse_rope_config(j, int(c.head_dim), type->rope_theta, c.max_position_embeddings);
+  } catch (const Error& e) {
+    fail(file, ": ", e.what());
+  }
+  if (!(c.rope.theta > 0)) f.bad("rope_theta", "must be positive");
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
   const bool qwen2_family = c.model_type == "qwen2" || c.model_type == "qwen2_moe";
   const bool attention_bias = f.boolean("attention_bias", false);

@@ -12,20 +12,9 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "engine/dtype.h"
+#include "kernels/rope.h"
 
 namespace mxmoe {
-
-// rope_scaling (rope_type, or the older key "type"). none = absent, null or "default".
-struct RopeScaling {
-  enum class Type { none, linear, dynamic, yarn, llama3 } type = Type::none;
-  double factor = 1.0;                                    // linear, dynamic, yarn, llama3
-  std::optional<int64_t> original_max_position_embeddings;  // yarn (optional), llama3 (required)
-  // yarn
-  std::optional<double> attention_factor, mscale, mscale_all_dim;
-  double beta_fast = 32.0, beta_slow = 1.0;
-  // llama3
-  double low_freq_factor = 0.0, high_freq_factor = 0.0;
-};
 
 struct ModelConfig {
   std::string file;          // where it was read from (for messages)
@@ -40,8 +29,7 @@ struct ModelConfig {
   int64_t num_key_value_heads = 0;  // defaults to num_attention_heads
   int64_t head_dim = 0;             // defaults to hidden_size / num_attention_heads (qwen3: 128)
   double rms_norm_eps = 0;
-  double rope_theta = 0;
-  RopeScaling rope_scaling;
+  RopeConfig rope;  // rope_theta + rope_scaling (or rope_parameters), loader/rope_config.h
   int64_t max_position_embeddings = 0;
   bool tie_word_embeddings = false;
   bool qkv_bias = false;     // q/k/v projections have a bias (qwen2, qwen2_moe; attention_bias elsewhere)

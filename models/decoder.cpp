@@ -19,31 +19,6 @@ WeightSpec norm_spec(const std::string& name, int64_t size) {
   return spec;
 }
 
-// The loader's rope fields as the rope kernel's configuration.
-RopeConfig rope_config(const ModelConfig& c) {
-  RopeConfig r;
-  r.theta = c.rope_theta;
-  r.head_dim = int(c.head_dim);
-  r.max_position_embeddings = c.max_position_embeddings;
-  const RopeScaling& s = c.rope_scaling;
-  using T = RopeScaling::Type;
-  r.type = s.type == T::linear    ? RopeType::linear
-           : s.type == T::dynamic ? RopeType::dynamic
-           : s.type == T::yarn    ? RopeType::yarn
-           : s.type == T::llama3  ? RopeType::llama3
-                                  : RopeType::default_rope;
-  r.factor = s.factor;
-  r.original_max_position_embeddings = s.original_max_position_embeddings.value_or(c.max_position_embeddings);
-  r.low_freq_factor = s.low_freq_factor;
-  r.high_freq_factor = s.high_freq_factor;
-  r.beta_fast = s.beta_fast;
-  r.beta_slow = s.beta_slow;
-  r.attention_factor = s.attention_factor.value_or(0.0);
-  r.mscale = s.mscale.value_or(0.0);
-  r.mscale_all_dim = s.mscale_all_dim.value_or(0.0);
-  return r;
-}
-
 struct DecoderLayer {
   std::unique_ptr<WeightSet> norms;  // input_layernorm, post_attention_layernorm[, q_norm, k_norm]
   std::unique_ptr<LinearLayer> qkv, o_proj;
@@ -56,7 +31,7 @@ struct DecoderLayer {
 class DecoderLM final : public CausalLM {
  public:
   DecoderLM(const ModelConfig& config, const DecoderSpec& spec, const ModelOptions& options)
-      : config_(config), spec_(spec), options_(options), rope_(rope_config(config)) {
+      : config_(config), spec_(spec), options_(options), rope_(config.rope) {
     const int64_t h = config.hidden_size, hd = config.head_dim, nq = config.num_attention_heads,
                   nkv = config.num_key_value_heads, v = config.vocab_size;
     const Device dev = options.device;

@@ -41,8 +41,8 @@ TEST(ModelConfig, Qwen3_30B_A3B) {
   EXPECT_EQ(c.intermediate_size, 6144);
   EXPECT_TRUE(c.norm_topk_prob);
   EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-6);
-  EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);
-  EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::none);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 1e6);
+  EXPECT_EQ(c.rope.type, RopeType::default_rope);
   EXPECT_EQ(c.max_position_embeddings, 40960);
   EXPECT_FALSE(c.tie_word_embeddings);
   EXPECT_FALSE(c.qkv_bias);
@@ -132,22 +132,22 @@ TEST(ModelConfig, RopeScaling) {
   const std::string base = R"("model_type":"llama","vocab_size":100,"hidden_size":256,"intermediate_size":512,"num_hidden_layers":2,"num_attention_heads":4,)";
   const ModelConfig l3 = parse("{" + base + R"("rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
     "original_max_position_embeddings":8192,"rope_type":"llama3"}})");
-  EXPECT_EQ(l3.rope_scaling.type, RopeScaling::Type::llama3);
-  EXPECT_DOUBLE_EQ(l3.rope_scaling.factor, 8.0);
-  EXPECT_DOUBLE_EQ(l3.rope_scaling.high_freq_factor, 4.0);
-  EXPECT_EQ(l3.rope_scaling.original_max_position_embeddings, 8192);
+  EXPECT_EQ(l3.rope.type, RopeType::llama3);
+  EXPECT_DOUBLE_EQ(l3.rope.factor, 8.0);
+  EXPECT_DOUBLE_EQ(l3.rope.high_freq_factor, 4.0);
+  EXPECT_EQ(l3.rope.original_max_position_embeddings, 8192);
   const ModelConfig yarn = parse("{" + base + R"("rope_scaling":{"type":"yarn","factor":4.0,"original_max_position_embeddings":32768}})");
-  EXPECT_EQ(yarn.rope_scaling.type, RopeScaling::Type::yarn);
-  EXPECT_DOUBLE_EQ(yarn.rope_scaling.beta_fast, 32.0);
-  EXPECT_DOUBLE_EQ(yarn.rope_scaling.beta_slow, 1.0);
-  EXPECT_FALSE(yarn.rope_scaling.mscale.has_value());
-  EXPECT_EQ(parse("{" + base + R"("rope_scaling":{"type":"linear","factor":2}})").rope_scaling.type, RopeScaling::Type::linear);
-  EXPECT_EQ(parse("{" + base + R"("rope_scaling":{"rope_type":"dynamic","factor":2}})").rope_scaling.type, RopeScaling::Type::dynamic);
-  EXPECT_EQ(parse("{" + base + R"("rope_scaling":{"rope_type":"default"}})").rope_scaling.type, RopeScaling::Type::none);
+  EXPECT_EQ(yarn.rope.type, RopeType::yarn);
+  EXPECT_DOUBLE_EQ(yarn.rope.beta_fast, 32.0);
+  EXPECT_DOUBLE_EQ(yarn.rope.beta_slow, 1.0);
+  EXPECT_EQ(yarn.rope.mscale, 0.0);  // absent
+  EXPECT_EQ(parse("{" + base + R"("rope_scaling":{"type":"linear","factor":2}})").rope.type, RopeType::linear);
+  EXPECT_EQ(parse("{" + base + R"("rope_scaling":{"rope_type":"dynamic","factor":2}})").rope.type, RopeType::dynamic);
+  EXPECT_EQ(parse("{" + base + R"("rope_scaling":{"rope_type":"default"}})").rope.type, RopeType::default_rope);
   expect_bad("{" + base + R"("rope_scaling":{"rope_type":"longrope","factor":2}})", {"longrope", "supported: default, linear"});
   expect_bad("{" + base + R"("rope_scaling":{"rope_type":"llama3","factor":8,"high_freq_factor":4,"original_max_position_embeddings":8192}})",
-             {"\"low_freq_factor\"", "missing"});
-  expect_bad("{" + base + R"("rope_scaling":{"rope_type":"linear"}})", {"\"factor\"", "missing"});
+             {"low_freq_factor", "llama3"});
+  expect_bad("{" + base + R"("rope_scaling":{"rope_type":"linear"}})", {"factor", "linear"});
   expect_bad("{" + base + R"("rope_scaling":{"factor":2}})", {"rope_type"});
 }
 
@@ -208,16 +208,16 @@ TEST(ModelConfig, FileErrorsNameTheFile) {
 // golden checkpoints in tests/data/models are such files.
 TEST(ModelConfig, TransformersFiveFieldNames) {
   const ModelConfig l = load_model_config(std::string(MXMOE_TEST_DATA) + "/models/llama");
-  EXPECT_EQ(l.rope_scaling.type, RopeScaling::Type::llama3);
-  EXPECT_DOUBLE_EQ(l.rope_scaling.factor, 8.0);
-  EXPECT_EQ(l.rope_scaling.original_max_position_embeddings, 64);
-  EXPECT_DOUBLE_EQ(l.rope_theta, 10000.0);
+  EXPECT_EQ(l.rope.type, RopeType::llama3);
+  EXPECT_DOUBLE_EQ(l.rope.factor, 8.0);
+  EXPECT_EQ(l.rope.original_max_position_embeddings, 64);
+  EXPECT_DOUBLE_EQ(l.rope.theta, 10000.0);
   const ModelConfig m = load_model_config(std::string(MXMOE_TEST_DATA) + "/models/mixtral");
-  EXPECT_DOUBLE_EQ(m.rope_theta, 1e6);
-  EXPECT_EQ(m.rope_scaling.type, RopeScaling::Type::none);
+  EXPECT_DOUBLE_EQ(m.rope.theta, 1e6);
+  EXPECT_EQ(m.rope.type, RopeType::default_rope);
   const ModelConfig q = load_model_config(std::string(MXMOE_TEST_DATA) + "/models/qwen3_moe");
   EXPECT_EQ(q.num_experts, 8);
-  EXPECT_EQ(load_model_config(std::string(MXMOE_TEST_DATA) + "/models/qwen3").rope_scaling.type, RopeScaling::Type::yarn);
+  EXPECT_EQ(load_model_config(std::string(MXMOE_TEST_DATA) + "/models/qwen3").rope.type, RopeType::yarn);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "engine/stream.h"
 #include "kernels/rope.h"
+#include "loader/rope_config.h"
 #include "test_util.h"
 
 using namespace mxmoe;

@@ -9,6 +9,7 @@
 #include "engine/error.h"
 #include "engine/numerics.h"
 #include "kernels/rope.h"
+#include "loader/rope_config.h"
 #include "test_util.h"
 
 using namespace mxmoe;
