@@ -29,11 +29,7 @@ FusedMoEConfig config(int rank = 0, int tp = 1) {
   return c;
 }
 
-QuantConfig scheme(const char* name) {
-  QuantConfig q;
-  q.scheme = name;
-  return q;
-}
+using testing::scheme;
 
 Checkpoint random_experts(const FusedMoEConfig& c, std::mt19937_64& rng) {
   Checkpoint ckpt;

@@ -8,6 +8,7 @@
 
 #include "engine/error.h"
 #include "engine/loadable.h"
+#include "engine/registry.h"
 
 namespace mxmoe::testing {
 
@@ -26,6 +27,13 @@ inline void load_layer(Loadable& layer, const Checkpoint& checkpoint) {
     layer.weight_dest(i).copy_from(src);
   }
   layer.finish_loading();
+}
+
+// A QuantConfig for one scheme ("bf16", "mxfp8"), the rest default.
+inline QuantConfig scheme(const char* name) {
+  QuantConfig q;
+  q.scheme = name;
+  return q;
 }
 
 }  // namespace mxmoe::testing

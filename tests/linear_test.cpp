@@ -30,11 +30,7 @@ LinearConfig qkv_config(bool bias) {
   return c;
 }
 
-QuantConfig scheme(const char* name) {
-  QuantConfig q;
-  q.scheme = name;
-  return q;
-}
+using testing::scheme;
 
 // Full checkpoint tensors for a config: random bf16 weights [rows, K] and biases [rows].
 Checkpoint random_checkpoint(const LinearConfig& c, std::mt19937_64& rng) {
