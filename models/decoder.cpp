@@ -31,7 +31,11 @@ struct DecoderLayer {
 class DecoderLM final : public CausalLM {
  public:
   DecoderLM(const ModelConfig& config, const DecoderSpec& spec, const ModelOptions& options)
-      : config_(config), spec_(spec), options_(options), rope_(config.rope) {
+      : config_(config),
+        spec_(spec),
+        options_(options),
+        rope_(config.rope),
+        inv_freq_(Tensor::empty({config.head_dim / 2}, DType::f32, options.device)) {
     const int64_t h = config.hidden_size, hd = config.head_dim, nq = config.num_attention_heads,
                   nkv = config.num_key_value_heads, v = config.vocab_size;
     const Device dev = options.device;
@@ -125,7 +129,7 @@ class DecoderLM final : public CausalLM {
                   nq = config_.num_attention_heads, nkv = config_.num_key_value_heads, qkv_width = (nq + 2 * nkv) * hd;
     const float eps = float(config_.rms_norm_eps), scale = float(1.0 / std::sqrt(double(hd)));
     const Device dev = options_.device;
-    const Tensor inv_freq = rope_frequencies_for(in.attention.max_seq_len);
+    const Tensor& inv_freq = rope_frequencies_for(in.attention.max_seq_len, stream);
 
     Tensor x = Tensor::empty({t, h}, DType::bf16, dev);    // residual stream
     Tensor n = Tensor::empty({t, h}, DType::bf16, dev);    // normalized input of the next block
@@ -208,13 +212,14 @@ class DecoderLM final : public CausalLM {
   }
 
   // Dynamic NTK scaling changes the frequencies with the sequence length; the others never do.
-  Tensor rope_frequencies_for(int64_t max_seq_len) {
+  // The table lives in one buffer made at construction, so a step allocates nothing for it.
+  const Tensor& rope_frequencies_for(int64_t max_seq_len, cudaStream_t stream) {
     const int64_t key = rope_.type == RopeType::dynamic ? std::max(max_seq_len, rope_.max_position_embeddings) : 0;
-    if (!inv_freq_.defined() || inv_freq_.numel() == 0 || key != inv_freq_key_) {
+    if (key != inv_freq_key_) {
       const RopeFrequencies f = rope_frequencies(rope_, key);
-      Tensor host = Tensor::wrap(const_cast<float*>(f.inv_freq.data()), {int64_t(f.inv_freq.size())}, DType::f32,
-                                 Device::cpu);
-      inv_freq_ = host.to(options_.device);
+      const Tensor host = Tensor::wrap(const_cast<float*>(f.inv_freq.data()), {int64_t(f.inv_freq.size())},
+                                       DType::f32, Device::cpu);
+      inv_freq_.copy_from(host, stream);  // pageable source: complete on return
       attention_scaling_ = f.attention_scaling;
       inv_freq_key_ = key;
     }
