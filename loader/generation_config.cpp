@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "loader/json_ints.h"
 
 namespace mxmoe {
 
@@ -20,15 +21,10 @@ std::vector<int32_t> load_stop_ids(const std::string& dir, const ModelConfig& co
     } catch (const nlohmann::json::exception& e) {
       fail(path, ": invalid JSON: ", e.what());
     }
-    const auto add = [&](const nlohmann::json& v) {
-      MXMOE_CHECK(v.is_number_integer(), path, ": eos_token_id must be an integer or a list of integers, got ", v.dump());
-      ids.push_back(v.get<int32_t>());
-    };
     if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
-      if (j["eos_token_id"].is_array())
-        for (const auto& v : j["eos_token_id"]) add(v);
-      else
-        add(j["eos_token_id"]);
+      const std::optional<std::vector<int64_t>> eos = int_or_int_list(j["eos_token_id"]);
+      MXMOE_CHECK(eos, path, ": eos_token_id must be an integer or a list of integers, got ", j["eos_token_id"].dump());
+      ids.insert(ids.end(), eos->begin(), eos->end());
     }
   }
   std::sort(ids.begin(), ids.end());

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "loader/json_ints.h"
 #include "loader/rope_config.h"
 
 namespace mxmoe {
@@ -64,15 +65,9 @@ class Fields {
   // An int, a list of ints, or absent/null (then `fallback`).
   std::vector<int64_t> ints(const char* key, std::vector<int64_t> fallback) const {
     if (!has(key)) return fallback;
-    const json& v = j_[key];
-    if (v.is_number_integer()) return {v.get<int64_t>()};
-    if (!v.is_array()) bad(key, "must be an integer or a list of integers");
-    std::vector<int64_t> out;
-    for (const json& e : v) {
-      if (!e.is_number_integer()) bad(key, "must be an integer or a list of integers");
-      out.push_back(e.get<int64_t>());
-    }
-    return out;
+    const std::optional<std::vector<int64_t>> values = int_or_int_list(j_[key]);
+    if (!values) bad(key, "must be an integer or a list of integers");
+    return *values;
   }
 
   const json& raw(const char* key) const { return j_[key]; }

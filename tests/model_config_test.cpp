@@ -2,9 +2,12 @@
 // defaults of each model type, and an error naming the field and the file for bad input.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "loader/generation_config.h"
 #include "loader/model_config.h"
 
 namespace mxmoe {
@@ -218,6 +221,28 @@ TEST(ModelConfig, TransformersFiveFieldNames) {
   const ModelConfig q = load_model_config(std::string(MXMOE_TEST_DATA) + "/models/qwen3_moe");
   EXPECT_EQ(q.num_experts, 8);
   EXPECT_EQ(load_model_config(std::string(MXMOE_TEST_DATA) + "/models/qwen3").rope.type, RopeType::yarn);
+}
+
+// Stop ids: config.json's eos_token_id united with generation_config.json's (an int or a list).
+TEST(ModelConfig, StopIdsMergeGenerationConfig) {
+  const std::string dir = ::testing::TempDir() + "/stop-ids";
+  std::filesystem::create_directories(dir);
+  const ModelConfig c = parse(R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
+      "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 32, "eos_token_id": [7, 2]})");
+  const auto write = [&](const char* text) { std::ofstream(dir + "/generation_config.json") << text; };
+  EXPECT_EQ(load_stop_ids(dir, c), (std::vector<int32_t>{2, 7}));  // no generation_config.json yet
+  write(R"({"eos_token_id": 9})");
+  EXPECT_EQ(load_stop_ids(dir, c), (std::vector<int32_t>{2, 7, 9}));
+  write(R"({"eos_token_id": [9, 7, 11]})");
+  EXPECT_EQ(load_stop_ids(dir, c), (std::vector<int32_t>{2, 7, 9, 11}));
+  write(R"({"eos_token_id": ["</s>"]})");
+  try {
+    load_stop_ids(dir, c);
+    ADD_FAILURE() << "no error for a string eos_token_id";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(dir + "/generation_config.json"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("eos_token_id"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
