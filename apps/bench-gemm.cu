@@ -4,8 +4,6 @@
 // forward pass. Grouped: 4096 tokens routed top-k over E experts with skewed random loads,
 // against one dense cuBLASLt GEMM of the same total rows (same flops). Median of 30 timed runs
 // after warm-up, CUDA events.
-#include <cublasLt.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -15,61 +13,12 @@
 
 #include "apps/bench_util.h"
 #include "engine/gpu_info.h"
+#include "kernels/cublaslt_gemm.h"
 #include "kernels/w8a16_gemm_tile.cuh"
 
 using namespace mxmoe;
 
 namespace {
-
-#define LT_CHECK(call)                                                                     \
-  do {                                                                                     \
-    const cublasStatus_t st_ = (call);                                                     \
-    MXMOE_CHECK(st_ == CUBLAS_STATUS_SUCCESS, #call, " failed: cublasStatus_t ", int(st_)); \
-  } while (0)
-
-// cuBLASLt bf16 y[M, N] = x[M, K] · W[N, K]ᵀ, fp32 accumulation: column-major D[N, M] = Wᵀᵀ · x.
-class LtGemm {
- public:
-  LtGemm(int64_t m, int64_t n, int64_t k) {
-    LT_CHECK(cublasLtCreate(&handle_));
-    LT_CHECK(cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t t = CUBLAS_OP_T, nt = CUBLAS_OP_N;
-    LT_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof(nt)));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&a_, CUDA_R_16BF, uint64_t(k), uint64_t(n), k));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&b_, CUDA_R_16BF, uint64_t(k), uint64_t(m), k));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&d_, CUDA_R_16BF, uint64_t(n), uint64_t(m), n));
-    cublasLtMatmulPreference_t pref;
-    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const size_t ws = workspace_.nbytes();
-    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, op_, a_, b_, d_, d_, pref, 1, &result, &found));
-    MXMOE_CHECK(found > 0, "cuBLASLt found no bf16 algorithm for ", m, "x", n, "x", k);
-    algo_ = result.algo;
-    LT_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  }
-  ~LtGemm() {
-    cublasLtMatrixLayoutDestroy(a_);
-    cublasLtMatrixLayoutDestroy(b_);
-    cublasLtMatrixLayoutDestroy(d_);
-    cublasLtMatmulDescDestroy(op_);
-    cublasLtDestroy(handle_);
-  }
-  void run(const Tensor& x, const Tensor& w, const Tensor& y, cudaStream_t stream) {
-    const float one = 1.f, zero = 0.f;
-    LT_CHECK(cublasLtMatmul(handle_, op_, &one, w.data(), a_, x.data(), b_, &zero, y.data(), d_, y.data(), d_, &algo_,
-                            workspace_.data(), workspace_.nbytes(), stream));
-  }
-
- private:
-  cublasLtHandle_t handle_{};
-  cublasLtMatmulDesc_t op_{};
-  cublasLtMatrixLayout_t a_{}, b_{}, d_{};
-  cublasLtMatmulAlgo_t algo_{};
-  Tensor workspace_ = Tensor::empty({32 << 20}, DType::u8, Device::cuda);
-};
 
 // Copies of a weight so that together they exceed 4x L2 (at most 16).
 int rotation(size_t bytes) {
@@ -104,8 +53,8 @@ void bench_dense(const char* name, int64_t m, int64_t n, int64_t k, cudaStream_t
     return tflops(flops, bench::median_ms(stream, [&](int i) { w8a16_gemm(x, w8[size_t(i % copies)], nullptr, y, stream, tile); },
                                           5, 30));
   };
-  LtGemm lt(m, n, k);
-  const double t_lt = tflops(flops, bench::median_ms(stream, [&](int i) { lt.run(x, w16[size_t(i % copies)], y, stream); }, 5, 30));
+  const double t_lt = tflops(
+      flops, bench::median_ms(stream, [&](int i) { cublaslt_gemm_bf16(x, w16[size_t(i % copies)], nullptr, y, stream); }, 5, 30));
   print_row(name, m, n, k, ours(GemmTile::m256_4wg), ours(GemmTile::n128_2cta), ours(GemmTile::automatic),
             t_lt, -1);
 }
@@ -149,8 +98,8 @@ void bench_grouped(const char* name, int64_t tokens, int experts, int top_k, int
   const double t_bf16 = tflops(
       flops, bench::median_ms(stream, [&](int) { bf16_grouped_gemm(x, w16, off, y, stream, GemmTile::automatic); }, 5, 30));
   const Tensor w_dense = w16.select(0);  // [n, k]: a dense GEMM of the same total rows
-  LtGemm lt(m, n, k);
-  const double t_lt = tflops(flops, bench::median_ms(stream, [&](int) { lt.run(x, w_dense, y, stream); }, 5, 30));
+  const double t_lt =
+      tflops(flops, bench::median_ms(stream, [&](int) { cublaslt_gemm_bf16(x, w_dense, nullptr, y, stream); }, 5, 30));
   print_row(name, m, n, k, ours(GemmTile::m256_4wg), ours(GemmTile::n128_2cta), ours(GemmTile::automatic),
             t_lt, t_bf16);
 }
