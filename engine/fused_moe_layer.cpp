@@ -76,17 +76,13 @@ MxTensor quantize_stack(const FusedMoELayer& layer, const Tensor& stack, bool is
   return q;
 }
 
-class Bf16FusedMoEMethod final : public FusedMoEMethod {
+// What both schemes share: the declared parameters, the kernel entry (fused_moe dispatches on
+// which of layer.weights is filled) and the backend chosen at load. Subclasses convert the loaded
+// weights.
+class FusedMoEMethodCommon : public FusedMoEMethod {
  public:
-  const char* scheme() const override { return "bf16"; }
   void create_weights(FusedMoELayer& layer, int64_t e, int64_t h, int64_t i, DType params_dtype) override {
     declare(layer, scheme(), e, h, i, params_dtype);
-  }
-  void process_weights_after_loading(FusedMoELayer& layer) override {
-    if (!backend_.empty()) return;
-    layer.weights.w13 = layer.w13;
-    layer.weights.w2 = layer.w2;
-    backend_ = moe_backend(layer, scheme());
   }
   void apply(FusedMoELayer& layer, const Tensor& x, const Tensor& router_logits, const Tensor& out,
              cudaStream_t stream) override {
@@ -94,17 +90,25 @@ class Bf16FusedMoEMethod final : public FusedMoEMethod {
   }
   std::string backend() const override { return backend_; }
 
- private:
-  std::string backend_;
+ protected:
+  std::string backend_;  // empty until process_weights_after_loading ran (which makes it idempotent)
 };
 
-class Mxfp8FusedMoEMethod final : public FusedMoEMethod {
+class Bf16FusedMoEMethod final : public FusedMoEMethodCommon {
+ public:
+  const char* scheme() const override { return "bf16"; }
+  void process_weights_after_loading(FusedMoELayer& layer) override {
+    if (!backend_.empty()) return;
+    layer.weights.w13 = layer.w13;
+    layer.weights.w2 = layer.w2;
+    backend_ = moe_backend(layer, scheme());
+  }
+};
+
+class Mxfp8FusedMoEMethod final : public FusedMoEMethodCommon {
  public:
   explicit Mxfp8FusedMoEMethod(const QuantConfig& config) : rule_(config.scale_rule) {}
   const char* scheme() const override { return "mxfp8"; }
-  void create_weights(FusedMoELayer& layer, int64_t e, int64_t h, int64_t i, DType params_dtype) override {
-    declare(layer, scheme(), e, h, i, params_dtype);
-  }
   void process_weights_after_loading(FusedMoELayer& layer) override {
     if (!backend_.empty()) return;
     MXMOE_CHECK(layer.w13.defined() && layer.w2.defined(), "layer ", layer.name(),
@@ -115,15 +119,9 @@ class Mxfp8FusedMoEMethod final : public FusedMoEMethod {
     layer.w2 = Tensor();
     backend_ = moe_backend(layer, scheme());
   }
-  void apply(FusedMoELayer& layer, const Tensor& x, const Tensor& router_logits, const Tensor& out,
-             cudaStream_t stream) override {
-    fused_moe(x, router_logits, layer.weights, layer.config().routing, out, layer.workspace, stream);
-  }
-  std::string backend() const override { return backend_; }
 
  private:
   ScaleRule rule_;
-  std::string backend_;
 };
 
 }  // namespace
