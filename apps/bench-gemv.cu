@@ -135,6 +135,26 @@ struct Dense {
   int64_t k, n;
 };
 
+// Split-K values the sweep tries (the automatic choice is measured as well).
+constexpr int kSweepSplits[] = {1, 2, 3, 4, 6, 8, 12, 16};
+
+// The fastest forced split of `time(tuning)` (microseconds) with PDL on; splits that cannot launch
+// for this shape (a cluster that does not fit) are skipped.
+template <class Time>
+std::pair<int, double> best_split(Time&& time) {
+  std::pair<int, double> best{0, 1e30};
+  for (int s : kSweepSplits) {
+    DecodeTuning t;
+    t.splits = s;
+    try {
+      const double us = time(t);
+      if (us < best.second) best = {s, us};
+    } catch (const Error&) {
+    }
+  }
+  return best;
+}
+
 void bench_dense(const Dense& s, double copy_gbs, cublasLtHandle_t lt, const Tensor& workspace, cudaStream_t stream) {
   const double bytes = double(s.n) * double(s.k) * (1.0 + 1.0 / kMxBlock);
   const int copies = copies_for(size_t(bytes)), bf16_copies = copies_for(size_t(s.n * s.k * 2));
@@ -145,13 +165,19 @@ void bench_dense(const Dense& s, double copy_gbs, cublasLtHandle_t lt, const Ten
   for (int64_t m : {1, 2, 4, 8, 16}) {
     const Tensor x = random_bf16({m, s.k});
     const Tensor y = Tensor::empty({m, s.n}, DType::bf16, Device::cuda);
-    const double us = graph_us(stream, calls_for(copies), [&](int i) { w8a16_gemv(x, ws[size_t(i % copies)], nullptr, y, stream); });
+    const auto time = [&](const DecodeTuning& t) {
+      return graph_us(stream, calls_for(copies), [&](int i) { w8a16_gemv(x, ws[size_t(i % copies)], nullptr, y, stream, t); });
+    };
+    const double us = time({});
+    const double plain_us = time({0, false});
+    const auto [split, split_us] = best_split(time);
     const LtBf16 ref(lt, m, s.n, s.k, workspace);
     const double lt_us =
         graph_us(stream, calls_for(bf16_copies), [&](int i) { ref.run(x, wb[size_t(i % bf16_copies)], y, stream); });
     const double gbs = bytes / us / 1e3;
-    std::printf("| %-28s | %2lld | %8.2f | %6.0f | %5.1f%% | %8.2f | %5.2fx |\n", s.name, (long long)m, us, gbs,
-                100 * gbs / copy_gbs, lt_us, lt_us / us);
+    std::printf("| %-28s | %2lld | %8.2f | %6.0f | %5.1f%% | %8.2f | %5.1f%% | %2d: %7.2f | %8.2f | %5.2fx |\n", s.name,
+                (long long)m, us, gbs, 100 * gbs / copy_gbs, plain_us, 100 * bytes / plain_us / 1e3 / copy_gbs, split,
+                split_us, lt_us, lt_us / us);
   }
 }
 
@@ -190,16 +216,29 @@ void bench_moe(const Moe& s, double copy_gbs, cudaStream_t stream) {
     const Tensor act = Tensor::empty({pairs, s.inter}, DType::bf16, Device::cuda);
     const Tensor y = Tensor::empty({pairs, s.hidden}, DType::f32, Device::cuda);
     const auto& perm = [&](int i) -> const MoePermutation& { return perms[size_t(i % kRoutings)].perm; };
-    const double up_us =
-        graph_us(stream, 2 * kRoutings, [&](int i) { moe_gate_up_decode(x, w13, perm(i), s.top_k, act, stream); });
-    const double down_us = graph_us(stream, 2 * kRoutings, [&](int i) { moe_down_decode(act, w2, perm(i), y, stream); });
-    const double us = graph_us(stream, 2 * kRoutings, [&](int i) {
-      moe_gate_up_decode(x, w13, perm(i), s.top_k, act, stream);
-      moe_down_decode(act, w2, perm(i), y, stream);
-    });
+    const auto up_time = [&](const DecodeTuning& t) {
+      return graph_us(stream, 2 * kRoutings, [&](int i) { moe_gate_up_decode(x, w13, perm(i), s.top_k, act, stream, t); });
+    };
+    const auto down_time = [&](const DecodeTuning& t) {
+      return graph_us(stream, 2 * kRoutings, [&](int i) { moe_down_decode(act, w2, perm(i), y, stream, t); });
+    };
+    const auto both_time = [&](const DecodeTuning& up, const DecodeTuning& down) {
+      return graph_us(stream, 2 * kRoutings, [&](int i) {
+        moe_gate_up_decode(x, w13, perm(i), s.top_k, act, stream, up);
+        moe_down_decode(act, w2, perm(i), y, stream, down);
+      });
+    };
+    const double up_us = up_time({}), down_us = down_time({}), us = both_time({}, {});
+    const double plain_us = both_time({0, false}, {0, false});
+    const auto [up_split, up_split_us] = best_split(up_time);
+    const auto [down_split, down_split_us] = best_split(down_time);
+    const double swept_us = both_time({up_split, true}, {down_split, true});
     const double gbs = active * expert_bytes / us / 1e3;
-    std::printf("| %-30s | %2lld | %6.1f | %8.2f | %8.2f | %8.2f | %6.0f | %5.1f%% |\n", s.name, (long long)tokens,
-                active, up_us, down_us, us, gbs, 100 * gbs / copy_gbs);
+    const auto pct = [&](double t_us) { return 100 * active * expert_bytes / t_us / 1e3 / copy_gbs; };
+    std::printf("| %-30s | %2lld | %6.1f | %8.2f | %8.2f | %8.2f | %6.0f | %5.1f%% | %8.2f (%5.1f%%) | %2d: %7.2f | %2d: %7.2f "
+                "| %8.2f (%5.1f%%) |\n",
+                s.name, (long long)tokens, active, up_us, down_us, us, gbs, pct(us), plain_us, pct(plain_us), up_split,
+                up_split_us, down_split, down_split_us, swept_us, pct(swept_us));
   }
 }
 
@@ -214,7 +253,10 @@ int main() {
   LT_CHECK(cublasLtCreate(&lt));
   const Tensor workspace = Tensor::empty({int64_t(32) << 20}, DType::u8, Device::cuda);
   std::printf("w8a16_gemv (MXFP8 weights, bf16 x/y) vs cuBLASLt bf16; GB/s on fp8 + scale bytes\n");
-  std::printf("| shape K->N | M | us | GB/s | of copy | cuBLASLt bf16 us | speedup |\n|---|---|---|---|---|---|---|\n");
+  std::printf("(default: automatic split-K, PDL on; no PDL: automatic split, plain launches; best split: forced split-K\n"
+              "sweep with PDL, splits:us; consecutive calls in one graph read different weights)\n");
+  std::printf("| shape K->N | M | us | GB/s | of copy | no-PDL us | no-PDL of copy | best split | cuBLASLt bf16 us | speedup |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Dense& s : {Dense{"Qwen3-30B-A3B qkv 2048->5120", 2048, 5120}, Dense{"Qwen3 o_proj 4096->2048", 4096, 2048},
                          Dense{"Qwen3 lm_head 2048->151936", 2048, 151936}, Dense{"Mixtral qkv 4096->6144", 4096, 6144},
                          Dense{"Mixtral w1/w3 4096->14336", 4096, 14336}, Dense{"Mixtral w2 14336->4096", 14336, 4096}})
@@ -222,8 +264,8 @@ int main() {
   LT_CHECK(cublasLtDestroy(lt));
 
   std::printf("\nMoE decode, MXFP8 experts (gate/up + down); GB/s on the bytes of the experts read\n");
-  std::printf("| model | T | experts | gate_up us | down us | total us | GB/s | of copy |\n"
-              "|---|---|---|---|---|---|---|---|\n");
+  std::printf("| model | T | experts | gate_up us | down us | total us | GB/s | of copy | no-PDL total | best gate_up split "
+              "| best down split | both at best splits |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Moe& s : {Moe{"Qwen3-30B-A3B E128 k8 H2048 I768", 128, 2048, 768, 8},
                        Moe{"Mixtral E8 k2 H4096 I14336", 8, 4096, 14336, 2}})
     bench_moe(s, copy_gbs, stream);

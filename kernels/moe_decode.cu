@@ -44,6 +44,7 @@ template <class W, int NT>
 struct GateUp {
   using Weights = W;
   static constexpr int kNTiles = NT;
+  static constexpr bool kStaticJobs = false;  // jobs follow the routing
   Plan plan;
   int64_t k;                 // H
   Routing route;
@@ -78,6 +79,7 @@ template <class W, int NT>
 struct Down {
   using Weights = W;
   static constexpr int kNTiles = NT;
+  static constexpr bool kStaticJobs = false;  // jobs follow the routing
   Plan plan;
   int64_t k;                  // I
   Routing route;
@@ -166,7 +168,7 @@ int64_t jobs_for(int64_t experts, int64_t pairs, int64_t tiles) {
 
 template <int NT, class WT>
 void gate_up(const Tensor& x, const WT& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-             cudaStream_t stream) {
+             cudaStream_t stream, const DecodeTuning& tuning) {
   using W = decltype(rows_of(w13));
   const int64_t experts = shape_of(w13)[0], inter = shape_of(w13)[1] / 2, hidden = x.size(1), pairs = act.size(0);
   GateUp<W, NT> p;
@@ -178,12 +180,13 @@ void gate_up(const Tensor& x, const WT& w13, const MoePermutation& perm, int top
   p.inter = inter;
   p.top_k = top_k;
   const int64_t jobs = jobs_for(experts, pairs, (inter + 7) / 8);
-  p.plan = make_plan<decltype(p)>(jobs, hidden, NT * 8);
+  p.plan = make_plan<decltype(p)>(jobs, hidden, NT * 8, tuning);
   launch(p, jobs, stream);
 }
 
 template <int NT, class WT>
-void down(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream) {
+void down(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream,
+          const DecodeTuning& tuning) {
   using W = decltype(rows_of(w2));
   const int64_t experts = shape_of(w2)[0], hidden = shape_of(w2)[1], inter = act.size(1), pairs = act.size(0);
   const int64_t tiles = (hidden + kTileRows - 1) / kTileRows;
@@ -195,13 +198,13 @@ void down(const Tensor& act, const WT& w2, const MoePermutation& perm, const Ten
   p.y = y.data_as<float>();
   p.hidden = hidden;
   const int64_t jobs = jobs_for(experts, pairs, tiles);
-  p.plan = make_plan<decltype(p)>(jobs, inter, NT * 8);
+  p.plan = make_plan<decltype(p)>(jobs, inter, NT * 8, tuning);
   launch(p, jobs, stream);
 }
 
 template <class WT>
 void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, const DecodeTuning& tuning) {
   constexpr const char* op = "moe_gate_up_decode";
   check_weights(w13, op, "w13");
   const Shape& ws = shape_of(w13);
@@ -219,13 +222,14 @@ void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm,
   // Token rows per pass: one 8-token mma tile when T <= 8 (an expert has at most T pairs under the
   // usual distinct top-k; more loop), else two.
   if (x.size(0) <= 8)
-    gate_up<1>(x, w13, perm, top_k, act, stream);
+    gate_up<1>(x, w13, perm, top_k, act, stream, tuning);
   else
-    gate_up<2>(x, w13, perm, top_k, act, stream);
+    gate_up<2>(x, w13, perm, top_k, act, stream, tuning);
 }
 
 template <class WT>
-void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream) {
+void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream,
+                  const DecodeTuning& tuning) {
   constexpr const char* op = "moe_down_decode";
   check_weights(w2, op, "w2");
   const Shape& ws = shape_of(w2);
@@ -240,28 +244,28 @@ void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, c
   if (pairs == 0 || ws[1] == 0) return;
   // T is not known here; the pairs per expert are at most T = pairs / k <= pairs.
   if (pairs <= 8)
-    down<1>(act, w2, perm, y, stream);
+    down<1>(act, w2, perm, y, stream, tuning);
   else
-    down<2>(act, w2, perm, y, stream);
+    down<2>(act, w2, perm, y, stream, tuning);
 }
 
 }  // namespace
 
 void moe_gate_up_decode(const Tensor& x, const MxTensor& w13, const MoePermutation& perm, int top_k,
-                        const Tensor& act, cudaStream_t stream) {
-  gate_up_checked(x, w13, perm, top_k, act, stream);
+                        const Tensor& act, cudaStream_t stream, const DecodeTuning& tuning) {
+  gate_up_checked(x, w13, perm, top_k, act, stream, tuning);
 }
 void moe_gate_up_decode(const Tensor& x, const Tensor& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-                        cudaStream_t stream) {
-  gate_up_checked(x, w13, perm, top_k, act, stream);
+                        cudaStream_t stream, const DecodeTuning& tuning) {
+  gate_up_checked(x, w13, perm, top_k, act, stream, tuning);
 }
 void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoePermutation& perm, const Tensor& y,
-                     cudaStream_t stream) {
-  down_checked(act, w2, perm, y, stream);
+                     cudaStream_t stream, const DecodeTuning& tuning) {
+  down_checked(act, w2, perm, y, stream, tuning);
 }
 void moe_down_decode(const Tensor& act, const Tensor& w2, const MoePermutation& perm, const Tensor& y,
-                     cudaStream_t stream) {
-  down_checked(act, w2, perm, y, stream);
+                     cudaStream_t stream, const DecodeTuning& tuning) {
+  down_checked(act, w2, perm, y, stream, tuning);
 }
 
 }  // namespace mxmoe

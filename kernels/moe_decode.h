@@ -6,21 +6,22 @@
 #include "engine/tensor.h"
 #include "kernels/moe_permutation.h"
 #include "kernels/mxfp8.h"
+#include "kernels/w8a16_gemv.h"
 
 namespace mxmoe {
 
 // act[p, I] = SiLU(x[p / k] · W13_e[0:I]ᵀ) ⊙ (x[p / k] · W13_e[I:2I]ᵀ) for every pair p of expert e.
 // x [T, H] bf16; w13 [E, 2I, H] (gate rows, then up rows); act [T*k, I] bf16.
 void moe_gate_up_decode(const Tensor& x, const MxTensor& w13, const MoePermutation& perm, int top_k,
-                        const Tensor& act, cudaStream_t stream);
+                        const Tensor& act, cudaStream_t stream, const DecodeTuning& tuning = {});
 void moe_gate_up_decode(const Tensor& x, const Tensor& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-                        cudaStream_t stream);  // bf16 weights
+                        cudaStream_t stream, const DecodeTuning& tuning = {});  // bf16 weights
 
 // y[p, H] = act[p] · W2_eᵀ for every pair p of expert e. act [T*k, I] bf16; w2 [E, H, I]; y [T*k, H] f32
 // (the caller's combine sums a token's slots with the routing weights).
 void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoePermutation& perm, const Tensor& y,
-                     cudaStream_t stream);
+                     cudaStream_t stream, const DecodeTuning& tuning = {});
 void moe_down_decode(const Tensor& act, const Tensor& w2, const MoePermutation& perm, const Tensor& y,
-                     cudaStream_t stream);  // bf16 weights
+                     cudaStream_t stream, const DecodeTuning& tuning = {});  // bf16 weights
 
 }  // namespace mxmoe

@@ -13,6 +13,14 @@
 //   warp    = lane (g = lane/4, t = lane%4) loads 16 consecutive k of tile rows g and g+8 at
 //             k + 16t: a step covers 16 rows x 64 k, kSteps steps are in flight per lane.
 //
+// Programmatic dependent launch (PDL): the kernels are launched so that they may start while the
+// previous kernel on the stream finishes. Before `griddepcontrol.wait` a block reads only what the
+// previous kernel cannot have written: a problem whose jobs are fixed by the shape (dense GEMV,
+// kStaticJobs) issues its first weight loads there, so a kernel's launch and first memory latency
+// hide under its predecessor's tail; routed (MoE) problems wait first, since the routing is an
+// input. After the wait a block lets the next kernel start (`griddepcontrol.launch_dependents`).
+// So weights must not be written by the kernel launched right before (they are static).
+//
 // Operand order: an mma lane holds A columns {2t, 2t+1} and {2t+8, 2t+9} of rows g, g+8 and B rows
 // {2t, 2t+1}, {2t+8, 2t+9}. A dot product may visit k in any order, so each lane feeds its own 4
 // consecutive k (k0..k3) as columns (2t, 2t+1) <- (k0, k2) and (2t+8, 2t+9) <- (k1, k3): the order the
@@ -33,6 +41,7 @@
 #include "engine/gpu_info.h"
 #include "engine/memory.h"
 #include "kernels/mxfp8_format.h"
+#include "kernels/w8a16_gemv.h"
 
 namespace mxmoe::w8a16 {
 
@@ -149,6 +158,7 @@ struct Plan {
   int x_stride = 0;        // bf16 per staged token row: chunk_k + kXPad
   size_t x_bytes = 0;      // staged activations; the split-K partials follow
   size_t smem_bytes = 0;
+  bool pdl = true;         // launch with programmatic stream serialization
 };
 
 // The job a block works on.
@@ -160,8 +170,21 @@ struct Job {
   int first;   // MoE: index of the expert's first pair in sorted_pairs
 };
 
+// PDL controls; no-ops when the kernel was launched without the attribute.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // A problem P provides:
 //   using Weights (Fp8Rows / Bf16Rows); static constexpr int kNTiles (8-token mma tiles, 1 or 2);
+//   static constexpr bool kStaticJobs: job() and row() read nothing a previous kernel writes;
 //   Plan plan; int64_t k (reduction length);
 //   bool job(int index, Job<Weights>&)           false: nothing to do (the whole cluster returns);
 //   int64_t row(const Job&, int tile, int r)     weight row of tile row r (0..15), -1 past the end;
@@ -182,28 +205,39 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int split = int(blockIdx.x) % p.plan.splits;
+  if constexpr (!P::kStaticJobs) grid_dependency_wait();  // the routing decides the job
   Job<W> job;
   if (!p.job(int(blockIdx.x) / p.plan.splits, job)) return;
   const int tile = job.group * kWarps + warp;
   const int64_t r0 = p.row(job, tile, g), r1 = p.row(job, tile, g + 8);
   const int64_t kb = split * p.plan.slice_k, ke = std::min<int64_t>(p.k, kb + p.plan.slice_k);
+  const auto chunk_end = [&](int64_t c) { return std::min(ke, c + p.plan.chunk_k); };
 
   Chunk w[kSteps][2];
+  auto load_step = [&](int s, int64_t k0, int64_t end) {
+    const int64_t kk = k0 + s * kStepK + t * kLaneK;
+    w[s][0] = r0 >= 0 && kk < end ? job.w.load(r0, kk) : W::zero();
+    w[s][1] = r1 >= 0 && kk < end ? job.w.load(r1, kk) : W::zero();
+  };
   auto load = [&](int64_t k0, int64_t end) {
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-      const int64_t kk = k0 + s * kStepK + t * kLaneK;
-      w[s][0] = r0 >= 0 && kk < end ? job.w.load(r0, kk) : W::zero();
-      w[s][1] = r1 >= 0 && kk < end ? job.w.load(r1, kk) : W::zero();
-    }
+    for (int s = 0; s < kSteps; ++s) load_step(s, k0, end);
   };
+
+  // The first weights fly while the activations are staged (and, for static jobs, while the
+  // previous kernel finishes).
+  load(kb, chunk_end(kb));
+  bool loaded = true;
+  if constexpr (P::kStaticJobs) grid_dependency_wait();
+  launch_dependents();
 
   for (int m0 = 0; m0 < job.tokens; m0 += NT * 8) {  // token passes: only MoE experts with > 8·NT pairs loop
     const int mcount = std::min(job.tokens - m0, NT * 8);
     float acc[NT][4] = {};
     for (int64_t c = kb; c < ke; c += p.plan.chunk_k) {
-      const int64_t ce = std::min(ke, c + p.plan.chunk_k);
-      load(c, ce);  // the first weights fly while the activations are staged
+      const int64_t ce = chunk_end(c);
+      if (!loaded) load(c, ce);
+      loaded = false;
       __syncthreads();  // the previous chunk's readers are done with xs
       // Stage x[m0 .. m0+mcount)[c, c + round_up(ce - c, kSuperK)), zeros past ce.
       const int vecs = int((ce - c + kSuperK - 1) / kSuperK * kSuperK / 8);
@@ -218,11 +252,15 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
       }
       __syncthreads();
       for (int64_t k0 = c; k0 < ce; k0 += kSuper) {
+        const bool more = k0 + kSuper < ce;
 #pragma unroll
         for (int s = 0; s < kSteps; ++s) {
           uint32_t a0[8], a1[8];
           W::operands(w[s][0], a0);
           W::operands(w[s][1], a1);
+          // Refill this step's registers for the next superstep at once: kSteps loads stay in
+          // flight per row instead of draining at every superstep.
+          if (more) load_step(s, k0 + kSuper, ce);
           const int col = int(k0 - c) + s * kStepK + t * kLaneK;
 #pragma unroll
           for (int h = 0; h < NT; ++h) {
@@ -239,7 +277,6 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
             mma_bf16(acc[h], a0[6], a1[6], a0[7], a1[7], xb.z, xb.w);
           }
         }
-        if (k0 + kSuper < ce) load(k0 + kSuper, ce);
       }
     }
 
@@ -282,18 +319,26 @@ void prepare_kernel() {
   ready.fetch_or(bit);
 }
 
+// Launch attributes live in `attrs` (2 slots): the cluster when splits > 1, PDL when asked.
 template <class P>
-cudaLaunchConfig_t launch_config(unsigned blocks, int splits, size_t smem, cudaLaunchAttribute* attr) {
+cudaLaunchConfig_t launch_config(unsigned blocks, int splits, size_t smem, bool pdl, cudaLaunchAttribute* attrs) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(blocks);
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
-  attr->id = cudaLaunchAttributeClusterDimension;
-  attr->val.clusterDim.x = unsigned(splits);
-  attr->val.clusterDim.y = 1;
-  attr->val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = splits > 1 ? 1 : 0;
+  cfg.attrs = attrs;
+  if (splits > 1) {
+    cudaLaunchAttribute& a = attrs[cfg.numAttrs++];
+    a.id = cudaLaunchAttributeClusterDimension;
+    a.val.clusterDim.x = unsigned(splits);
+    a.val.clusterDim.y = 1;
+    a.val.clusterDim.z = 1;
+  }
+  if (pdl) {
+    cudaLaunchAttribute& a = attrs[cfg.numAttrs++];
+    a.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    a.val.programmaticStreamSerializationAllowed = 1;
+  }
   return cfg;
 }
 
@@ -311,8 +356,8 @@ int64_t resident_blocks(int splits, size_t smem) {
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tile_kernel<P>, kThreads, smem));
     n *= gpu_info().sm_count;
   } else {
-    cudaLaunchAttribute attr;
-    const cudaLaunchConfig_t cfg = launch_config<P>(unsigned(splits * 64), splits, smem, &attr);
+    cudaLaunchAttribute attrs[2];
+    const cudaLaunchConfig_t cfg = launch_config<P>(unsigned(splits * 64), splits, smem, false, attrs);
     if (cudaOccupancyMaxActiveClusters(&n, tile_kernel<P>, &cfg) != cudaSuccess) {
       (void)cudaGetLastError();  // this cluster size is not possible: never chosen
       n = 0;
@@ -331,7 +376,7 @@ int64_t resident_blocks(int splits, size_t smem) {
 // slices): splits leave >= 8 steps (512 k) per slice where K allows.
 // Slices are whole 64-k steps; shared memory holds round_up(slice, kSuperK) of x per chunk.
 template <class P>
-Plan make_plan(int64_t jobs, int64_t k, int rows) {
+Plan make_plan(int64_t jobs, int64_t k, int rows, const DecodeTuning& tuning) {
   constexpr int NT = P::kNTiles;
   prepare_kernel<P>();
   const size_t partial_bytes = size_t(kWarps) * NT * 4 * 32 * sizeof(float);
@@ -346,8 +391,16 @@ Plan make_plan(int64_t jobs, int64_t k, int rows) {
     plan.x_stride = int(plan.chunk_k) + kXPad;
     plan.x_bytes = (size_t(rows) * plan.x_stride * 2 + 15) / 16 * 16;
     plan.smem_bytes = plan.x_bytes + partial_bytes;
+    plan.pdl = tuning.programmatic_launch;
     return plan;
   };
+  if (tuning.splits > 0) {  // forced (tests, benchmarks); K shorter than `splits` steps takes fewer
+    MXMOE_CHECK(tuning.splits <= kMaxSplit, "w8a16: split-K ", tuning.splits, " is above ", kMaxSplit);
+    const Plan plan = plan_for(tuning.splits);
+    MXMOE_CHECK(resident_blocks<P>(plan.splits, plan.smem_bytes) >= plan.splits, "w8a16: a cluster of ", plan.splits,
+                " blocks with ", plan.smem_bytes, " bytes of shared memory does not fit the GPU");
+    return plan;
+  }
   // Splits that keep a slice in one shared-memory chunk (more only loop over chunks).
   const int64_t need = std::min<int64_t>(kMaxSplit, (k + chunk_max - 1) / chunk_max);
   Plan best = plan_for(need);
@@ -374,8 +427,9 @@ template <class P>
 void launch(const P& p, int64_t jobs, cudaStream_t stream) {
   if (jobs <= 0) return;
   MXMOE_CHECK(jobs * p.plan.splits < (int64_t(1) << 31), "w8a16: too many blocks (", jobs, " jobs)");
-  cudaLaunchAttribute attr;
-  cudaLaunchConfig_t cfg = launch_config<P>(unsigned(jobs * p.plan.splits), p.plan.splits, p.plan.smem_bytes, &attr);
+  cudaLaunchAttribute attrs[2];
+  cudaLaunchConfig_t cfg =
+      launch_config<P>(unsigned(jobs * p.plan.splits), p.plan.splits, p.plan.smem_bytes, p.plan.pdl, attrs);
   cfg.stream = stream;
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, tile_kernel<P>, p));
 }

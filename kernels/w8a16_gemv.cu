@@ -15,6 +15,7 @@ template <int NT>
 struct DenseGemv {
   using Weights = Fp8Rows;
   static constexpr int kNTiles = NT;
+  static constexpr bool kStaticJobs = true;
   Plan plan;
   int64_t k;
   Fp8Rows w;                  // [N, K]
@@ -51,7 +52,8 @@ struct DenseGemv {
 };
 
 template <int NT>
-void run(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream) {
+void run(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream,
+         const DecodeTuning& tuning) {
   const int64_t m = x.size(0), n = w.elems.size(0), k = x.size(1);
   DenseGemv<NT> p;
   p.k = k;
@@ -62,13 +64,14 @@ void run(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y
   p.m = int(m);
   p.n = n;
   const int64_t groups = (n + kWarps * kTileRows - 1) / (kWarps * kTileRows);
-  p.plan = make_plan<decltype(p)>(groups, k, int(m));
+  p.plan = make_plan<decltype(p)>(groups, k, int(m), tuning);
   launch(p, groups, stream);
 }
 
 }  // namespace
 
-void w8a16_gemv(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream) {
+void w8a16_gemv(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream,
+                const DecodeTuning& tuning) {
   MXMOE_CHECK(x.dim() == 2 && x.dtype() == DType::bf16, "w8a16_gemv: x must be bf16 [M, K], got ",
               dtype_name(x.dtype()), " ", shape_str(x.shape()));
   MXMOE_CHECK(w.elems.dim() == 2 && w.elems.dtype() == DType::e4m3 && w.scales.dtype() == DType::e8m0,
@@ -93,9 +96,9 @@ void w8a16_gemv(const Tensor& x, const MxTensor& w, const Tensor* bias, const Te
               "w8a16_gemv: expects CUDA tensors");
   if (m == 0 || n == 0) return;
   if (m <= 8)
-    run<1>(x, w, bias, y, stream);
+    run<1>(x, w, bias, y, stream, tuning);
   else
-    run<2>(x, w, bias, y, stream);
+    run<2>(x, w, bias, y, stream, tuning);
 }
 
 }  // namespace mxmoe

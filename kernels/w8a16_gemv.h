@@ -10,7 +10,18 @@ namespace mxmoe {
 
 constexpr int64_t kGemvMaxM = 16;
 
+// Launch choices of the decode kernels (w8a16_gemv, moe_*_decode in kernels/moe_decode.h). The
+// defaults are the ones measured best (bench-gemv); tests and benchmarks override them to cover
+// and compare every path.
+struct DecodeTuning {
+  int splits = 0;  // split-K: blocks (one cluster) sharing a tile group's K range, 1..16; 0: by shape
+  // Programmatic dependent launch: the kernel may start while the previous kernel on the stream
+  // finishes, prefetching weights (never written by that previous kernel) before it waits for it.
+  bool programmatic_launch = true;
+};
+
 // y[M, N] = x[M, K] · W[N, K]ᵀ (+ bias[N]).
-void w8a16_gemv(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream);
+void w8a16_gemv(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream,
+                const DecodeTuning& tuning = {});
 
 }  // namespace mxmoe

@@ -92,16 +92,17 @@ struct Shape4 {
 // Runs both kernels for one routing and checks them against the reference; w13 [E, 2I, H], w2 [E, H, I].
 template <class WT>
 void check(const Shape4& s, const WT& w13, const WT& w2, const WT& w13_gpu, const WT& w2_gpu, int64_t tokens, Route r,
-           std::mt19937_64& rng) {
+           std::mt19937_64& rng, const DecodeTuning& tuning = {}) {
   SCOPED_TRACE(::testing::Message() << "E=" << s.experts << " k=" << s.top_k << " H=" << s.hidden << " I=" << s.inter
-                                    << " T=" << tokens << " route=" << int(r));
+                                    << " T=" << tokens << " route=" << int(r) << " splits=" << tuning.splits
+                                    << " pdl=" << tuning.programmatic_launch);
   const int64_t pairs = tokens * s.top_k;
   const HostPerm h = make_perm(route(tokens, s.experts, s.top_k, r, rng), s.experts);
 
   // gate/up + SiLU.
   const Tensor x = random_tensor({tokens, s.hidden}, DType::bf16, rng);
   const Tensor act = poisoned({pairs, s.inter}, DType::bf16);
-  moe_gate_up_decode(x.to(Device::cuda), w13_gpu, h.perm, s.top_k, act, nullptr);
+  moe_gate_up_decode(x.to(Device::cuda), w13_gpu, h.perm, s.top_k, act, nullptr, tuning);
   std::vector<float> act_ref(size_t(pairs * s.inter));
   for (int64_t e = 0; e < s.experts; ++e) {
     const auto& ps = h.pairs_of[size_t(e)];
@@ -124,7 +125,7 @@ void check(const Shape4& s, const WT& w13, const WT& w2, const WT& w13_gpu, cons
   // down, on fresh activations.
   const Tensor a = random_tensor({pairs, s.inter}, DType::bf16, rng);
   const Tensor y = poisoned({pairs, s.hidden}, DType::f32);
-  moe_down_decode(a.to(Device::cuda), w2_gpu, h.perm, y, nullptr);
+  moe_down_decode(a.to(Device::cuda), w2_gpu, h.perm, y, nullptr, tuning);
   Tensor y_ref = Tensor::empty({pairs, s.hidden}, DType::f32, Device::cpu);
   for (int64_t e = 0; e < s.experts; ++e) {
     const auto& ps = h.pairs_of[size_t(e)];
@@ -166,6 +167,21 @@ TEST(MoeDecode, Bf16) {
     const Tensor w13 = random_tensor({s.experts, 2 * s.inter, s.hidden}, DType::bf16, rng, 0.05f);
     const Tensor w2 = random_tensor({s.experts, s.hidden, s.inter}, DType::bf16, rng, 0.05f);
     run_cases(s, w13, w2, rng);
+  }
+}
+
+// Forced split-K values (uneven last slice, K shorter than the split) with and without
+// programmatic dependent launch, on the Qwen3-30B-A3B shape and a short-K one.
+TEST(MoeDecode, ForcedSplits) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  for (const Shape4 s : {Shape4{128, 8, 2048, 768}, Shape4{8, 2, 160, 352}}) {
+    const MxTensor w13 = random_mxfp8({s.experts, 2 * s.inter, s.hidden}, rng);
+    const MxTensor w2 = random_mxfp8({s.experts, s.hidden, s.inter}, rng);
+    const MxTensor w13_gpu = device_copy(w13), w2_gpu = device_copy(w2);
+    for (int splits : {1, 3, 4, 8, 16})
+      for (bool pdl : {true, false})
+        for (int64_t tokens : {1, 16}) check(s, w13, w2, w13_gpu, w2_gpu, tokens, Route::random, rng, {splits, pdl});
   }
 }
 

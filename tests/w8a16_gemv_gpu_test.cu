@@ -41,13 +41,14 @@ Tensor gather_cols(const Tensor& y, const std::vector<int64_t>& cols) {
 
 // Runs the kernel for x [M, K] against a CPU weight (and its device copy) and returns the relative
 // error; the reference covers every column when that is cheap, else 128 random ones.
-double check(int64_t m, const MxTensor& w_cpu, const MxTensor& w_gpu, bool with_bias, std::mt19937_64& rng) {
+double check(int64_t m, const MxTensor& w_cpu, const MxTensor& w_gpu, bool with_bias, std::mt19937_64& rng,
+             const DecodeTuning& tuning = {}) {
   const int64_t n = w_cpu.elems.size(0), k = w_cpu.elems.size(1);
   const Tensor x = random_tensor({m, k}, DType::bf16, rng);
   const Tensor bias = random_tensor({n}, DType::bf16, rng);
   const Tensor bias_gpu = bias.to(Device::cuda);
   const Tensor y = poisoned({m, n}, DType::bf16);
-  w8a16_gemv(x.to(Device::cuda), w_gpu, with_bias ? &bias_gpu : nullptr, y, nullptr);
+  w8a16_gemv(x.to(Device::cuda), w_gpu, with_bias ? &bias_gpu : nullptr, y, nullptr, tuning);
   CUDA_CHECK(cudaDeviceSynchronize());
   const Tensor y_cpu = y.to(Device::cpu);
 
@@ -115,6 +116,51 @@ TEST(W8a16Gemv, LongK) {
   const MxTensor w = random_mxfp8({300, 46112}, rng);
   const MxTensor w_gpu = to_device(w);
   for (int64_t m : {9, 16}) EXPECT_LE(check(m, w, w_gpu, true, rng), kTol) << "M=" << m;
+}
+
+// Every forced split-K (whole-step slices, uneven last slice, K shorter than the split, clusters up
+// to 16) with and without programmatic dependent launch.
+TEST(W8a16Gemv, ForcedSplits) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  for (const Case c : {Case{4096, 2048}, Case{2080, 300}, Case{160, 1000}}) {
+    const MxTensor w = random_mxfp8({c.n, c.k}, rng);
+    const MxTensor w_gpu = to_device(w);
+    for (int splits : {1, 2, 3, 5, 8, 16})
+      for (bool pdl : {true, false})
+        for (int64_t m : {1, 9, 16}) {
+          const double err = check(m, w, w_gpu, true, rng, {splits, pdl});
+          EXPECT_LE(err, kTol) << "K=" << c.k << " N=" << c.n << " M=" << m << " splits=" << splits << " pdl=" << pdl;
+        }
+  }
+}
+
+// Back-to-back calls on one stream, each reading the previous one's output (y1 = W1 x, y2 = W2 y1,
+// ...), with no host sync between: programmatic dependent launch lets a call start while its
+// predecessor runs, so a call that read its input before the predecessor finished would see the
+// NaN poison or stale values. Each stage is checked against the reference on the GPU's own input.
+TEST(W8a16Gemv, ChainedCallsReadFinishedInputs) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  constexpr int kStages = 6;
+  const int64_t k = 2048;
+  for (int64_t m : {1, 16}) {
+    std::vector<MxTensor> w;
+    std::vector<Tensor> y{random_tensor({m, k}, DType::bf16, rng).to(Device::cuda)};
+    for (int i = 0; i < kStages; ++i) {
+      w.push_back(random_mxfp8({k, k}, rng, 114, 116));  // rms(W) ~ 100 · 2^-12 ~ 1/sqrt(K): |y| stays O(1)
+      y.push_back(poisoned({m, k}, DType::bf16));
+    }
+    std::vector<MxTensor> w_gpu;
+    for (const MxTensor& wi : w) w_gpu.push_back(to_device(wi));
+    for (int i = 0; i < kStages; ++i) w8a16_gemv(y[size_t(i)], w_gpu[size_t(i)], nullptr, y[size_t(i) + 1], nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    for (int i = 0; i < kStages; ++i) {
+      Tensor ref = Tensor::empty({m, k}, DType::f32, Device::cpu);
+      matmul_ref(y[size_t(i)].to(Device::cpu), w[size_t(i)], nullptr, ref);
+      EXPECT_LE(rel_error(y[size_t(i) + 1].to(Device::cpu), ref), kTol) << "M=" << m << " stage " << i;
+    }
+  }
 }
 
 // A NaN scale byte poisons exactly its output column.
