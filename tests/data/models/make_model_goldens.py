@@ -26,37 +26,33 @@ from safetensors.torch import save_file
 
 from hub_format import hub_state_dict
 
-# head_dim 64 as in real checkpoints (the attention kernels take 64, 128 and 256), 4 query heads
-# sharing 2 KV heads (GQA). Sized so every model runs tensor parallel at tp = 2 and 4, in bf16 and
-# MXFP8: heads and vocab divisible by 4, tp = 4 > 2 KV heads (KV replication), and every width a
-# row-parallel layer splits (o_proj input 4·64, dense/expert/shared intermediate 128) still a
-# multiple of the 32-element MXFP8 block per rank at tp = 4. initializer_range 0.18 (0.25·√(128/256))
-# keeps activations and logits (rms ~3) at the scale the golden tolerances were measured at with H = 128.
-V, H, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTER = 256, 256, 2, 4, 2, 64, 128
+# head_dim 64 as in real checkpoints (the attention kernels take 64, 128 and 256), 2 query heads
+# sharing 1 KV head (GQA).
+V, H, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 256, 128, 2, 2, 1, 64
 COMMON = dict(vocab_size=V, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
               num_key_value_heads=KV_HEADS, max_position_embeddings=256, rms_norm_eps=1e-6,
-              initializer_range=0.18, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+              initializer_range=0.25, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
               pad_token_id=0)
 
 ARCHS = {
     "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
-        **COMMON, head_dim=HEAD_DIM, intermediate_size=INTER, moe_intermediate_size=INTER, num_experts=8,
+        **COMMON, head_dim=HEAD_DIM, intermediate_size=128, moe_intermediate_size=32, num_experts=8,
         num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1]),
     "mixtral": lambda: transformers.MixtralConfig(
-        **COMMON, head_dim=HEAD_DIM, intermediate_size=INTER, num_local_experts=8, num_experts_per_tok=2,
+        **COMMON, head_dim=HEAD_DIM, intermediate_size=64, num_local_experts=8, num_experts_per_tok=2,
         rope_theta=1e6),
     "olmoe": lambda: transformers.OlmoeConfig(
-        **COMMON, intermediate_size=INTER, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False),
+        **COMMON, intermediate_size=32, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False),
     "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
-        **COMMON, intermediate_size=INTER, moe_intermediate_size=INTER, shared_expert_intermediate_size=INTER,
+        **COMMON, intermediate_size=128, moe_intermediate_size=32, shared_expert_intermediate_size=64,
         num_experts=8, num_experts_per_tok=2, norm_topk_prob=False, decoder_sparse_step=1),
     "llama": lambda: transformers.LlamaConfig(
-        **COMMON, head_dim=HEAD_DIM, intermediate_size=INTER,
+        **COMMON, head_dim=HEAD_DIM, intermediate_size=96,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-    "qwen2": lambda: transformers.Qwen2Config(**{**COMMON, "tie_word_embeddings": True}, intermediate_size=INTER),
+    "qwen2": lambda: transformers.Qwen2Config(**{**COMMON, "tie_word_embeddings": True}, intermediate_size=96),
     "qwen3": lambda: transformers.Qwen3Config(
-        **COMMON, head_dim=HEAD_DIM, intermediate_size=INTER,
+        **COMMON, head_dim=HEAD_DIM, intermediate_size=96,
         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
 }
 PROMPTS = [[1, 17, 42, 99, 3, 250, 7], [1, 5, 5, 5, 200, 13, 64, 128, 31, 77, 9, 180]]
