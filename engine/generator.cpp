@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <string>
 
 #include "engine/error.h"
 #include "engine/ops.h"
@@ -25,9 +27,23 @@ struct SequenceGuard {
 
 }  // namespace
 
-Generator::Generator(CausalLM& model, KvCache& cache)
-    : model_(model), cache_(cache), device_(cache.k(0).device()) {
-  if (device_ == Device::cuda) stream_ = std::make_unique<Stream>();
+Generator::Generator(CausalLM& model, KvCache& cache, const GeneratorOptions& options)
+    : model_(model), cache_(cache), device_(cache.k(0).device()), uploader_(device_) {
+  if (device_ != Device::cuda) return;
+  stream_ = std::make_unique<Stream>();
+  arena_ = StepArena::create(current_device());
+  const char* env = std::getenv("MXMOE_CUDA_GRAPHS");  // "0": the plain eager steps, for debugging
+  if (options.max_graph_batch > 0 && model.config().rope.type != RopeType::dynamic && !(env && std::string(env) == "0"))
+    graphs_ = std::make_unique<DecodeGraphs>(model, cache, *arena_, uploader_, options.max_graph_batch,
+                                             options.cuda_graphs, warm_tokens_);
+}
+
+const GenerationStats& Generator::stats() const {
+  if (graphs_) {
+    stats_.graph_captures = graphs_->captures();
+    stats_.graph_replays = graphs_->replays();
+  }
+  return stats_;
 }
 
 Tensor Generator::upload(const std::vector<int32_t>& values) const {
@@ -44,8 +60,8 @@ Tensor Generator::step(std::span<const int> seqs, const std::vector<std::vector<
   MXMOE_CHECK(seqs.size() == tokens.size() && !seqs.empty(), "step: ", seqs.size(), " sequences with ", tokens.size(),
               " token lists");
   const int64_t vocab = model_.config().vocab_size;
-  std::vector<int32_t> ids, positions, slots, cu_seqlens = {0}, seq_lens;
-  int64_t max_len = 0, max_blocks = 0;
+  HostStep h;
+  h.cu_seqlens = {0};
   for (size_t s = 0; s < seqs.size(); ++s) {
     MXMOE_CHECK(!tokens[s].empty(), "step: sequence ", seqs[s], " has no new tokens");
     for (int32_t id : tokens[s])
@@ -56,26 +72,30 @@ Tensor Generator::step(std::span<const int> seqs, const std::vector<std::vector<
                 cache_.block_size(), ")");
     cache_.append(seqs[s], int64_t(tokens[s].size()));
     const int64_t end = cache_.length(seqs[s]);
-    ids.insert(ids.end(), tokens[s].begin(), tokens[s].end());
-    for (int64_t p = begin; p < end; ++p) positions.push_back(int32_t(p));
-    cache_.slots(seqs[s], begin, end, slots);
-    cu_seqlens.push_back(int32_t(ids.size()));
-    seq_lens.push_back(int32_t(end));
-    max_len = std::max(max_len, end);
-    max_blocks = std::max(max_blocks, int64_t(cache_.blocks(seqs[s]).size()));
+    h.token_ids.insert(h.token_ids.end(), tokens[s].begin(), tokens[s].end());
+    for (int64_t p = begin; p < end; ++p) h.positions.push_back(int32_t(p));
+    cache_.slots(seqs[s], begin, end, h.kv_slots);
+    h.cu_seqlens.push_back(int32_t(h.token_ids.size()));
+    h.seq_lens.push_back(int32_t(end));
+    h.max_seq_len = std::max(h.max_seq_len, end);
+    h.table_width = std::max(h.table_width, int64_t(cache_.blocks(seqs[s]).size()));
   }
   for (int32_t r : logit_rows)
-    MXMOE_CHECK(r >= 0 && r < int32_t(ids.size()), "step: logit row ", r, " outside the ", ids.size(), " new tokens");
+    MXMOE_CHECK(r >= 0 && r < int32_t(h.token_ids.size()), "step: logit row ", r, " outside the ",
+                h.token_ids.size(), " new tokens");
+  h.logit_rows = logit_rows;
+  h.block_tables = cache_.block_table(seqs, h.table_width);
 
-  StepInputs in;
-  in.token_ids = upload(ids);
-  in.positions = upload(positions);
-  in.kv_slots = upload(slots);
-  in.attention.block_tables = upload(cache_.block_table(seqs, max_blocks)).view({int64_t(seqs.size()), max_blocks});
-  in.attention.cu_seqlens = upload(cu_seqlens);
-  in.attention.seq_lens = upload(seq_lens);
-  in.attention.max_seq_len = max_len;
-  in.logit_rows = upload(logit_rows);
+  if (graphs_ && graphs_->covers(h)) return graphs_->run(h, stream());
+  // Eager. A step of more tokens than ever runs outside the arena: layers grow the workspaces
+  // they keep (which also moves what graphs baked).
+  const bool grow = device_ == Device::cuda && h.num_tokens() > warm_tokens_;
+  if (grow) {
+    warm_tokens_ = h.num_tokens();
+    if (graphs_) graphs_->invalidate();
+  }
+  const StepArena::Scope scope(grow ? nullptr : arena_.get());
+  const StepInputs in = uploader_.upload(h, stream());
   Tensor logits = Tensor::empty({int64_t(logit_rows.size()), vocab}, model_.logits_dtype(), device_);
   model_.forward(in, cache_, logits, stream());
   return logits;
@@ -101,6 +121,7 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
   const int64_t vocab = model_.config().vocab_size;
   std::vector<std::vector<int32_t>> pending = prompts;  // tokens each running prompt has yet to feed
   while (!running.empty()) {
+    const StepArena::Scope scope(arena_.get());  // this iteration's device temporaries (GPU)
     const auto start = std::chrono::steady_clock::now();
     const bool prefill = std::any_of(running.begin(), running.end(), [&](size_t i) { return out[i].tokens.empty(); });
     // Each sequence feeds up to its share of max_step_tokens, so a long prompt is prefilled in

@@ -4,6 +4,10 @@
 // sampled on the model's device. A sequence stops at one of its stop ids (EOS), at
 // max_new_tokens, or when the caller's on_token returns false (stop strings, cancellation); its
 // KV blocks go back to the pool when the call returns.
+//
+// On the GPU a step allocates nothing from the driver: its temporaries come from a step arena
+// (engine/step_arena.h), its index arrays go up in one asynchronous copy (engine/step_upload.h),
+// and decode steps replay CUDA graphs (engine/decode_graphs.h) unless options say otherwise.
 #include <cuda_runtime.h>
 
 #include <functional>
@@ -11,7 +15,10 @@
 #include <span>
 #include <vector>
 
+#include "engine/decode_graphs.h"
 #include "engine/kv_cache.h"
+#include "engine/step_arena.h"
+#include "engine/step_upload.h"
 #include "engine/stream.h"
 #include "kernels/sampling.h"
 #include "models/model.h"
@@ -37,22 +44,38 @@ using TokenCallback = std::function<bool(size_t prompt, int32_t token)>;
 struct GenerationStats {
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double prefill_seconds = 0, decode_seconds = 0;
+  int64_t graph_captures = 0, graph_replays = 0;  // decode steps captured / replayed as CUDA graphs
+};
+
+struct GeneratorOptions {
+  // GPU decode steps of up to max_graph_batch sequences are padded to a batch bucket and replay
+  // CUDA graphs (engine/decode_graphs.h). cuda_graphs off: the same padded steps launch their
+  // kernels from the host (debugging, comparison). Dynamic NTK rope (frequencies follow the
+  // length) and larger batches run unpadded and eagerly. The environment variable
+  // MXMOE_CUDA_GRAPHS=0 turns padded decode steps off as max_graph_batch = 0 does (debugging).
+  bool cuda_graphs = true;
+  int max_graph_batch = 256;  // 0: no padded decode steps at all
 };
 
 class Generator {
  public:
-  Generator(CausalLM& model, KvCache& cache);
+  Generator(CausalLM& model, KvCache& cache, const GeneratorOptions& options = {});
 
   std::vector<Generation> generate(const std::vector<std::vector<int32_t>>& prompts, const GenerationOptions& options,
                                    const TokenCallback& on_token = {});
 
   // One forward step: appends tokens[i] to sequence seqs[i] (cache ids) and returns the logits
   // [R, vocab] (model.logits_dtype(), on the model's device) of the step's token rows
-  // `logit_rows` (indices into the concatenated new tokens).
+  // `logit_rows` (indices into the concatenated new tokens). On the GPU the logits live in step
+  // memory: read them (sample, copy) before the next step, which reuses it; holding them past
+  // the next step's start is an Error there.
   Tensor step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
               const std::vector<int32_t>& logit_rows);
 
-  const GenerationStats& stats() const { return stats_; }
+  const GenerationStats& stats() const;
+  // The step arena (GPU; else nullptr): a caller that samples the logits may open a
+  // StepArena::Scope on it around step() and its own work, so that work allocates nothing either.
+  StepArena* arena() const { return arena_.get(); }
   KvCache& cache() { return cache_; }
   cudaStream_t stream() const { return stream_ ? cudaStream_t(*stream_) : nullptr; }
 
@@ -63,7 +86,11 @@ class Generator {
   KvCache& cache_;
   Device device_;
   std::unique_ptr<Stream> stream_;  // GPU models only
-  GenerationStats stats_;
+  std::shared_ptr<StepArena> arena_;  // GPU models only
+  StepUploader uploader_;
+  int64_t warm_tokens_ = 0;  // the most tokens a step has run with (see DecodeGraphs)
+  std::unique_ptr<DecodeGraphs> graphs_;  // padded decode steps (GPU)
+  mutable GenerationStats stats_;
 };
 
 }  // namespace mxmoe

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "engine/cuda_check.h"
+#include "engine/step_arena.h"
 
 namespace mxmoe {
 
@@ -52,10 +53,23 @@ Allocation::Allocation(size_t bytes, MemoryKind kind) : bytes_(bytes), kind_(kin
       break;
     case MemoryKind::device: {
       CUDA_CHECK(cudaGetDevice(&device_));
-      reserve(device_, bytes);
+      if (StepArena* arena = StepArena::active(); arena && arena->device() == device_) {
+        StepArena::Placement placement = StepArena::Placement::none;
+        data_ = arena->allocate(bytes, placement);
+        arena_ = arena->shared_from_this();
+        placement_ = uint8_t(placement);
+        if (data_) break;  // inside the arena's buffer (counted there), or a capture placeholder
+      }
+      try {
+        reserve(device_, bytes);
+      } catch (...) {
+        release_from_arena();
+        throw;
+      }
       const cudaError_t err = cudaMalloc(&data_, bytes);
       if (err != cudaSuccess) {
         counters(device_).in_use.fetch_sub(bytes);
+        release_from_arena();
         fail("cudaMalloc of ", bytes, " bytes on device ", device_, " failed: ", cudaGetErrorString(err));
       }
       break;
@@ -63,8 +77,18 @@ Allocation::Allocation(size_t bytes, MemoryKind kind) : bytes_(bytes), kind_(kin
   }
 }
 
+void Allocation::release_from_arena() {
+  if (arena_) arena_->release(data_, bytes_, StepArena::Placement(placement_));
+  arena_.reset();
+}
+
 Allocation::~Allocation() {
   if (!data_) return;
+  if (arena_ && StepArena::Placement(placement_) != StepArena::Placement::overflow) {
+    release_from_arena();  // not ours to free
+    return;
+  }
+  release_from_arena();
   switch (kind_) {
     case MemoryKind::host: std::free(data_); break;
     case MemoryKind::pinned: cudaFreeHost(data_); break;

@@ -2,12 +2,16 @@
 // RAII memory: pageable host, pinned host (for async copies) and device memory.
 // Device allocations are counted per GPU (bytes in use, high-water mark) and may be capped
 // (--gpu-memory-limit): an allocation past the cap throws instead of allocating.
+// While a step arena is active on this thread (engine/step_arena.h), device allocations for its
+// GPU come from the arena's buffer instead of cudaMalloc.
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace mxmoe {
 
 enum class MemoryKind : uint8_t { host, pinned, device };
+class StepArena;
 
 class Allocation {
  public:
@@ -22,10 +26,14 @@ class Allocation {
   int device() const { return device_; }
 
  private:
+  void release_from_arena();
+
   void* data_ = nullptr;
   size_t bytes_ = 0;
   MemoryKind kind_;
   int device_ = -1;  // CUDA ordinal for device memory
+  std::shared_ptr<StepArena> arena_;  // the step arena that placed it, if any
+  uint8_t placement_ = 0;             // StepArena::Placement
 };
 
 struct DeviceMemoryStats {
