@@ -1,0 +1,367 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+
+#include "engine/error.h"
+#include "engine/ops.h"
+
+namespace mxmoe {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+bool utf8_continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+
+// i32 values as a tensor on `device` (the copy is complete when this returns).
+Tensor upload(const std::vector<int32_t>& values, Device device, cudaStream_t stream) {
+  return Tensor::wrap(const_cast<int32_t*>(values.data()), {int64_t(values.size())}, DType::i32, Device::cpu)
+      .to(device, stream);
+}
+
+}  // namespace
+
+SamplingParams to_sampling_params(const SamplingOptions& options) {
+  SamplingParams p;
+  p.temperature = options.temperature;
+  p.top_k = options.top_k;
+  p.top_p = options.top_p;
+  p.min_p = options.min_p;
+  p.repetition_penalty = options.repetition_penalty;
+  p.seed = options.seed;
+  return p;
+}
+
+struct Scheduler::Sequence {
+  Sequence(SequenceRequest r, const Tokenizer& tokenizer) : request(std::move(r)), detokenizer(tokenizer, true) {}
+
+  SequenceRequest request;
+  std::shared_ptr<RequestState> state = std::make_shared<RequestState>();
+  std::vector<int32_t> history;  // prompt + generated: the repetition penalty's input, and what a preempted sequence recomputes
+  std::vector<int32_t> pending;  // tokens not yet in the KV cache
+  int cache_id = -1;             // -1: holds no KV blocks (queued)
+  DecodeStream detokenizer;
+  size_t hold = 0;               // bytes held back from streaming: a stop string could begin there
+  size_t streamed = 0;           // bytes of result.text given to on_token
+  Result result;
+  bool finished = false, started = false;
+  Clock::time_point submitted = Clock::now();
+};
+
+Scheduler::Scheduler(StepFunction step, KvCache& cache, cudaStream_t stream, const Tokenizer& tokenizer,
+                     const SchedulerOptions& options)
+    : step_(std::move(step)), cache_(cache), stream_(stream), tokenizer_(tokenizer), options_(options) {
+  MXMOE_CHECK(options_.max_batch_size >= 1, "max_batch_size must be >= 1, got ", options_.max_batch_size);
+  MXMOE_CHECK(options_.max_step_tokens >= 1, "max_step_tokens must be >= 1, got ", options_.max_step_tokens);
+  MXMOE_CHECK(cache_.num_blocks() * cache_.block_size() >= options_.max_model_len, "the KV cache holds ",
+              cache_.num_blocks() * cache_.block_size(), " tokens, fewer than max_model_len ", options_.max_model_len,
+              ": give it more blocks or lower max_model_len");
+  stats_.kv_blocks = cache_.num_blocks();
+  stats_.kv_free_blocks = cache_.free_blocks();
+  thread_ = std::thread([this] { run(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+std::shared_ptr<RequestState> Scheduler::submit(SequenceRequest request) {
+  const std::vector<int32_t>& prompt = request.prompt;
+  MXMOE_CHECK(!prompt.empty(), "the prompt is empty");
+  for (int32_t id : prompt)
+    MXMOE_CHECK(id >= 0 && id < options_.vocab_size, "prompt token id ", id, " is outside the vocabulary [0, ",
+                options_.vocab_size, ")");
+  MXMOE_CHECK(int64_t(prompt.size()) < options_.max_model_len, "the prompt has ", prompt.size(),
+              " tokens: no room for a completion within max_model_len ", options_.max_model_len);
+  check_sampling_params(request.sampling);
+  MXMOE_CHECK(request.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", request.max_new_tokens);
+  for (const std::string& stop : request.stop) MXMOE_CHECK(!stop.empty(), "a stop string is empty");
+
+  auto seq = std::make_unique<Sequence>(std::move(request), tokenizer_);
+  seq->history = seq->pending = seq->request.prompt;
+  seq->result.prompt_tokens = int64_t(seq->request.prompt.size());
+  for (const std::string& stop : seq->request.stop) seq->hold = std::max(seq->hold, stop.size() - 1);
+  std::shared_ptr<RequestState> state = seq->state;
+  if (seq->request.max_new_tokens == 0) {  // nothing to run
+    state->result = seq->result;
+    state->done = true;
+    return state;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    MXMOE_CHECK(!stopping_, "the engine is shutting down");
+    incoming_.push_back(std::move(seq));
+    ++stats_.waiting;
+  }
+  wake_.notify_one();
+  return state;
+}
+
+EngineStats Scheduler::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+void Scheduler::run() {
+  while (true) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || !incoming_.empty() || !waiting_.empty() || !running_.empty(); });
+      if (stopping_) break;
+      for (auto& s : incoming_) waiting_.push_back(std::move(s));
+      incoming_.clear();
+    }
+    drop_cancelled();
+    admit();
+    step();
+    publish_counts();
+  }
+  // Shutdown: whatever is left ends as cancelled.
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& s : incoming_) waiting_.push_back(std::move(s));
+    incoming_.clear();
+  }
+  for (auto& s : running_) finish(*s, FinishReason::cancelled, "the engine shut down");
+  for (auto& s : waiting_) finish(*s, FinishReason::cancelled, "the engine shut down");
+  running_.clear();
+  waiting_.clear();
+  publish_counts();
+}
+
+void Scheduler::drop_cancelled() {
+  for (auto& s : running_)
+    if (s->state->cancel) finish(*s, FinishReason::cancelled);
+  for (auto& s : waiting_)
+    if (s->state->cancel) finish(*s, FinishReason::cancelled);
+  remove_finished();
+}
+
+int64_t Scheduler::blocks_needed(const Sequence& s, int64_t tokens) const {
+  const int64_t length = s.cache_id >= 0 ? cache_.length(s.cache_id) : 0;
+  const int64_t held = s.cache_id >= 0 ? int64_t(cache_.blocks(s.cache_id).size()) : 0;
+  return std::max<int64_t>(0, (length + tokens + cache_.block_size() - 1) / cache_.block_size() - held);
+}
+
+void Scheduler::admit() {
+  while (!waiting_.empty() && int(running_.size()) < options_.max_batch_size) {
+    Sequence& s = *waiting_.front();
+    // Arrival order: the head waits for blocks rather than being overtaken. With nothing running
+    // the whole pool is free and holds max_model_len tokens, so the head always fits then.
+    if (blocks_needed(s, int64_t(s.pending.size())) > cache_.free_blocks()) break;
+    s.cache_id = cache_.add_sequence();
+    if (!s.started) {
+      s.started = true;
+      s.result.queue_seconds = seconds_between(s.submitted, Clock::now());
+    }
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+}
+
+void Scheduler::preempt_youngest() {
+  Sequence& s = *running_.back();
+  cache_.free_sequence(s.cache_id);
+  s.cache_id = -1;
+  s.pending = s.history;  // recompute prompt + generated tokens; the next sampled token continues the sequence
+  ++s.result.preemptions;
+  waiting_.push_front(std::move(running_.back()));
+  running_.pop_back();
+  std::lock_guard lock(mutex_);
+  ++stats_.preemptions;
+}
+
+// The tokens each running sequence feeds this step (feed[i] for running_[i]; 0: sits this step out).
+std::vector<size_t> Scheduler::plan_step(std::vector<int64_t>& feed) {
+  feed.assign(running_.size(), 0);
+  int64_t budget = options_.max_step_tokens;
+  for (size_t i = 0; i < running_.size(); ++i)  // decode tokens first: they never wait behind a prefill
+    if (running_[i]->pending.size() == 1) {
+      feed[i] = 1;
+      --budget;
+    }
+  for (size_t i = 0; i < running_.size(); ++i)
+    if (running_[i]->pending.size() > 1) {
+      feed[i] = std::min<int64_t>(int64_t(running_[i]->pending.size()), std::max<int64_t>(budget, 0));
+      budget -= feed[i];
+    }
+  // KV blocks, oldest first: preempt the youngest until the older ones fit.
+  int64_t reserved = 0;
+  std::vector<size_t> plan;
+  for (size_t i = 0; i < running_.size(); ++i) {
+    if (feed[i] == 0) continue;
+    const Sequence& s = *running_[i];
+    while (blocks_needed(s, feed[i]) > cache_.free_blocks() - reserved && running_.size() > i + 1) {
+      preempt_youngest();
+      feed.pop_back();
+    }
+    const int64_t free_tokens = (cache_.free_blocks() - reserved) * cache_.block_size() +
+                                int64_t(cache_.blocks(s.cache_id).size()) * cache_.block_size() -
+                                cache_.length(s.cache_id);
+    if (feed[i] > free_tokens) {  // the youngest: a shorter prefill chunk, or wait in the queue
+      if (s.pending.size() > 1 && free_tokens > 0) {
+        feed[i] = free_tokens;
+      } else {
+        preempt_youngest();
+        feed.pop_back();
+        break;
+      }
+    }
+    reserved += blocks_needed(s, feed[i]);
+    plan.push_back(i);
+  }
+  return plan;
+}
+
+void Scheduler::step() {
+  std::vector<int64_t> feed;
+  const std::vector<size_t> plan = plan_step(feed);
+  if (plan.empty()) return;
+  std::vector<int> seqs;
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<int32_t> rows, prev_offsets = {0}, prev_ids;
+  std::vector<size_t> sampled;  // indices into running_
+  std::vector<SamplingParams> params;
+  int32_t row_end = 0;
+  int64_t prompt_tokens = 0;
+  for (size_t i : plan) {
+    Sequence& s = *running_[i];
+    // Decoding: feeding the token sampled last; anything else is prompt (or recomputation).
+    const bool decode = !s.result.token_ids.empty() && cache_.length(s.cache_id) + 1 == int64_t(s.history.size());
+    seqs.push_back(s.cache_id);
+    tokens.emplace_back(s.pending.begin(), s.pending.begin() + feed[i]);
+    s.pending.erase(s.pending.begin(), s.pending.begin() + feed[i]);
+    row_end += int32_t(feed[i]);
+    if (!decode) prompt_tokens += feed[i];
+    if (!s.pending.empty()) continue;  // a middle chunk of a prompt
+    sampled.push_back(i);
+    rows.push_back(row_end - 1);  // the sequence's last token predicts the next
+    prev_ids.insert(prev_ids.end(), s.history.begin(), s.history.end());
+    prev_offsets.push_back(int32_t(prev_ids.size()));
+    SamplingParams p = s.request.sampling;
+    p.step = s.result.token_ids.size();
+    params.push_back(p);
+  }
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.steps;
+    stats_.max_step_sequences = std::max(stats_.max_step_sequences, int64_t(seqs.size()));
+    stats_.prompt_tokens += prompt_tokens;
+  }
+  try {
+    if (sampled.empty()) {  // only middle chunks: fill the cache, sample nothing
+      step_(seqs, tokens, {row_end - 1});
+    } else {
+      const Tensor logits = step_(seqs, tokens, rows);
+      const Device device = logits.device();
+      const int64_t b = int64_t(sampled.size()), vocab = logits.size(1);
+      const Tensor chosen = Tensor::empty({b}, DType::i32, device);
+      const Tensor params_buffer =
+          device == Device::cuda ? Tensor::empty({b * int64_t(sizeof(SamplingParams))}, DType::u8, device) : Tensor();
+      const Tensor workspace = device == Device::cuda ? Tensor::empty({b, vocab}, DType::f32, device) : Tensor();
+      ops::sample(logits, params, params_buffer, upload(prev_offsets, device, stream_), upload(prev_ids, device, stream_),
+                  workspace, chosen, stream_);
+      const Tensor host = chosen.to(Device::cpu, stream_);  // synchronizes the step
+      for (size_t r = 0; r < sampled.size(); ++r) accept_token(*running_[sampled[r]], host.data_as<int32_t>()[r]);
+    }
+  } catch (const std::exception& e) {  // the step's sequences fail; the others and the engine go on
+    for (size_t i : plan) finish(*running_[i], FinishReason::error, e.what());
+  }
+  remove_finished();
+}
+
+void Scheduler::accept_token(Sequence& s, int32_t token) {
+  const auto now = Clock::now();
+  if (s.result.token_ids.empty()) s.result.first_token_seconds = seconds_between(s.submitted, now);
+  s.result.token_ids.push_back(token);
+  s.history.push_back(token);
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.generated_tokens;
+  }
+  std::string& text = s.result.text;
+  std::optional<FinishReason> reason;
+  const auto& stop_ids = s.request.stop_ids;
+  if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
+    reason = FinishReason::stop;  // a stop token adds no text
+  } else {
+    const size_t search_from = text.size() > s.hold ? text.size() - s.hold : 0;
+    if (const auto piece = s.detokenizer.step(token)) text += *piece;
+    size_t stop_at = std::string::npos;
+    for (const std::string& stop : s.request.stop) stop_at = std::min(stop_at, text.find(stop, search_from));
+    if (stop_at != std::string::npos) {
+      text.resize(stop_at);
+      reason = FinishReason::stop;
+    }
+  }
+  if (!reason && (int(s.result.token_ids.size()) >= s.request.max_new_tokens ||
+                  int64_t(s.history.size()) >= options_.max_model_len))
+    reason = FinishReason::length;
+
+  // Stream what can no longer be part of a stop string, never half a UTF-8 character; all of it at the end.
+  size_t end = text.size();
+  if (!reason) {
+    end = std::max(s.streamed, end > s.hold ? end - s.hold : 0);
+    while (end > s.streamed && end < text.size() && utf8_continuation(text[end])) --end;
+  }
+  const std::string_view piece(text.data() + s.streamed, end - s.streamed);
+  s.streamed = end;
+  bool go_on = true;
+  if (s.request.on_token) {
+    try {
+      go_on = s.request.on_token(token, piece);
+    } catch (const std::exception& e) {
+      return finish(s, FinishReason::error, cat("on_token threw: ", e.what()));
+    }
+  }
+  if (reason)
+    finish(s, *reason);
+  else if (!go_on || s.state->cancel)
+    finish(s, FinishReason::cancelled);
+  else
+    s.pending = {token};
+}
+
+void Scheduler::finish(Sequence& s, FinishReason reason, const std::string& error) {
+  if (s.finished) return;
+  s.finished = true;
+  if (s.cache_id >= 0) cache_.free_sequence(s.cache_id);
+  s.cache_id = -1;
+  s.result.finish = reason;
+  s.result.error = error;
+  s.result.total_seconds = seconds_between(s.submitted, Clock::now());
+  {
+    std::lock_guard lock(mutex_);  // the blocks are back before the caller hears of it
+    stats_.kv_free_blocks = cache_.free_blocks();
+  }
+  {
+    std::lock_guard lock(s.state->mutex);
+    s.state->result = std::move(s.result);
+    s.state->done = true;
+  }
+  s.state->finished.notify_all();
+}
+
+void Scheduler::remove_finished() {
+  const auto gone = [](const std::unique_ptr<Sequence>& s) { return s->finished; };
+  running_.erase(std::remove_if(running_.begin(), running_.end(), gone), running_.end());
+  waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), gone), waiting_.end());
+}
+
+void Scheduler::publish_counts() {
+  std::lock_guard lock(mutex_);
+  stats_.running = int64_t(running_.size());
+  stats_.waiting = int64_t(waiting_.size() + incoming_.size());
+  stats_.kv_free_blocks = cache_.free_blocks();
+}
+
+}  // namespace mxmoe
