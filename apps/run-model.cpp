@@ -2,6 +2,8 @@
 // completion (or a chat) to stdout. Statistics go to stderr at the end.
 //
 //   run-model -m DIR -p "prompt" [-n 128] [--chat] [--temperature 0.7] ...     (run-model -h)
+//   run-model -m DIR --tp 4 ...                     tensor parallel over GPUs 0-3 (engine/tensor_parallel.h)
+//   run-model -m DIR --tp 8 --dist-init node0:29500 --nnodes 2 --node-rank R ...   one process per node
 #include <unistd.h>
 
 #include <chrono>
@@ -14,13 +16,14 @@
 #include <string>
 
 #include "engine/chat_template.h"
+#include "engine/cuda_check.h"
 #include "engine/error.h"
 #include "engine/generator.h"
 #include "engine/log.h"
 #include "engine/memory.h"
 #include "engine/perplexity.h"
+#include "engine/tensor_parallel.h"
 #include "engine/tokenizer.h"
-#include "loader/checkpoint.h"
 #include "loader/generation_config.h"
 #include "loader/weight_loader.h"
 #include "models/model.h"
@@ -54,17 +57,21 @@ constexpr const char* kUsage = R"(usage: run-model [-m DIR] [-p PROMPT] [options
       --max-model-len N        longest prompt + completion (default min(max_position_embeddings, 8192))
       --load-format F          safetensors (default) or dummy (random weights, no checkpoint needed)
       --gpu-memory-limit GB    cap the engine's GPU memory
-      --tp, --tensor-parallel-size N   only 1 in this build
+      --tp, --tensor-parallel-size N   ranks per process: GPUs 0..N-1 (with --device cpu:
+                               N simulated ranks, for testing); default 1
+      --dist-init HOST:PORT    multi-node: node 0's address (node 0 listens on PORT)
+      --nnodes N               multi-node: number of processes, one per node (default 1)
+      --node-rank R            multi-node: this process's index, 0..N-1 (node 0 prints)
   -q, --quiet                  no load progress
   -h, --help                   this text
 )";
 
 struct Args {
   std::string model, prompt = "Once upon a time", system, quantization = "mxfp8", device, load_format = "safetensors";
-  std::string perplexity_file;
+  std::string perplexity_file, dist_init;
   std::vector<std::string> stops;
   ScaleRule scale_rule = ScaleRule::rceil;
-  int max_tokens = 128, tp = 1;
+  int max_tokens = 128, tp = 1, nnodes = 1, node_rank = 0;
   int64_t max_model_len = 0;
   double gpu_memory_limit_gb = 0;
   SamplingParams sampling;
@@ -131,6 +138,9 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--load-format") a.load_format = value();
     else if (arg == "--gpu-memory-limit") a.gpu_memory_limit_gb = number(0, 1e6);
     else if (arg == "--tp" || arg == "--tensor-parallel-size") a.tp = int(number(1, 1024));
+    else if (arg == "--dist-init") a.dist_init = value();
+    else if (arg == "--nnodes") a.nnodes = int(number(1, 65536));
+    else if (arg == "--node-rank") a.node_rank = int(number(0, 65535));
     else if (arg == "-q" || arg == "--quiet") a.quiet = true;
     else fail("unknown option ", arg, " (run-model -h)");
   }
@@ -139,7 +149,11 @@ Args parse_args(int argc, char** argv) {
   MXMOE_CHECK(a.load_format == "safetensors" || a.load_format == "dummy", "--load-format must be safetensors or dummy, got ",
               a.load_format);
   MXMOE_CHECK(a.device.empty() || a.device == "cuda" || a.device == "cpu", "--device must be cuda or cpu, got ", a.device);
-  MXMOE_CHECK(a.tp == 1, "--tp ", a.tp, ": tensor parallelism is not in this build yet; use --tp 1");
+  MXMOE_CHECK(!a.dist_init.empty() || (a.nnodes == 1 && a.node_rank == 0),
+              "--nnodes and --node-rank need --dist-init HOST:PORT (node 0's address)");
+  MXMOE_CHECK(a.dist_init.empty() || a.device != "cpu", "--dist-init needs the GPU backend, not --device cpu");
+  MXMOE_CHECK(a.nnodes == 1 || !a.interactive, "--interactive reads stdin in one process; not with --nnodes ",
+              a.nnodes);
   if (a.model.empty()) a.model = default_model_dir(argv[0]);
   return a;
 }
@@ -158,36 +172,40 @@ int run(int argc, char** argv) {
 
   const ModelConfig config = load_model_config(args.model);
   const Tokenizer tokenizer = Tokenizer::from_file(args.model + "/tokenizer.json");
-  ModelOptions options;
-  options.quant.scheme = args.quantization;
-  options.quant.quantize_lm_head = args.quantize_lm_head;
-  options.quant.scale_rule = args.scale_rule;
-  options.device = device;
-
-  const auto load_start = std::chrono::steady_clock::now();
-  std::unique_ptr<CausalLM> model = make_causal_lm(config, options);
-  LoadOptions load;
-  load.quiet = args.quiet;
-  load.gpu_memory_limit = size_t(args.gpu_memory_limit_gb * (1ull << 30));
-  if (device == Device::cuda) reset_device_memory_peak(current_device());
-  if (args.load_format == "dummy")
-    load_dummy_weights(model->loadables(), load);
-  else
-    load_weights(Checkpoint(args.model), model->loadables(), load);
-  const double load_seconds = seconds_since(load_start);
-
   const int64_t max_len = args.max_model_len ? args.max_model_len
                                              : std::min<int64_t>(config.max_position_embeddings, 8192);
-  KvCacheConfig kv = model->kv_cache_config();
-  kv.num_blocks = (max_len + kv.block_size - 1) / kv.block_size;
-  KvCache cache(kv, device);
-  Generator generator(*model, cache);
+  TensorParallelOptions options;
+  options.model_dir = args.model;
+  options.load_format = parse_load_format(args.load_format);
+  options.model.quant.scheme = args.quantization;
+  options.model.quant.quantize_lm_head = args.quantize_lm_head;
+  options.model.quant.scale_rule = args.scale_rule;
+  options.model.device = device;
+  options.load.quiet = args.quiet;
+  options.load.gpu_memory_limit = size_t(args.gpu_memory_limit_gb * (1ull << 30));
+  options.kv_cache.num_blocks = (max_len + options.kv_cache.block_size - 1) / options.kv_cache.block_size;
+  options.local_ranks = args.tp;
+  if (!args.dist_init.empty()) options.dist_init = make_dist_init(args.dist_init, args.nnodes, args.node_rank);
+  const bool prints = args.node_rank == 0;  // multi-node: every node runs the same loop, node 0 writes
+
+  const auto load_start = std::chrono::steady_clock::now();
+  int gpus = 0;  // this process's GPUs (the runtime checks that there are --tp of them)
+  if (device == Device::cuda) CUDA_CHECK(cudaGetDeviceCount(&gpus));
+  gpus = std::min(gpus, args.tp);
+  for (int i = 0; i < gpus; ++i) reset_device_memory_peak(i);
+  TensorParallelRuntime runtime(options);  // each rank loads its shard, quantized while loading
+  const double load_seconds = seconds_since(load_start);
 
   if (!args.perplexity_file.empty()) {
     const std::vector<int32_t> ids = tokenizer.encode(read_file(args.perplexity_file), false);
     const int64_t window = std::min<int64_t>(512, max_len - 1);
     const auto start = std::chrono::steady_clock::now();
-    const PerplexityResult r = perplexity(generator, ids, window);
+    PerplexityResult r;
+    runtime.run_on_ranks([&](TensorParallelRuntime::Rank& rank) {
+      const PerplexityResult mine = perplexity(*rank.generator, ids, window);
+      if (rank.local == 0) r = mine;
+    });
+    if (!prints) return 0;
     std::printf("perplexity %.4f over %lld tokens of %s (%s, scale rule %s, windows of %lld)\n", r.perplexity(),
                 (long long)r.predicted, args.perplexity_file.c_str(), args.quantization.c_str(),
                 args.scale_rule == ScaleRule::rceil ? "rceil" : "ocp", (long long)window);
@@ -220,12 +238,13 @@ int run(int argc, char** argv) {
     size_t printed = 0, hold = 0;  // text that could start a stop string is held back
     for (const std::string& stop : args.stops) hold = std::max(hold, stop.size() - 1);
     const auto print_until = [&](size_t end) {
-      std::fwrite(completion.data() + printed, 1, end - printed, stdout);
+      if (prints) std::fwrite(completion.data() + printed, 1, end - printed, stdout);
       std::fflush(stdout);
       printed = end;
     };
-    if (!chat_template) std::fputs(user.c_str(), stdout);
-    generator.generate({ids}, gen, [&](size_t, int32_t token) {
+    if (!chat_template && prints) std::fputs(user.c_str(), stdout);
+    // On every node alike (the decision to stop must agree); only node 0 prints.
+    runtime.generate({ids}, gen, [&](size_t, int32_t token) {
       const auto piece = stream.step(token);
       if (!piece) return true;
       completion += *piece;
@@ -241,7 +260,7 @@ int run(int argc, char** argv) {
       return true;
     });
     print_until(completion.size());
-    std::fputc('\n', stdout);
+    if (prints) std::fputc('\n', stdout);
     if (chat_template) messages.push_back({{"role", "assistant"}, {"content", completion}});
   };
 
@@ -258,13 +277,18 @@ int run(int argc, char** argv) {
   }
 
   std::fflush(stdout);  // the text before the statistics
-  const GenerationStats& s = generator.stats();
-  const double peak_gib = device == Device::cuda ? double(device_memory_stats(current_device()).peak) / (1ull << 30) : 0;
+  if (!prints) return 0;
+  const GenerationStats& s = runtime.stats();
+  double peak_gib = 0;  // the fullest GPU of this process
+  for (int i = 0; i < gpus; ++i) peak_gib = std::max(peak_gib, double(device_memory_stats(i).peak) / (1ull << 30));
+  const std::string where = runtime.world_size() > 1 ? cat(device == Device::cuda ? "cuda" : "cpu", " x ",
+                                                           runtime.world_size(), " (tensor parallel)")
+                                                     : device == Device::cuda ? "cuda" : "cpu";
   std::fprintf(stderr,
-               "[mxmoe] %s %s on %s: load %.2f s, peak GPU memory %.2f GiB | prompt %lld tok, %.1f tok/s | "
+               "[mxmoe] %s %s on %s: load %.2f s, peak GPU memory %.2f GiB%s | prompt %lld tok, %.1f tok/s | "
                "decode %lld tok, %.1f tok/s\n",
-               config.model_type.c_str(), args.quantization.c_str(), device == Device::cuda ? "cuda" : "cpu",
-               load_seconds, peak_gib, (long long)s.prompt_tokens,
+               config.model_type.c_str(), args.quantization.c_str(), where.c_str(), load_seconds, peak_gib,
+               runtime.local_size() > 1 && device == Device::cuda ? " per GPU" : "", (long long)s.prompt_tokens,
                s.prefill_seconds > 0 ? double(s.prompt_tokens) / s.prefill_seconds : 0.0,
                (long long)(s.generated_tokens), s.decode_seconds > 0 ? double(s.generated_tokens - 1) / s.decode_seconds : 0.0);
   return 0;

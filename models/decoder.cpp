@@ -19,9 +19,47 @@ WeightSpec norm_spec(const std::string& name, int64_t size) {
   return spec;
 }
 
+// This rank's share of the model under tensor parallelism (tp = 1: all of it).
+struct Shards {
+  int tp = 1, rank = 0;
+  int64_t heads = 0, kv_heads = 0;  // query and KV heads this rank holds
+  int kv_tp = 1, kv_rank = 0;       // the cut of the KV projections: tp, or num_kv_heads when replicated
+  int64_t vocab = 0, vocab_begin = 0;
+  int kv_replicas() const { return tp / kv_tp; }  // ranks holding each KV head
+};
+
+Shards make_shards(const ModelConfig& c, const Communicator* comm) {
+  Shards s;
+  if (comm) {
+    s.tp = comm->size();
+    s.rank = comm->rank();
+  }
+  const int64_t tp = s.tp, nq = c.num_attention_heads, nkv = c.num_key_value_heads;
+  MXMOE_CHECK(nq % tp == 0, c.file, ": num_attention_heads ", nq, " is not divisible by the tensor parallel size ",
+              tp);
+  MXMOE_CHECK(c.vocab_size % tp == 0, c.file, ": vocab_size ", c.vocab_size,
+              " is not divisible by the tensor parallel size ", tp, " (the embedding and LM head are split by vocabulary)");
+  s.heads = nq / tp;
+  if (nkv % tp == 0) {  // each rank its own KV heads
+    s.kv_heads = nkv / tp;
+    s.kv_tp = s.tp;
+    s.kv_rank = s.rank;
+  } else {  // each KV head on the tp / nkv ranks whose query heads read it
+    MXMOE_CHECK(tp % nkv == 0, c.file, ": num_key_value_heads ", nkv, " and tensor parallel size ", tp,
+                " do not fit: KV heads are split when the size divides them and replicated when they divide it");
+    s.kv_heads = 1;
+    s.kv_tp = int(nkv);
+    s.kv_rank = int(s.rank / (tp / nkv));
+  }
+  s.vocab = c.vocab_size / tp;
+  s.vocab_begin = s.rank * s.vocab;
+  return s;
+}
+
 struct DecoderLayer {
   std::unique_ptr<WeightSet> norms;  // input_layernorm, post_attention_layernorm[, q_norm, k_norm]
-  std::unique_ptr<LinearLayer> qkv, o_proj;
+  std::unique_ptr<LinearLayer> qkv, o_proj;  // qkv holds q only when kv is set
+  std::unique_ptr<LinearLayer> kv;           // replicated KV heads: k and v, cut by KV head instead of by rank
   std::unique_ptr<LinearLayer> gate_up, down;                           // dense MLP
   std::unique_ptr<LinearLayer> router;                                  // MoE: f32 logits [T, E]
   std::unique_ptr<FusedMoELayer> experts;
@@ -34,14 +72,17 @@ class DecoderLM final : public CausalLM {
       : config_(config),
         spec_(spec),
         options_(options),
+        shards_(make_shards(config, options.comm)),
         rope_(config.rope),
         inv_freq_(Tensor::empty({config.head_dim / 2}, DType::f32, options.device)) {
     const int64_t h = config.hidden_size, hd = config.head_dim, nq = config.num_attention_heads,
                   nkv = config.num_key_value_heads, v = config.vocab_size;
     const Device dev = options.device;
-    embed_ = std::make_unique<WeightSet>("model.embed_tokens",
-                                         std::vector<WeightSpec>{{"model.embed_tokens.weight", {v, h}}}, dev,
-                                         DType::bf16, WeightSet::Mode::keep);
+    const Shards& sh = shards_;
+    embed_ = std::make_unique<WeightSet>(
+        "model.embed_tokens",
+        std::vector<WeightSpec>{{"model.embed_tokens.weight", {v, h}, ShardSlice{0, sh.vocab_begin, sh.vocab}}}, dev,
+        DType::bf16, WeightSet::Mode::keep);
     for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
       const std::string p = cat("model.layers.", l, ".");
       DecoderLayer layer;
@@ -54,8 +95,16 @@ class DecoderLM final : public CausalLM {
       }
       layer.norms = std::make_unique<WeightSet>(p + "norms", norms, dev, DType::bf16, WeightSet::Mode::keep);
       const std::string a = p + "self_attn.";
-      layer.qkv = linear(a + "qkv_proj", h, {{a + "q_proj", nq * hd}, {a + "k_proj", nkv * hd}, {a + "v_proj", nkv * hd}},
-                         config.qkv_bias, LinearParallel::column, LayerRole::linear);
+      if (sh.kv_tp == sh.tp) {
+        layer.qkv = linear(a + "qkv_proj", h,
+                           {{a + "q_proj", nq * hd}, {a + "k_proj", nkv * hd}, {a + "v_proj", nkv * hd}},
+                           config.qkv_bias, LinearParallel::column, LayerRole::linear);
+      } else {
+        layer.qkv = linear(a + "q_proj", h, {{a + "q_proj", nq * hd}}, config.qkv_bias, LinearParallel::column,
+                           LayerRole::linear);
+        layer.kv = linear(a + "kv_proj", h, {{a + "k_proj", nkv * hd}, {a + "v_proj", nkv * hd}}, config.qkv_bias,
+                          LinearParallel::column, LayerRole::linear, sh.kv_tp, sh.kv_rank);
+      }
       layer.o_proj = linear(a + "o_proj", nq * hd, {{a + "o_proj", h}}, config.o_proj_bias, LinearParallel::row,
                             LayerRole::linear);
       if (config.is_moe_layer(l)) {
@@ -70,6 +119,8 @@ class DecoderLM final : public CausalLM {
         moe.names = spec.mixtral_expert_names ? ExpertNames::mixtral(m + "experts")
                                               : ExpertNames::gate_up_down(m + "experts");
         moe.routing = {int(config.num_experts_per_tok), config.norm_topk_prob};
+        moe.tp_rank = sh.rank;
+        moe.tp_size = sh.tp;
         moe.device = dev;
         layer.experts = std::make_unique<FusedMoELayer>(moe, options.quant);
         if (spec.shared_expert) {
@@ -94,7 +145,7 @@ class DecoderLM final : public CausalLM {
     final_norm_ = std::make_unique<WeightSet>("model.norm", std::vector<WeightSpec>{norm_spec("model.norm.weight", h)},
                                               dev, DType::bf16, WeightSet::Mode::keep);
     lm_head_ = linear("lm_head", h, {{config.tie_word_embeddings ? "model.embed_tokens" : "lm_head", v}}, false,
-                      LinearParallel::replicated, LayerRole::lm_head);
+                      LinearParallel::column, LayerRole::lm_head);  // each rank its vocabulary rows
   }
 
   const ModelConfig& config() const override { return config_; }
@@ -102,10 +153,10 @@ class DecoderLM final : public CausalLM {
   std::vector<Loadable*> loadables() override {
     std::vector<Loadable*> out = {embed_.get()};
     for (DecoderLayer& l : layers_)
-      for (Loadable* x : std::initializer_list<Loadable*>{l.norms.get(), l.qkv.get(), l.o_proj.get(), l.gate_up.get(),
-                                                          l.down.get(), l.router.get(), l.experts.get(),
-                                                          l.shared_gate_up.get(), l.shared_down.get(),
-                                                          l.shared_gate.get()})
+      for (Loadable* x : std::initializer_list<Loadable*>{l.norms.get(), l.qkv.get(), l.kv.get(), l.o_proj.get(),
+                                                          l.gate_up.get(), l.down.get(), l.router.get(),
+                                                          l.experts.get(), l.shared_gate_up.get(),
+                                                          l.shared_down.get(), l.shared_gate.get()})
         if (x) out.push_back(x);
     out.push_back(final_norm_.get());
     out.push_back(lm_head_.get());
@@ -115,7 +166,7 @@ class DecoderLM final : public CausalLM {
   KvCacheConfig kv_cache_config() const override {
     KvCacheConfig c;
     c.num_layers = int(config_.num_hidden_layers);
-    c.num_kv_heads = int(config_.num_key_value_heads);
+    c.num_kv_heads = int(shards_.kv_heads);
     c.head_dim = int(config_.head_dim);
     return c;
   }
@@ -125,28 +176,35 @@ class DecoderLM final : public CausalLM {
   }
 
   void forward(const StepInputs& in, const KvCache& cache, const Tensor& logits, cudaStream_t stream) override {
-    const int64_t t = in.token_ids.size(0), h = config_.hidden_size, hd = config_.head_dim,
-                  nq = config_.num_attention_heads, nkv = config_.num_key_value_heads, qkv_width = (nq + 2 * nkv) * hd;
+    const int64_t t = in.token_ids.size(0), h = config_.hidden_size, hd = config_.head_dim, nq = shards_.heads,
+                  nkv = shards_.kv_heads;  // this rank's heads
     const float eps = float(config_.rms_norm_eps), scale = float(1.0 / std::sqrt(double(hd)));
     const Device dev = options_.device;
     const Tensor& inv_freq = rope_frequencies_for(in.attention.max_seq_len, stream);
-
     Tensor x = Tensor::empty({t, h}, DType::bf16, dev);    // residual stream
     Tensor n = Tensor::empty({t, h}, DType::bf16, dev);    // normalized input of the next block
     Tensor mlp = Tensor::empty({t, h}, DType::bf16, dev);  // output of the last MLP, not yet added
-    Tensor qkv = Tensor::empty({t, qkv_width}, DType::bf16, dev);
+    // Projections: one fused [T, (nq + 2·nkv)·hd] output, or (replicated KV heads) q [T, nq·hd] and
+    // kv [T, 2·nkv·hd]; q2d, k2d, v2d are [T, heads·hd] views into them.
+    const bool fused = shards_.kv_tp == shards_.tp;
+    Tensor qkv = Tensor::empty({t, fused ? (nq + 2 * nkv) * hd : nq * hd}, DType::bf16, dev);
+    Tensor kv = fused ? Tensor() : Tensor::empty({t, 2 * nkv * hd}, DType::bf16, dev);
+    const Tensor q2d = qkv.narrow(1, 0, nq * hd);
+    const Tensor k2d = fused ? qkv.narrow(1, nq * hd, nkv * hd) : kv.narrow(1, 0, nkv * hd);
+    const Tensor v2d = fused ? qkv.narrow(1, (nq + nkv) * hd, nkv * hd) : kv.narrow(1, nkv * hd, nkv * hd);
+    const auto heads = [&](const Tensor& x2d, int64_t count) {  // [T, count, hd], rows strided as x2d's
+      return x2d.as_strided({t, count, hd}, {x2d.strides()[0], hd, 1});
+    };
+    const Tensor q = heads(q2d, nq), k = heads(k2d, nkv), v = heads(v2d, nkv);
     Tensor attn = Tensor::empty({t, nq, hd}, DType::bf16, dev);
     Tensor attn_out = Tensor::empty({t, h}, DType::bf16, dev);
     Tensor workspace = dev == Device::cuda ? Tensor::empty({int64_t(paged_attention_workspace_bytes(
                                                                t, int(nq), int(nkv), int(hd)))},
                                                            DType::u8, dev)
                                            : Tensor();
-    // q, k, v inside each fused QKV row: [T, heads, head_dim] with a row stride of qkv_width.
-    const Tensor q = qkv.narrow(1, 0, nq * hd).as_strided({t, nq, hd}, {qkv_width, hd, 1});
-    const Tensor k = qkv.narrow(1, nq * hd, nkv * hd).as_strided({t, nkv, hd}, {qkv_width, hd, 1});
-    const Tensor v = qkv.narrow(1, (nq + nkv) * hd, nkv * hd).as_strided({t, nkv, hd}, {qkv_width, hd, 1});
 
-    ops::embedding(in.token_ids, embed_->weight(0), 0, x, stream);
+    ops::embedding(in.token_ids, embed_->weight(0), shards_.vocab_begin, x, stream);  // zeros outside this rank's rows
+    all_reduce(x, stream);
     for (size_t l = 0; l < layers_.size(); ++l) {
       DecoderLayer& layer = layers_[l];
       const WeightSet& w = *layer.norms;
@@ -154,27 +212,27 @@ class DecoderLM final : public CausalLM {
         ops::rmsnorm(x, w.weight(0), eps, n, stream);
       else
         ops::add_rmsnorm(x, mlp, w.weight(0), eps, n, stream);  // x += mlp; n = norm(x)
-
       layer.qkv->forward(n, qkv, stream);
+      if (layer.kv) layer.kv->forward(n, kv, stream);
       if (spec_.qk_norm == QkNorm::per_head) {
         ops::rmsnorm(q, w.weight(2), eps, q, stream);
         ops::rmsnorm(k, w.weight(3), eps, k, stream);
       } else if (spec_.qk_norm == QkNorm::full) {
-        ops::rmsnorm(qkv.narrow(1, 0, nq * hd), w.weight(2), eps, qkv.narrow(1, 0, nq * hd), stream);
-        ops::rmsnorm(qkv.narrow(1, nq * hd, nkv * hd), w.weight(3), eps, qkv.narrow(1, nq * hd, nkv * hd), stream);
+        norm_across_ranks(q2d, w.weight(2), 1, eps, stream);
+        norm_across_ranks(k2d, w.weight(3), shards_.kv_replicas(), eps, stream);
       }
       ops::rope(q, k, in.positions, inv_freq, attention_scaling_, stream);
       ops::kv_cache_write(k, v, in.kv_slots, cache.k(int(l)), cache.v(int(l)), stream);
       ops::paged_attention(q, cache.k(int(l)), cache.v(int(l)), in.attention, scale, workspace, attn, stream);
       layer.o_proj->forward(attn.view({t, nq * hd}), attn_out, stream);
+      all_reduce(attn_out, stream);
       ops::add_rmsnorm(x, attn_out, w.weight(1), eps, n, stream);  // x += attention; n = norm(x)
-
       if (layer.experts) {
         Tensor router_logits = Tensor::empty({t, config_.num_experts}, DType::f32, dev);
         layer.router->forward(n, router_logits, stream);
         layer.experts->forward(n, router_logits, mlp, stream);
         if (layer.shared_gate_up) {
-          const int64_t is = config_.shared_expert_intermediate_size;
+          const int64_t is = layer.shared_down->input_size_per_partition();
           Tensor gate_up = Tensor::empty({t, 2 * is}, DType::bf16, dev), act = Tensor::empty({t, is}, DType::bf16, dev);
           Tensor shared = Tensor::empty({t, h}, DType::bf16, dev), gate = Tensor::empty({t, 1}, DType::f32, dev);
           layer.shared_gate_up->forward(n, gate_up, stream);
@@ -184,23 +242,38 @@ class DecoderLM final : public CausalLM {
           ops::add_sigmoid_gated(mlp, shared, gate, stream);  // mlp += sigmoid(gate) · shared
         }
       } else {
-        const int64_t i = config_.intermediate_size;
+        const int64_t i = layer.down->input_size_per_partition();
         Tensor gate_up = Tensor::empty({t, 2 * i}, DType::bf16, dev), act = Tensor::empty({t, i}, DType::bf16, dev);
         layer.gate_up->forward(n, gate_up, stream);
         ops::silu_mul(gate_up, act, stream);
         layer.down->forward(act, mlp, stream);
       }
+      all_reduce(mlp, stream);  // one per MLP block, the shared expert's part included
     }
     ops::add_rmsnorm(x, mlp, final_norm_->weight(0), eps, n, stream);
-    Tensor rows = Tensor::empty({in.logit_rows.size(0), h}, DType::bf16, dev);
+    const int64_t r = in.logit_rows.size(0);
+    Tensor rows = Tensor::empty({r, h}, DType::bf16, dev);
     ops::embedding(in.logit_rows, n, 0, rows, stream);  // gather the rows whose logits are wanted
-    lm_head_->forward(rows, logits, stream);
+    if (!options_.comm) {
+      lm_head_->forward(rows, logits, stream);
+      return;
+    }
+    Tensor mine = Tensor::empty({r, shards_.vocab}, logits.dtype(), dev);  // this rank's vocabulary columns
+    lm_head_->forward(rows, mine, stream);
+    Tensor all = Tensor::empty({shards_.tp * r, shards_.vocab}, logits.dtype(), dev);  // rank j's in rows [j·R, (j+1)·R)
+    options_.comm->all_gather(mine, all, stream);
+    for (int64_t j = 0; j < shards_.tp; ++j)
+      logits.narrow(1, j * shards_.vocab, shards_.vocab).copy_from(all.slice(j * r, (j + 1) * r), stream);
   }
 
  private:
+  // tp_size 0: cut as the model is (the KV projections of replicated heads are cut by KV head).
   std::unique_ptr<LinearLayer> linear(const std::string& name, int64_t input_size, std::vector<LinearPart> parts,
-                                      bool bias, LinearParallel parallel, LayerRole role) const {
+                                      bool bias, LinearParallel parallel, LayerRole role, int tp_size = 0,
+                                      int tp_rank = 0) const {
     LinearConfig c;
+    c.tp_size = tp_size ? tp_size : shards_.tp;
+    c.tp_rank = tp_size ? tp_rank : shards_.rank;
     c.name = name;
     c.input_size = input_size;
     c.parts = std::move(parts);
@@ -209,6 +282,33 @@ class DecoderLM final : public CausalLM {
     c.role = role;
     c.device = options_.device;
     return std::make_unique<LinearLayer>(std::move(c), options_.quant);
+  }
+
+  void all_reduce(const Tensor& x, cudaStream_t stream) const {
+    if (options_.comm) options_.comm->all_reduce_sum(x, stream);
+  }
+
+  // OLMoE's q/k norm spans all heads, which tensor parallelism spreads over the ranks: gather the
+  // ranks' [T, w] slices (x, rows strided), normalize whole [T, W] rows, keep this rank's slice.
+  // replicas: ranks holding the same slice (replicated KV heads), of which one is used.
+  void norm_across_ranks(Tensor x, const Tensor& weight, int replicas, float eps, cudaStream_t stream) const {
+    if (!options_.comm) {
+      ops::rmsnorm(x, weight, eps, x, stream);
+      return;
+    }
+    const Device dev = options_.device;
+    const int64_t t = x.size(0), w = x.size(1), slices = shards_.tp / replicas;
+    Tensor mine = Tensor::empty({t, w}, DType::bf16, dev);
+    mine.copy_from(x, stream);
+    Tensor all = Tensor::empty({shards_.tp * t, w}, DType::bf16, dev);  // rank j's in rows [j·T, (j+1)·T)
+    options_.comm->all_gather(mine, all, stream);
+    Tensor full = Tensor::empty({t, slices * w}, DType::bf16, dev);  // [T, W]
+    for (int64_t j = 0; j < slices; ++j) {
+      const int64_t from = j * replicas;  // the first rank holding slice j
+      full.narrow(1, j * w, w).copy_from(all.slice(from * t, (from + 1) * t), stream);
+    }
+    ops::rmsnorm(full, weight, eps, full, stream);
+    x.copy_from(full.narrow(1, (shards_.rank / replicas) * w, w), stream);
   }
 
   // Dynamic NTK scaling changes the frequencies with the sequence length; the others never do.
@@ -229,6 +329,7 @@ class DecoderLM final : public CausalLM {
   ModelConfig config_;
   DecoderSpec spec_;
   ModelOptions options_;
+  Shards shards_;
   RopeConfig rope_;
   Tensor inv_freq_;  // f32 [head_dim / 2] on the model's device
   float attention_scaling_ = 1.f;

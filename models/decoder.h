@@ -12,6 +12,26 @@
 //     mlp = down(silu(gate(n)) · up(n))                                   dense layers
 //         = Σ_top-k w_e · expert_e(n)  (+ sigmoid(g·n) · shared(n))       MoE layers
 //   logits = lm_head(norm(h + mlp)[logit rows])
+//
+// Tensor parallelism (ModelOptions::comm, tp ranks; DESIGN.md): each rank holds num_attention_heads
+// / tp query heads and the KV heads they read (num_key_value_heads / tp of them, or, when tp >
+// num_key_value_heads, the one KV head its query heads share, held by tp / num_key_value_heads
+// ranks), the vocabulary rows [r·V/tp, (r+1)·V/tp) of the embedding and the LM head, and 1/tp of
+// every MLP and expert width. Column-parallel: qkv_proj, gate_up, the experts' w13 and the shared
+// expert's gate_up; row-parallel: o_proj, down, the experts' w2, the shared expert's down. Routers
+// and the shared-expert gate are replicated. Collectives per step, in this order on every rank:
+//   h = all_reduce(embed_shard(ids))          rows of other ranks' vocabularies are zero
+//   per layer: [OLMoE: all_gather q and k for the norm over all heads]
+//              all_reduce(o_proj partial);  all_reduce(mlp partial)
+//   a MoE block is one all_reduce of (experts partial + sigmoid(g·n) · shared-expert partial): the
+//   gate g is replicated, so the gated partials sum to the gated whole
+//   logits = all_gather(lm_head_shard(rows)), rearranged [tp, R, V/tp] -> [R, V]
+// The residual stream, and so every norm, router choice and logit, is bit-identical on all ranks
+// (an all-reduce hands every rank the same sum). It is not bit-identical to tp = 1: each rank's
+// partial output is rounded to bf16 before the sum (tp = 1 rounds the one f32 accumulation once),
+// and the sum itself adds tp bf16 partials (the CPU communicator in f32 in rank order; NCCL in its
+// ring/tree order) — a few bf16 ulps per row-parallel output, ~1e-2 relative on the logits, and a
+// router near-tie may then pick the other expert.
 #include <string>
 
 #include "engine/fused_moe_layer.h"

@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "engine/communicator.h"
 #include "engine/kv_cache.h"
 #include "engine/loadable.h"
 #include "engine/registry.h"
@@ -20,6 +21,12 @@ namespace mxmoe {
 struct ModelOptions {
   QuantConfig quant;             // mxfp8 (default) or bf16, per-layer overrides
   Device device = Device::cuda;  // cpu: the reference backend
+  // Tensor parallelism: this rank's communicator (engine/communicator.h; it must outlive the
+  // model). The model then holds only this rank's shard and calls the collectives in forward();
+  // every rank must run the same forward steps (SPMD). nullptr: the whole model, no collectives.
+  // A communicator of size 1 also holds the whole model but still runs the collectives (which are
+  // then identities), so the communicator path can be tested on one device.
+  Communicator* comm = nullptr;
 };
 
 // One step: T new tokens of S sequences, on the model's device.
@@ -36,11 +43,13 @@ class CausalLM {
   virtual ~CausalLM() = default;
   virtual const ModelConfig& config() const = 0;
   virtual std::vector<Loadable*> loadables() = 0;  // in load order
-  // The KV cache geometry this model needs (num_layers, KV heads, head_dim).
+  // The KV cache geometry this model needs (num_layers, KV heads, head_dim); under tensor
+  // parallelism this rank's KV heads.
   virtual KvCacheConfig kv_cache_config() const = 0;
   // f32 when the LM head is bf16 (the default); bf16 when it is quantized.
   virtual DType logits_dtype() const = 0;
-  // Writes the step's keys/values into `cache` and logits [R, vocab] into `logits`.
+  // Writes the step's keys/values into `cache` and logits [R, vocab] into `logits` (the full
+  // vocabulary on every rank under tensor parallelism).
   virtual void forward(const StepInputs& in, const KvCache& cache, const Tensor& logits, cudaStream_t stream) = 0;
 };
 
