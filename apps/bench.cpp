@@ -5,8 +5,8 @@
 //   bench -m DIR [--load-format safetensors|dummy]
 //   options: --batch 1 --input-len 512 --output-len 256 --quantization mxfp8|bf16 --tp 1
 //            --no-graphs --seed 0 --json FILE
-//            --profile-step: afterwards one more decode step of the same batch runs inside an NVTX
-//            range "decode_step" (for `ncu --nvtx --nvtx-include decode_step/`, apps/bench_profile.py)
+//            --profile-step: at the end one more decode step runs inside an NVTX range
+//            "decode_step" (for `ncu --nvtx --nvtx-include decode_step/`, apps/bench_profile.py)
 //
 // Prompts are random token ids (no tokenizer needed), decoding is greedy and never stops early.
 // One short warm-up generation of the same shapes runs first (CUDA graphs are captured, step
@@ -115,6 +115,8 @@ std::string config_path(const std::string& name, const char* argv0) {
   fail("--config ", name, ": loader/configs/", it->second, " not found above ", exe.string());
 }
 
+constexpr int kTimedSteps = 32;  // back-to-back decode steps timed after the generation
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -192,7 +194,7 @@ int run(int argc, char** argv) {
     bf16_tflops = 2.0 * double(n * n * n) / (ms * 1e-3) / 1e12;
   }
 
-  const int64_t max_len = args.input_len + args.output_len;
+  const int64_t max_len = args.input_len + std::max(args.output_len, kTimedSteps + 8);
   KvCacheConfig kv = model->kv_cache_config();
   kv.num_blocks = int64_t(args.batch) * ((max_len + kv.block_size - 1) / kv.block_size + 1);
   KvCache cache(kv, Device::cuda);
@@ -240,6 +242,35 @@ int run(int argc, char** argv) {
   const double prefill_sol = prefill_flops / (bf16_tflops * 1e12) / prefill_s;
   const double peak_gib = double(device_memory_stats(dev).peak) / (1ull << 30);
 
+  // Back-to-back decode steps through Generator::step, no sampling and no host sync between them:
+  // the step time when the host keeps ahead of the GPU (the rest of a generated token's time is
+  // sampling and its synchronization). Then, with --profile-step, one more inside an NVTX range.
+  double step_only_ms = 0;
+  {
+    std::vector<int> seqs;
+    std::vector<int32_t> decode_rows;
+    for (const auto& p : prompts) {  // one prefill step per prompt
+      seqs.push_back(cache.add_sequence());
+      decode_rows.push_back(int32_t(decode_rows.size()));
+      generator.step(std::span<const int>(&seqs.back(), 1), {p}, {int32_t(p.size()) - 1});
+    }
+    const std::vector<std::vector<int32_t>> next(prompts.size(), std::vector<int32_t>{1});
+    for (int i = 0; i < 3; ++i) generator.step(seqs, next, decode_rows);  // warm-up, capture, replay
+    Event start, stop;
+    start.record(generator.stream());
+    for (int i = 0; i < kTimedSteps; ++i) generator.step(seqs, next, decode_rows);
+    stop.record(generator.stream());
+    stop.synchronize();
+    step_only_ms = stop.elapsed_since(start) / kTimedSteps;
+    if (args.profile_step) {
+      nvtxRangePushA("decode_step");
+      generator.step(seqs, next, decode_rows);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      nvtxRangePop();
+    }
+    for (int s : seqs) cache.free_sequence(s);
+  }
+
   nlohmann::ordered_json j;
   j["model"] = config.model_type;
   j["source"] = source;
@@ -256,6 +287,7 @@ int run(int argc, char** argv) {
   j["prefill_tok_s"] = prefill_tok_s;
   j["decode_ms_per_step"] = step_ms;
   j["decode_tok_s"] = decode_tok_s;
+  j["decode_step_only_ms"] = step_only_ms;
   j["graph_captures"] = after.graph_captures;
   j["graph_replays"] = after.graph_replays - before.graph_replays;
   j["copy_bandwidth_gbs"] = copy_gbs;
@@ -269,32 +301,11 @@ int run(int argc, char** argv) {
   std::printf(
       "%s %s batch %d, %d+%d tokens, graphs %s: load %.2f s, weights %.2f GiB, peak %.2f GiB | TTFT %.1f ms, prefill "
       "%.0f tok/s (%.1f TFLOP/s, %.1f%% of cuBLASLt bf16 %.0f) | decode %.3f ms/step, %.1f tok/s, %.1f%% of speed of "
-      "light (%.1f MB/step, %.2f experts/layer, copy %.0f GB/s)\n",
+      "light (%.1f MB/step, %.2f experts/layer, copy %.0f GB/s); steps alone %.3f ms\n",
       config.model_type.c_str(), args.quantization.c_str(), args.batch, args.input_len, args.output_len,
       args.graphs ? "on" : "off", load_seconds, weights_gib, peak_gib, prefill_s * 1e3, prefill_tok_s,
       prefill_flops / prefill_s / 1e12, 100 * prefill_sol, bf16_tflops, step_ms, decode_tok_s, 100 * decode_sol,
-      step_bytes / 1e6, experts_per_layer, copy_gbs);
-  if (args.profile_step) {  // prefill the prompts, two decode steps, then the profiled one
-    std::vector<int> seqs;
-    std::vector<int32_t> rows;
-    int32_t end = 0;
-    for (const auto& p : prompts) {
-      seqs.push_back(cache.add_sequence());
-      end += int32_t(p.size());
-      rows.push_back(end - 1);
-    }
-    generator.step(seqs, prompts, rows);
-    std::vector<std::vector<int32_t>> next(prompts.size(), std::vector<int32_t>{1});
-    std::vector<int32_t> decode_rows(prompts.size());
-    for (size_t i = 0; i < decode_rows.size(); ++i) decode_rows[i] = int32_t(i);
-    for (int i = 0; i < 3; ++i) {
-      CUDA_CHECK(cudaDeviceSynchronize());
-      if (i == 2) nvtxRangePushA("decode_step");
-      generator.step(seqs, next, decode_rows);
-      CUDA_CHECK(cudaDeviceSynchronize());
-      if (i == 2) nvtxRangePop();
-    }
-  }
+      step_bytes / 1e6, experts_per_layer, copy_gbs, step_only_ms);
   if (!args.json.empty()) {
     std::ofstream f(args.json);
     MXMOE_CHECK(f, "cannot write ", args.json);

@@ -62,7 +62,7 @@ def main():
     torch.manual_seed(0)
     load_start = time.perf_counter()
     with torch.device("cuda"):
-        model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.eval()
     load_s = time.perf_counter() - load_start
 

@@ -12,9 +12,9 @@ constexpr int64_t kMinContext = 256;  // smallest context bucket
 }
 
 DecodeGraphs::DecodeGraphs(CausalLM& model, const KvCache& cache, StepArena& arena, StepUploader& uploader,
-                           int max_batch, bool replay, int64_t& warm_tokens)
+                           int max_batch, bool replay, std::set<int64_t>& seen_tokens)
     : model_(model), cache_(cache), arena_(arena), uploader_(uploader), max_batch_(max_batch), replay_(replay),
-      warm_tokens_(warm_tokens) {
+      seen_tokens_(seen_tokens) {
   MXMOE_CHECK(max_batch >= 1, "CUDA graphs: max batch must be >= 1, got ", max_batch);
 }
 
@@ -57,15 +57,12 @@ Tensor DecodeGraphs::run(const HostStep& step, cudaStream_t stream) {
     ++replays_;
     return result;
   }
-  if (!replay_ || b > warm_tokens_ || !e.warmed) {
-    // First step of this shape (or replay off): eager. More tokens than ever: outside the arena, as layers grow
-    // the workspaces they keep.
-    const bool grow = b > warm_tokens_;
-    const StepArena::Scope scope(grow ? nullptr : &arena_);
-    if (grow) {
-      warm_tokens_ = b;
-      invalidate();
-    }
+  if (!replay_ || !e.warmed || !seen_tokens_.contains(b)) {
+    // First step of this shape (or replay off): eager. A token count never seen: outside the
+    // arena, as layers may make or grow the workspaces they keep.
+    const bool fresh = seen_tokens_.insert(b).second;
+    const StepArena::Scope scope(fresh ? nullptr : &arena_);
+    if (fresh) invalidate();
     forward(in, logits, stream);
     e.warmed = true;
     return result;
@@ -78,6 +75,11 @@ Tensor DecodeGraphs::run(const HostStep& step, cudaStream_t stream) {
     graph = CudaGraph::capture(stream, [&] { forward(in, logits, stream); });
     overflowed = capture.overflowed();
   }
+  // Everything made during the capture must have been a temporary: a buffer kept from it would
+  // hold a placeholder or step memory.
+  MXMOE_CHECK(arena_.live_count() == 0, "CUDA graph capture: ", arena_.live_count(),
+              " device allocations made while capturing a decode step outlived it (a layer made a buffer it keeps "
+              "during a step it had run before; make it under StepArena::Scope(nullptr))");
   if (overflowed) {  // the arena grows at the next step; this one runs eagerly
     forward(in, logits, stream);
     return result;

@@ -6,18 +6,19 @@
 // C >= 256 (the attention split along the keys is sized by it, and a sequence of any length up to
 // C is correct). Each (B, C) gets its own graph of model.forward over persistent inputs (the
 // packed index arrays, updated by one asynchronous copy per step) writing into a persistent
-// logits buffer. A bucket's first step runs eagerly (layers grow their workspaces and set up
-// libraries outside a capture), its second is captured, later ones replay.
+// logits buffer. A bucket's first step runs eagerly (layers make or grow the workspaces they keep
+// and set up libraries outside a capture), its second is captured, later ones replay.
 //
 // A graph bakes addresses: the step arena's buffer, the layers' workspaces, the logits buffer.
 // It is recaptured when one of them may have moved: the arena grew (its generation changed), a
-// step of more tokens than ever ran (the generator calls invalidate(): workspaces grow then), or
-// the logits buffer grew.
+// step of a token count never seen ran (outside the arena, where layers may grow workspaces; the
+// generator calls invalidate()), or the logits buffer grew.
 //
 // With replay off, the same padded steps launch eagerly every time: the comparison that isolates
 // what graphs save, and a bitwise reference for them (same inputs, same kernels).
 #include <cstdint>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "engine/cuda_graph.h"
@@ -28,10 +29,10 @@ namespace mxmoe {
 
 class DecodeGraphs {
  public:
-  // warm_tokens: the generator's count of the most tokens a step has run with (layers' workspaces
-  // are that large); a padded step of more runs eagerly outside the arena and raises it.
+  // seen_tokens: the generator's set of token counts steps have run with. A step of a new count
+  // runs outside the arena (see Generator::step); a padded step does the same and adds its count.
   DecodeGraphs(CausalLM& model, const KvCache& cache, StepArena& arena, StepUploader& uploader, int max_batch,
-               bool replay, int64_t& warm_tokens);
+               bool replay, std::set<int64_t>& seen_tokens);
 
   // Whether this decode step runs here (else the caller runs it eagerly).
   bool covers(const HostStep& step) const;
@@ -58,7 +59,7 @@ class DecodeGraphs {
   StepUploader& uploader_;
   int max_batch_;
   bool replay_;
-  int64_t& warm_tokens_;
+  std::set<int64_t>& seen_tokens_;
   std::map<std::pair<int64_t, int64_t>, Entry> entries_;  // by (batch, context)
   Tensor logits_;  // [rows, vocab], model.logits_dtype()
   uint64_t epoch_ = 1;

@@ -35,7 +35,7 @@ Generator::Generator(CausalLM& model, KvCache& cache, const GeneratorOptions& op
   const char* env = std::getenv("MXMOE_CUDA_GRAPHS");  // "0": the plain eager steps, for debugging
   if (options.max_graph_batch > 0 && model.config().rope.type != RopeType::dynamic && !(env && std::string(env) == "0"))
     graphs_ = std::make_unique<DecodeGraphs>(model, cache, *arena_, uploader_, options.max_graph_batch,
-                                             options.cuda_graphs, warm_tokens_);
+                                             options.cuda_graphs, seen_tokens_);
 }
 
 const GenerationStats& Generator::stats() const {
@@ -87,14 +87,11 @@ Tensor Generator::step(std::span<const int> seqs, const std::vector<std::vector<
   h.block_tables = cache_.block_table(seqs, h.table_width);
 
   if (graphs_ && graphs_->covers(h)) return graphs_->run(h, stream());
-  // Eager. A step of more tokens than ever runs outside the arena: layers grow the workspaces
-  // they keep (which also moves what graphs baked).
-  const bool grow = device_ == Device::cuda && h.num_tokens() > warm_tokens_;
-  if (grow) {
-    warm_tokens_ = h.num_tokens();
-    if (graphs_) graphs_->invalidate();
-  }
-  const StepArena::Scope scope(grow ? nullptr : arena_.get());
+  // Eager. The first step of a token count runs outside the arena: layers make or grow the
+  // workspaces they keep on a new size (which may also move what graphs baked).
+  const bool fresh = device_ == Device::cuda && seen_tokens_.insert(h.num_tokens()).second;
+  if (fresh && graphs_) graphs_->invalidate();
+  const StepArena::Scope scope(fresh ? nullptr : arena_.get());
   const StepInputs in = uploader_.upload(h, stream());
   Tensor logits = Tensor::empty({int64_t(logit_rows.size()), vocab}, model_.logits_dtype(), device_);
   model_.forward(in, cache_, logits, stream());

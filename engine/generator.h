@@ -12,6 +12,7 @@
 
 #include <functional>
 #include <memory>
+#include <set>
 #include <span>
 #include <vector>
 
@@ -88,7 +89,7 @@ class Generator {
   std::unique_ptr<Stream> stream_;  // GPU models only
   std::shared_ptr<StepArena> arena_;  // GPU models only
   StepUploader uploader_;
-  int64_t warm_tokens_ = 0;  // the most tokens a step has run with (see DecodeGraphs)
+  std::set<int64_t> seen_tokens_;  // token counts steps have run with (see step())
   std::unique_ptr<DecodeGraphs> graphs_;  // padded decode steps (GPU)
   mutable GenerationStats stats_;
 };
