@@ -1,9 +1,11 @@
 // bench-loader: checkpoint load throughput from the page cache with online MXFP8 quantization,
 // against the pinned host->device bandwidth measured in the same run (target: >= 60% of it).
 // Writes a synthetic bf16 checkpoint with Qwen3-30B-A3B layer shapes (per-expert tensors, two
-// shards and an index) to --dir, reads it once to warm the page cache, loads it with several
-// staging settings, then generates dummy weights for the whole model of --config.
-//   bench-loader [--gb 8] [--dir /tmp/mxmoe-bench-loader] [--config loader/configs/qwen3-30b-a3b.json]
+// shards and an index) to --dir, reads it once to warm the page cache, measures the pipeline's
+// parts alone (pinned allocation, gathering mmap -> pinned with 1..16 threads, page faults,
+// registering the mapping for DMA), loads it with several settings (each through a fresh
+// mapping, as a process would), then generates dummy weights for the whole model of --config.
+//   bench-loader [--gb 9] [--dir /tmp/mxmoe-bench-loader] [--config loader/configs/qwen3-30b-a3b.json]
 //                [--no-dummy]
 #include <fcntl.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <thread>
 
 #include "apps/bench_util.h"
 #include "engine/cuda_check.h"
@@ -88,6 +91,32 @@ double pinned_h2d_gbs(cudaStream_t stream) {
   return double(bytes) / (ms * 1e-3) / 1e9;
 }
 
+// Back-to-back copies of `chunk` bytes from three rotating pinned buffers (what the loader's
+// staging can reach at best), GB/s.
+double pinned_h2d_chunked_gbs(cudaStream_t stream, size_t chunk) {
+  constexpr int kBuffers = 3, kCopies = 48;
+  std::vector<Tensor> host;
+  for (int i = 0; i < kBuffers; ++i) {
+    host.push_back(Tensor::empty_pinned({int64_t(chunk)}, DType::u8));
+    std::memset(host.back().data(), 1, chunk);
+  }
+  Tensor dev = Tensor::empty({int64_t(chunk) * kBuffers}, DType::u8, Device::cuda);
+  const double ms = bench::median_ms(stream, [&](int) {
+    for (int i = 0; i < kCopies; ++i)
+      CUDA_CHECK(cudaMemcpyAsync(dev.data_as<uint8_t>() + (i % kBuffers) * chunk, host[i % kBuffers].data(), chunk,
+                                 cudaMemcpyHostToDevice, stream));
+  }, 2, 10);
+  return double(chunk) * kCopies / (ms * 1e-3) / 1e9;
+}
+
+// Seconds to allocate (and free) `count` pinned buffers of `bytes`, as the loader's staging.
+double pinned_alloc_seconds(size_t bytes, int count) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<Tensor> buffers;
+  for (int i = 0; i < count; ++i) buffers.push_back(Tensor::empty_pinned({int64_t(bytes)}, DType::u8));
+  return seconds_since(t0);
+}
+
 // Reads every file once (into the page cache); returns GB/s.
 double warm_page_cache(const std::vector<std::string>& files) {
   std::vector<char> buf(size_t(64) << 20);
@@ -144,11 +173,10 @@ class ExpertStack : public Loadable {
 };
 
 // How fast the worker threads gather checkpoint bytes from the mmap into pinned memory alone
-// (the CPU half of the pipeline), in GB/s: 1 MiB pieces of consecutive tensors, 64 MiB per
-// parallel run. A fresh mapping, so page faults count as in a load.
-double gather_gbs(const std::string& dir, int threads) {
-  const Checkpoint ckpt(dir);
-  const size_t chunk = size_t(64) << 20, piece = size_t(1) << 20;
+// (the CPU half of the pipeline), in GB/s: 1 MiB pieces of consecutive tensors, 16 MiB per
+// parallel run, as the loader's staging. A fresh mapping pays the page faults as a load does.
+double gather_gbs(const Checkpoint& ckpt, int threads) {
+  const size_t chunk = size_t(16) << 20, piece = size_t(1) << 20;
   Tensor staging = Tensor::empty_pinned({int64_t(chunk)}, DType::u8);
   WorkerPool pool(threads);
   struct Piece {
@@ -177,19 +205,57 @@ double gather_gbs(const std::string& dir, int threads) {
   return double(total) / seconds_since(t0) / 1e9;
 }
 
+// DMA straight from the file mapping instead of through staging: pins 1 GiB of it with
+// cudaHostRegister (read-only, as the mapping is PROT_READ) and copies it to the GPU; prints what
+// each step costs, once on pages not yet mapped into this process and once on mapped ones.
+void register_mapping(const Checkpoint& ckpt, cudaStream_t stream) {
+  int supported = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&supported, cudaDevAttrHostRegisterReadOnlySupported, current_device()));
+  const size_t bytes = size_t(1) << 30, page = size_t(::sysconf(_SC_PAGESIZE));
+  const CheckpointTensor* first = ckpt.find(ckpt.names()[0]);
+  const uint8_t* lowest = first->data();  // the start of that file's data area
+  for (const std::string& name : ckpt.names()) {
+    const CheckpointTensor* t = ckpt.find(name);
+    if (t->file == first->file) lowest = std::min(lowest, t->data());
+  }
+  void* base = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(lowest) / page * page);
+  Tensor dev = Tensor::empty({int64_t(bytes)}, DType::u8, Device::cuda);
+  for (const char* pages : {"not yet mapped", "mapped"}) {
+    if (std::string(pages) == "mapped")
+      for (size_t off = 0; off < bytes; off += page) (void)static_cast<volatile const uint8_t*>(base)[off];
+    auto t0 = std::chrono::steady_clock::now();
+    const cudaError_t err = cudaHostRegister(base, bytes, cudaHostRegisterReadOnly);
+    const double reg = seconds_since(t0);
+    if (err != cudaSuccess) {
+      std::printf("cudaHostRegister(read-only) of 1 GiB of the mapping: %s (read-only registration %ssupported)\n",
+                  cudaGetErrorString(err), supported ? "" : "not ");
+      (void)cudaGetLastError();
+      return;
+    }
+    const double ms = bench::median_ms(stream, [&](int) {
+      CUDA_CHECK(cudaMemcpyAsync(dev.data(), base, bytes, cudaMemcpyHostToDevice, stream));
+    }, 1, 3);
+    t0 = std::chrono::steady_clock::now();
+    CUDA_CHECK(cudaHostUnregister(base));
+    std::printf("cudaHostRegister(read-only) of 1 GiB of the mapping, pages %s: %.1f ms (%.1f GB/s); DMA from it "
+                "%.1f GB/s; cudaHostUnregister %.1f ms\n",
+                pages, reg * 1e3, double(bytes) / reg / 1e9, double(bytes) / (ms * 1e-3) / 1e9, seconds_since(t0) * 1e3);
+  }
+}
+
 struct Variant {
   const char* name;
-  int threads;
+  int threads;  // 0: the default (hardware threads)
   size_t staging_mib;
   int buffers;
-  bool quantize;
-  bool stacked;  // experts as one ExpertStack (as the fused-MoE layer), else a WeightSet per tensor
+  bool quantize = true;
+  bool same_mapping = false;  // reuse the previous variant's mapping (its pages already mapped)
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  double gb = 8;
+  double gb = 9;
   std::string dir = "/tmp/mxmoe-bench-loader", config_path = "loader/configs/qwen3-30b-a3b.json";
   bool dummy = true;
   for (int i = 1; i < argc; ++i) {
@@ -242,52 +308,77 @@ int main(int argc, char** argv) {
     for (const std::string& f : files) paths.push_back(dir + "/" + f);
     std::printf("page-cache read (warm-up, 1 thread): %.1f GB/s\n", warm_page_cache(paths));
 
-    const Checkpoint ckpt(dir);
-    for (int threads : {1, 8})
-      std::printf("gather mmap -> pinned, %d thread(s), 1 MiB pieces: %.1f GB/s\n", threads, gather_gbs(dir, threads));
+    std::printf("pinned host->device copy in 16 MiB pieces from 3 buffers: %.1f GB/s\n",
+                pinned_h2d_chunked_gbs(stream, size_t(16) << 20));
+    std::printf("pinned allocation of 3 x 16 MiB: %.1f ms; of 2 x 256 MiB: %.1f ms\n",
+                pinned_alloc_seconds(size_t(16) << 20, 3) * 1e3, pinned_alloc_seconds(size_t(256) << 20, 2) * 1e3);
+    {
+      const auto t0 = std::chrono::steady_clock::now();
+      Tensor w13 = Tensor::empty({config.num_experts, 2 * config.moe_intermediate_size, config.hidden_size}, DType::bf16, Device::cuda);
+      Tensor w2 = Tensor::empty({config.num_experts, config.hidden_size, config.moe_intermediate_size}, DType::bf16, Device::cuda);
+      const double alloc = seconds_since(t0);
+      const auto t1 = std::chrono::steady_clock::now();
+      w13 = Tensor();
+      w2 = Tensor();
+      std::printf("cudaMalloc of one layer's bf16 expert stacks (%.2f GB): %.2f ms, cudaFree %.2f ms\n",
+                  double(bytes_of(layer_specs(config, 0).experts)) / 1e9, alloc * 1e3, seconds_since(t1) * 1e3);
+    }
+    for (int threads : {1, 8, 16}) {
+      const Checkpoint fresh(dir);
+      const double first = gather_gbs(fresh, threads);
+      std::printf("gather mmap -> pinned, %2d thread(s), 1 MiB pieces: %.1f GB/s on a fresh mapping, %.1f GB/s again\n",
+                  threads, first, gather_gbs(fresh, threads));
+    }
+    register_mapping(Checkpoint(dir), stream);
+
     const Variant variants[] = {
-        {"mxfp8, 8 threads, 3 x 16 MiB (default)", 8, 16, 3, true, true},
-        {"mxfp8, 8 threads, 3 x 16 MiB (again: mmap already faulted in)", 8, 16, 3, true, true},
-        {"mxfp8, 12 threads, 3 x 16 MiB", 12, 16, 3, true, true},
-        {"mxfp8, 8 threads, 4 x 8 MiB", 8, 8, 4, true, true},
-        {"mxfp8, 8 threads, 2 x 64 MiB", 8, 64, 2, true, true},
-        {"mxfp8, 4 threads, 2 x 64 MiB", 4, 64, 2, true, true},
-        {"mxfp8, 12 threads, 2 x 64 MiB", 12, 64, 2, true, true},
-        {"mxfp8, 8 threads, 2 x 256 MiB", 8, 256, 2, true, true},
-        {"bf16 kept, 8 threads, 3 x 16 MiB", 8, 16, 3, false, true},
-        {"mxfp8, one Loadable per tensor", 8, 16, 3, true, false},
+        {"default: hardware threads, 3 x 16 MiB", 0, 16, 3},
+        {"the same, mapping already faulted in", 0, 16, 3, true, true},
+        {"8 threads, 3 x 16 MiB", 8, 16, 3},
+        {"12 threads, 3 x 16 MiB", 12, 16, 3},
+        {"16 threads, 2 x 16 MiB", 16, 16, 2},
+        {"16 threads, 4 x 16 MiB", 16, 16, 4},
+        {"16 threads, 3 x 32 MiB", 16, 32, 3},
+        {"16 threads, 4 x 8 MiB", 16, 8, 4},
+        {"bf16 kept (no quantization), default", 0, 16, 3, false},
+        {"default again", 0, 16, 3},
     };
-    std::printf("\n| load variant | s | GB/s | vs pinned H2D | peak GiB | resident GiB |\n|---|---|---|---|---|---|\n");
+    std::printf("\nEach load: MXFP8 unless said, a fresh mapping unless said (%u hardware threads). The loading "
+                "thread's time: allocating staging / waiting for the gatherer / waiting for the GPU / layers' "
+                "begin+finish_loading. Peak bound of the issue: quantized (resident) + the largest layer in bf16 "
+                "(%.2f GiB; no staging scratch: no dtype conversion).\n"
+                "| load variant | s | GB/s | vs pinned H2D | staging s | gather s | wait s | layers s | peak GiB | resident GiB |\n"
+                "|---|---|---|---|---|---|---|---|---|---|\n",
+                std::thread::hardware_concurrency(), double(bytes_of(layer_specs(config, 0).experts)) / kGiB);
+    std::unique_ptr<Checkpoint> ckpt;
     for (const Variant& v : variants) {
+      if (!v.same_mapping) {
+        ckpt.reset();
+        ckpt = std::make_unique<Checkpoint>(dir);
+      }
       std::vector<std::unique_ptr<WeightSet>> sets;
       std::vector<std::unique_ptr<ExpertStack>> stacks;
       std::vector<Loadable*> layers;
       for (int64_t l = 0; l < n_layers; ++l) {
         const LayerSpecs ls = layer_specs(config, l);
-        const WeightSet::Mode mode = v.quantize ? WeightSet::Mode::mxfp8 : WeightSet::Mode::keep;
         sets.push_back(std::make_unique<WeightSet>(cat("model.layers.", l, ".attn"), ls.attention, Device::cuda,
-                                                   DType::bf16, mode));
+                                                   DType::bf16, v.quantize ? WeightSet::Mode::mxfp8 : WeightSet::Mode::keep));
         layers.push_back(sets.back().get());
-        if (v.stacked) {
-          stacks.push_back(std::make_unique<ExpertStack>(cat("model.layers.", l, ".mlp.experts"), ls.experts, config, v.quantize));
-          layers.push_back(stacks.back().get());
-        } else {
-          for (const WeightSpec& w : ls.experts) {
-            sets.push_back(std::make_unique<WeightSet>(w.name, std::vector<WeightSpec>{w}, Device::cuda, DType::bf16, mode));
-            layers.push_back(sets.back().get());
-          }
-        }
+        stacks.push_back(std::make_unique<ExpertStack>(cat("model.layers.", l, ".mlp.experts"), ls.experts, config, v.quantize));
+        layers.push_back(stacks.back().get());
       }
       LoadOptions o;
       o.quiet = true;
       o.copy_threads = v.threads;
       o.staging_bytes = v.staging_mib << 20;
       o.staging_buffers = v.buffers;
-      const LoadReport r = load_weights(ckpt, layers, o);
-      std::printf("| %s | %.3f | %.1f | %.0f%% | %.2f | %.2f |\n", v.name, r.seconds, r.gb_per_s(),
-                  100 * r.gb_per_s() / h2d, r.peak_gpu_bytes / kGiB, r.resident_gpu_bytes / kGiB);
+      const LoadReport r = load_weights(*ckpt, layers, o);
+      std::printf("| %s | %.3f | %.1f | %.0f%% | %.3f | %.3f | %.3f | %.3f | %.2f | %.2f |\n", v.name, r.seconds,
+                  r.gb_per_s(), 100 * r.gb_per_s() / h2d, r.staging_seconds, r.gather_seconds, r.wait_seconds,
+                  r.layer_seconds, r.peak_gpu_bytes / kGiB, r.resident_gpu_bytes / kGiB);
       std::fflush(stdout);
     }
+    ckpt.reset();
     fs::remove_all(dir);
 
     if (dummy) {

@@ -2,7 +2,7 @@
 // A fixed set of threads that run one parallel loop at a time: run(n, fn) calls fn(i) for every
 // i in [0, n) (the calling thread helps) and returns when all are done, rethrowing the first
 // exception. The loader uses it to copy from the mmap into staging buffers: one thread cannot
-// keep up with a PCIe link (page-cache reads with page faults run at a few GB/s per thread).
+// keep up with a PCIe link (H100 box: one thread 7-8 GB/s from the page cache, 16 threads 52-67).
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>

@@ -4,7 +4,10 @@
 //    mxfp8_quantize_ref of the checkpoint data bit for bit;
 //  - TP shards (column / row / expert slices) equal the slices of the full tensor;
 //  - dummy weights: statistics, same seed -> same bits, shard = slice of the full tensor;
-//  - NaN/Inf in a weight is an error naming it on the GPU paths too.
+//  - NaN/Inf in a weight is an error naming it on the GPU paths too;
+//  - many layers through staging of any size and count (the gatherer running ahead of the DMAs,
+//    conversions through the GPU scratch) deliver exactly the checkpoint slices, and an error in
+//    a later layer stops the load cleanly.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -15,14 +18,18 @@
 #include "loader/safetensors_writer.h"
 #include "loader/weight_loader.h"
 #include "loader/weight_set.h"
+#include "loader_test_util.h"
 #include "test_util.h"
 
 namespace mxmoe {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::converted;
 using testing::fresh_seed;
+using testing::PoisonedSet;
 using testing::random_tensor;
+using testing::same_bytes;
 
 class LoaderGpuTest : public ::testing::Test {
  protected:
@@ -57,17 +64,6 @@ WeightSpec spec(const std::string& name, const Shape& shape, ShardSlice shard = 
   return s;
 }
 
-Tensor converted(const Tensor& t, DType dtype) {
-  Tensor out = Tensor::empty(t.shape(), dtype, Device::cpu);
-  convert_dtype_ref(t, out);
-  return out;
-}
-
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  const Tensor ha = a.device() == Device::cpu ? a : a.to(Device::cpu);
-  const Tensor hb = b.device() == Device::cpu ? b : b.to(Device::cpu);
-  return ha.shape() == hb.shape() && ha.dtype() == hb.dtype() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
-}
 
 TEST_F(LoaderGpuTest, CheckpointLargerThanTheCapLoadsIntoMxfp8) {
   MXMOE_REQUIRE_GPU();
@@ -235,6 +231,66 @@ TEST_F(LoaderGpuTest, NanOrInfNamesTheTensor) {
         EXPECT_NE(msg.find(name[0] == 'w' ? "1 NaN/Inf" : "2 NaN/Inf"), std::string::npos) << msg;
       }
     }
+  }
+}
+
+TEST_F(LoaderGpuTest, ManyLayersThroughAnyStagingEqualTheCheckpointSlices) {
+  MXMOE_REQUIRE_GPU();
+  // Six layers: bf16 (DMA straight into the destination), f32 and f16 (through the scratch and
+  // the conversion kernel), whole and TP-sliced along each dimension, odd sizes.
+  constexpr int kLayers = 6, kPerLayer = 4;
+  const DType dtypes[] = {DType::bf16, DType::f32, DType::f16};
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  std::vector<std::vector<WeightSpec>> specs(kLayers);
+  std::vector<std::vector<Tensor>> expected(kLayers);  // bf16, contiguous
+  for (int l = 0; l < kLayers; ++l)
+    for (int k = 0; k < kPerLayer; ++k) {
+      const std::string name = cat("model.layers.", l, ".w", k);
+      const Tensor t = random_tensor({5 + l + k, 97 + 2 * k, 31 + k}, dtypes[(l + k) % 3], rng_);
+      tensors.emplace_back(name, t);
+      ShardSlice shard;  // k = 0: whole; k = 1, 2, 3: the middle of dim k - 1
+      if (k > 0) shard = {k - 1, 1, t.size(k - 1) - 2};
+      specs[size_t(l)].push_back(spec(name, t.shape(), shard));
+      expected[size_t(l)].push_back(converted(k > 0 ? t.narrow(shard.dim, shard.begin, shard.length) : t, DType::bf16));
+    }
+  tensors[10].second.data_as<float>()[123] = INFINITY;  // model.layers.2.w2 (f32), used at the end only
+  const Checkpoint ckpt = write(tensors);
+  const auto layer_set = [&](int l) {
+    return std::make_unique<PoisonedSet>(cat("layer ", l), specs[size_t(l)], Device::cuda, DType::bf16, WeightSet::Mode::keep);
+  };
+  for (size_t staging : {size_t(64 << 10) + 48, size_t(4) << 20})
+    for (int buffers : {1, 2, 4})
+      for (int threads : {1, 4}) {
+        options_.staging_bytes = staging;
+        options_.staging_buffers = buffers;
+        options_.copy_threads = threads;
+        std::vector<std::unique_ptr<PoisonedSet>> sets;
+        std::vector<Loadable*> layers;
+        for (int l = 0; l < kLayers; ++l) {
+          if (l == 2) continue;  // the Inf
+          sets.push_back(layer_set(l));
+          layers.push_back(sets.back().get());
+        }
+        load_weights(ckpt, layers, options_);
+        for (size_t i = 0; i < sets.size(); ++i)
+          for (int k = 0; k < kPerLayer; ++k) {
+            const int l = int(i) + (i >= 2);
+            EXPECT_TRUE(same_bytes(sets[i]->weight(size_t(k)), expected[size_t(l)][size_t(k)]))
+                << "layer " << l << " w" << k << ", staging " << staging << " x " << buffers << ", " << threads << " threads";
+          }
+      }
+  std::vector<std::unique_ptr<PoisonedSet>> sets;
+  std::vector<Loadable*> layers;
+  for (int l = 0; l < kLayers; ++l) {
+    sets.push_back(layer_set(l));
+    layers.push_back(sets.back().get());
+  }
+  try {
+    load_weights(ckpt, layers, options_);
+    ADD_FAILURE() << "no error for the Inf in layer 2";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor model.layers.2.w2 in"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("1 NaN/Inf"), std::string::npos) << e.what();
   }
 }
 

@@ -14,14 +14,18 @@
 #include "loader/weight_loader.h"
 #include "loader/weight_set.h"
 #include "loader/worker_pool.h"
+#include "loader_test_util.h"
 #include "test_util.h"
 
 namespace mxmoe {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::converted;
 using testing::fresh_seed;
+using testing::PoisonedSet;
 using testing::random_tensor;
+using testing::same_bytes;
 
 class LoaderTest : public ::testing::Test {
  protected:
@@ -61,17 +65,10 @@ class LoaderTest : public ::testing::Test {
   LoadOptions options_;
 };
 
-// The values of a CPU tensor converted to `dtype` (the loader's expected output).
-Tensor converted(const Tensor& t, DType dtype) {
-  Tensor out = Tensor::empty(t.shape(), dtype, Device::cpu);
-  convert_dtype_ref(t, out);
-  return out;
-}
-
 void expect_same_bytes(const Tensor& a, const Tensor& b, const std::string& what) {
   ASSERT_EQ(a.shape(), b.shape()) << what;
   ASSERT_EQ(a.dtype(), b.dtype()) << what;
-  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0) << what;
+  EXPECT_TRUE(same_bytes(a, b)) << what;
 }
 
 TEST_F(LoaderTest, ConvertsEveryFloatDtypeThroughTinyStaging) {
@@ -110,6 +107,84 @@ TEST_F(LoaderTest, TensorParallelSlicesAreSlicesOfTheFullTensor) {
       expected.copy_from(w.narrow(dim, rank * len, len));
       expect_same_bytes(s.weight(0), expected, cat("dim ", dim, " rank ", rank));
     }
+  }
+}
+
+// Five layers of odd-sized tensors in three dtypes, whole and TP-sliced along each dimension,
+// into bf16 and f32: the gatherer fills the staging buffers ahead of the copies and across layer
+// boundaries, tensors and rows straddle buffers, and every byte must be the checkpoint slice's.
+TEST_F(LoaderTest, ManyLayersThroughAnyStagingEqualTheCheckpointSlices) {
+  constexpr int kLayers = 5, kPerLayer = 4;
+  const DType dtypes[] = {DType::bf16, DType::f32, DType::f16};
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  std::vector<std::vector<WeightSpec>> specs(kLayers);
+  std::vector<std::vector<Tensor>> expected(kLayers);  // each layer's slices, contiguous, in the checkpoint dtype
+  for (int l = 0; l < kLayers; ++l)
+    for (int k = 0; k < kPerLayer; ++k) {
+      const std::string name = cat("model.layers.", l, ".w", k);
+      const Tensor t = random_tensor({3 + l + k, 37 + 2 * k, 5 + k}, dtypes[(l + k) % 3], rng_);
+      tensors.emplace_back(name, t);
+      ShardSlice shard;  // k = 0: whole; k = 1, 2, 3: the middle of dim k - 1
+      if (k > 0) shard = {k - 1, 1, t.size(k - 1) - 2};
+      specs[size_t(l)].push_back({name, t.shape(), shard});
+      expected[size_t(l)].push_back(k > 0 ? t.narrow(shard.dim, shard.begin, shard.length) : t);
+    }
+  const Checkpoint ckpt = write(tensors);
+  for (size_t staging : {size_t(4096 + 48), size_t(1) << 20})  // tensors split over buffers; a layer per buffer
+    for (int buffers : {1, 2, 5})
+      for (int threads : {1, 4}) {
+        options_.staging_bytes = staging;
+        options_.staging_buffers = buffers;
+        options_.copy_threads = threads;
+        std::vector<std::unique_ptr<PoisonedSet>> sets;
+        std::vector<Loadable*> layers;
+        for (int l = 0; l < kLayers; ++l) {
+          sets.push_back(std::make_unique<PoisonedSet>(cat("layer ", l), specs[size_t(l)], Device::cpu,
+                                                       l % 2 ? DType::f32 : DType::bf16, WeightSet::Mode::keep));
+          layers.push_back(sets.back().get());
+        }
+        const LoadReport r = load_weights(ckpt, layers, options_);
+        EXPECT_EQ(r.tensors, size_t(kLayers * kPerLayer));
+        for (int l = 0; l < kLayers; ++l)
+          for (int k = 0; k < kPerLayer; ++k) {
+            const Tensor& want = expected[size_t(l)][size_t(k)];
+            expect_same_bytes(sets[size_t(l)]->weight(size_t(k)), converted(want, l % 2 ? DType::f32 : DType::bf16),
+                              cat("layer ", l, " w", k, ", staging ", staging, " x ", buffers, ", ", threads, " threads"));
+          }
+      }
+}
+
+// An error in a later layer (NaN/Inf in a weight, a layer that cannot begin) while the gatherer
+// runs ahead: the error reaches the caller, nothing hangs, and the next load works.
+TEST_F(LoaderTest, AnErrorInALaterLayerStopsTheLoad) {
+  constexpr int kLayers = 4;
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  std::vector<std::vector<WeightSpec>> specs(kLayers);
+  for (int l = 0; l < kLayers; ++l)
+    for (int k = 0; k < 2; ++k) {
+      const std::string name = cat("model.layers.", l, ".w", k);
+      tensors.emplace_back(name, random_tensor({16, 40}, DType::bf16, rng_));
+      specs[size_t(l)].push_back({name, {16, 40}});
+    }
+  tensors[5].second.data_as<uint16_t>()[300] = 0x7fc0;  // NaN in model.layers.2.w1
+  const Checkpoint ckpt = write(tensors);
+  for (int buffers : {1, 3}) {
+    options_.staging_buffers = buffers;
+    const auto load = [&](int refusing, bool skip_nan_layer) {
+      std::vector<std::unique_ptr<PoisonedSet>> sets;
+      std::vector<Loadable*> layers;
+      for (int l = 0; l < kLayers; ++l) {
+        if (skip_nan_layer && l == 2) continue;
+        sets.push_back(std::make_unique<PoisonedSet>(cat("layer ", l), specs[size_t(l)], Device::cpu, DType::bf16,
+                                                     WeightSet::Mode::keep));
+        sets.back()->refuse = l == refusing;
+        layers.push_back(sets.back().get());
+      }
+      load_weights(ckpt, layers, options_);
+    };
+    expect_error([&] { load(-1, false); }, {"tensor model.layers.2.w1 in", "1 NaN/Inf"});
+    expect_error([&] { load(3, true); }, {"layer 3: refusing to begin"});
+    load(-1, true);
   }
 }
 

@@ -1,0 +1,46 @@
+#pragma once
+// Helpers of the loader tests (CPU and GPU): expected values, byte comparison on any device, and
+// a WeightSet that poisons its destinations so bytes the loader never wrote fail the comparison.
+#include <cstring>
+#include <vector>
+
+#include "engine/error.h"
+#include "kernels/convert.h"
+#include "loader/weight_set.h"
+
+namespace mxmoe::testing {
+
+// The values of a CPU tensor (any strides) converted to `dtype`, contiguous: what a load must deliver.
+inline Tensor converted(const Tensor& t, DType dtype) {
+  Tensor contiguous = Tensor::empty(t.shape(), t.dtype(), Device::cpu);
+  contiguous.copy_from(t);
+  Tensor out = Tensor::empty(t.shape(), dtype, Device::cpu);
+  convert_dtype_ref(contiguous, out);
+  return out;
+}
+
+inline bool same_bytes(const Tensor& a, const Tensor& b) {
+  const Tensor ha = a.device() == Device::cpu ? a : a.to(Device::cpu);
+  const Tensor hb = b.device() == Device::cpu ? b : b.to(Device::cpu);
+  return ha.shape() == hb.shape() && ha.dtype() == hb.dtype() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
+}
+
+// Fills every destination with 0xff bytes (NaN in bf16/f16/f32) when loading begins; can be told
+// to refuse to begin, an error in the middle of a load.
+class PoisonedSet : public WeightSet {
+ public:
+  using WeightSet::WeightSet;
+  bool refuse = false;
+  void begin_loading() override {
+    MXMOE_CHECK(!refuse, loadable_name(), ": refusing to begin");
+    WeightSet::begin_loading();
+    for (size_t i = 0; i < weight_specs().size(); ++i) {
+      Tensor dest = weight_dest(i);
+      Tensor poison = Tensor::empty(dest.shape(), dest.dtype(), Device::cpu);
+      std::memset(poison.data(), 0xff, poison.nbytes());
+      dest.copy_from(poison);
+    }
+  }
+};
+
+}  // namespace mxmoe::testing
