@@ -44,7 +44,7 @@ template <class W, int NT>
 struct GateUp {
   using Weights = W;
   static constexpr int kNTiles = NT;
-  static constexpr bool kStaticJobs = false;  // jobs follow the routing
+  static constexpr bool kJobsBeforeWait = false;  // the routing is an earlier kernel's output
   Plan plan;
   int64_t k;                 // H
   Routing route;
@@ -79,7 +79,7 @@ template <class W, int NT>
 struct Down {
   using Weights = W;
   static constexpr int kNTiles = NT;
-  static constexpr bool kStaticJobs = false;  // jobs follow the routing
+  static constexpr bool kJobsBeforeWait = false;  // the routing is an earlier kernel's output
   Plan plan;
   int64_t k;                  // I
   Routing route;

@@ -16,10 +16,11 @@
 // Programmatic dependent launch (PDL): the kernels are launched so that they may start while the
 // previous kernel on the stream finishes. Before `griddepcontrol.wait` a block reads only what the
 // previous kernel cannot have written: a problem whose jobs are fixed by the shape (dense GEMV,
-// kStaticJobs) issues its first weight loads there, so a kernel's launch and first memory latency
-// hide under its predecessor's tail; routed (MoE) problems wait first, since the routing is an
-// input. After the wait a block lets the next kernel start (`griddepcontrol.launch_dependents`).
-// So weights must not be written by the kernel launched right before (they are static).
+// kJobsBeforeWait) issues its first weight loads there, so a kernel's launch and first memory latency
+// hide under its predecessor's tail; problems routed by the previous kernel's output wait first.
+// After the wait a block lets the next kernel start (`griddepcontrol.launch_dependents`), so when
+// a kernel starts, every kernel before its predecessor has finished. Weights must not be written
+// by the kernel launched right before (they are static).
 //
 // Operand order: an mma lane holds A columns {2t, 2t+1} and {2t+8, 2t+9} of rows g, g+8 and B rows
 // {2t, 2t+1}, {2t+8, 2t+9}. A dot product may visit k in any order, so each lane feeds its own 4
@@ -159,6 +160,11 @@ struct Plan {
   size_t x_bytes = 0;      // staged activations; the split-K partials follow
   size_t smem_bytes = 0;
   bool pdl = true;         // launch with programmatic stream serialization
+  // Refill a step's weight registers as soon as they are converted (loads stay in flight across
+  // supersteps) or all at once after each superstep. Measured on H100 (bench-gemv, no PDL): per
+  // step took Qwen3 o_proj 4096->2048 M=1 (one wave) from 10.0 to 8.7 us but lm_head
+  // 2048->151936 (many waves) from 117 to 125 us; so per step for one-wave grids only.
+  bool rolling = true;
 };
 
 // The job a block works on.
@@ -184,7 +190,8 @@ __device__ __forceinline__ void launch_dependents() {
 
 // A problem P provides:
 //   using Weights (Fp8Rows / Bf16Rows); static constexpr int kNTiles (8-token mma tiles, 1 or 2);
-//   static constexpr bool kStaticJobs: job() and row() read nothing a previous kernel writes;
+//   static constexpr bool kJobsBeforeWait: job() and row() may run before the PDL wait (they read
+//     nothing the previous kernel writes);
 //   Plan plan; int64_t k (reduction length);
 //   bool job(int index, Job<Weights>&)           false: nothing to do (the whole cluster returns);
 //   int64_t row(const Job&, int tile, int r)     weight row of tile row r (0..15), -1 past the end;
@@ -205,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int split = int(blockIdx.x) % p.plan.splits;
-  if constexpr (!P::kStaticJobs) grid_dependency_wait();  // the routing decides the job
+  if constexpr (!P::kJobsBeforeWait) grid_dependency_wait();
   Job<W> job;
   if (!p.job(int(blockIdx.x) / p.plan.splits, job)) return;
   const int tile = job.group * kWarps + warp;
@@ -224,11 +231,11 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
     for (int s = 0; s < kSteps; ++s) load_step(s, k0, end);
   };
 
-  // The first weights fly while the activations are staged (and, for static jobs, while the
+  // The first weights fly while the activations are staged (and, with kJobsBeforeWait, while the
   // previous kernel finishes).
   load(kb, chunk_end(kb));
   bool loaded = true;
-  if constexpr (P::kStaticJobs) grid_dependency_wait();
+  if constexpr (P::kJobsBeforeWait) grid_dependency_wait();
   launch_dependents();
 
   for (int m0 = 0; m0 < job.tokens; m0 += NT * 8) {  // token passes: only MoE experts with > 8·NT pairs loop
@@ -258,9 +265,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
           uint32_t a0[8], a1[8];
           W::operands(w[s][0], a0);
           W::operands(w[s][1], a1);
-          // Refill this step's registers for the next superstep at once: kSteps loads stay in
-          // flight per row instead of draining at every superstep.
-          if (more) load_step(s, k0 + kSuper, ce);
+          if (more && p.plan.rolling) load_step(s, k0 + kSuper, ce);
           const int col = int(k0 - c) + s * kStepK + t * kLaneK;
 #pragma unroll
           for (int h = 0; h < NT; ++h) {
@@ -277,6 +282,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
             mma_bf16(acc[h], a0[6], a1[6], a0[7], a1[7], xb.z, xb.w);
           }
         }
+        if (more && !p.plan.rolling) load(k0 + kSuper, ce);
       }
     }
 
@@ -391,7 +397,12 @@ Plan make_plan(int64_t jobs, int64_t k, int rows, const DecodeTuning& tuning) {
     plan.x_stride = int(plan.chunk_k) + kXPad;
     plan.x_bytes = (size_t(rows) * plan.x_stride * 2 + 15) / 16 * 16;
     plan.smem_bytes = plan.x_bytes + partial_bytes;
-    plan.pdl = tuning.programmatic_launch;
+    const bool one_wave = jobs * plan.splits <= resident_blocks<P>(plan.splits, plan.smem_bytes);
+    // PDL pays where blocks have loads to issue before the wait, or all fit at once. Measured on
+    // H100 (bench-gemv), MoE decode without PDL: Mixtral T=1 (several waves) 146.8 vs 157.3 us
+    // with; Qwen3-30B-A3B T=1 (one wave) 25.5 vs 25.2 us.
+    plan.pdl = tuning.programmatic_launch && (P::kJobsBeforeWait || one_wave);
+    plan.rolling = one_wave;
     return plan;
   };
   if (tuning.splits > 0) {  // forced (tests, benchmarks); K shorter than `splits` steps takes fewer

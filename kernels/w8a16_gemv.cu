@@ -15,7 +15,7 @@ template <int NT>
 struct DenseGemv {
   using Weights = Fp8Rows;
   static constexpr int kNTiles = NT;
-  static constexpr bool kStaticJobs = true;
+  static constexpr bool kJobsBeforeWait = true;  // the weights and tiles are fixed by the shape
   Plan plan;
   int64_t k;
   Fp8Rows w;                  // [N, K]

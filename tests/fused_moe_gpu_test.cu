@@ -150,15 +150,16 @@ TEST_P(FusedMoeGpu, ChainedDecodeCalls) {
       x.push_back(Tensor::empty({tokens, kHidden}, DType::bf16, Device::cuda));
       CUDA_CHECK(cudaMemset(x.back().data(), 0xff, x.back().nbytes()));
     }
-    const std::vector<Tensor> logits_gpu = [&] {
-      std::vector<Tensor> v;
-      for (const Tensor& l : logits) v.push_back(l.to(Device::cuda));
-      return v;
-    }();
+    std::vector<Tensor> logits_gpu;
+    for (const Tensor& l : logits) logits_gpu.push_back(l.to(Device::cuda));
+    // One logits buffer refilled before each call, as a model's router output is.
+    Tensor router_out = Tensor::empty({tokens, c.experts}, DType::f32, Device::cuda);
     MoeWorkspace ws;
     Stream stream;
-    for (int i = 0; i < kCalls; ++i)
-      fused_moe(x[size_t(i)], logits_gpu[size_t(i)], dw, r, x[size_t(i) + 1], ws, stream, MoePath::decode);
+    for (int i = 0; i < kCalls; ++i) {
+      router_out.copy_from(logits_gpu[size_t(i)], stream);
+      fused_moe(x[size_t(i)], router_out, dw, r, x[size_t(i) + 1], ws, stream, MoePath::decode);
+    }
     stream.synchronize();
     for (int i = 0; i < kCalls; ++i) {
       Tensor ref = Tensor::empty({tokens, kHidden}, DType::bf16, Device::cpu);
