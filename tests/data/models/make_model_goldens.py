@@ -26,35 +26,66 @@ from safetensors.torch import save_file
 
 from hub_format import hub_state_dict
 
-# head_dim 64 as in real checkpoints (the attention kernels take 64, 128 and 256), 2 query heads
-# sharing 1 KV head (GQA).
-V, H, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 256, 128, 2, 2, 1, 64
-COMMON = dict(vocab_size=V, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-              num_key_value_heads=KV_HEADS, max_position_embeddings=256, rms_norm_eps=1e-6,
-              initializer_range=0.25, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-              pad_token_id=0)
+# head_dim 64 as in real checkpoints (the attention kernels take 64, 128 and 256), 4 query heads
+# sharing 2 KV heads (GQA). Sized so every model runs tensor parallel at tp = 2 and 4, in bf16 and
+# MXFP8: heads and vocab divisible by 4, tp = 4 > 2 KV heads (KV replication at 4), and every width
+# a row-parallel layer splits (o_proj input 4·64, dense/expert/shared intermediate 128) still a
+# multiple of the 32-element MXFP8 block per rank at tp = 4. Hidden size 128 with head_dim given
+# explicitly (q is 4·64 = 256 wide, as real Qwen3 checkpoints have q wider than hidden); an
+# architecture whose transformers class ignores head_dim gets hidden 256 instead (checked on the
+# built model; with transformers 5.17 only OLMoE, whose q_norm spans hidden_size). 4 experts keep
+# the checkpoints small (the whole set is ~9 MB; the device tool copies the tree, 64 MiB at most).
+V, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTER, EXPERTS = 256, 2, 4, 2, 64, 128, 4
+COMMON = dict(vocab_size=V, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+              max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1,
+              eos_token_id=2, pad_token_id=0)
+MOE = dict(num_experts_per_tok=2)
 
 ARCHS = {
-    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
-        **COMMON, head_dim=HEAD_DIM, intermediate_size=128, moe_intermediate_size=32, num_experts=8,
-        num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1]),
-    "mixtral": lambda: transformers.MixtralConfig(
-        **COMMON, head_dim=HEAD_DIM, intermediate_size=64, num_local_experts=8, num_experts_per_tok=2,
-        rope_theta=1e6),
-    "olmoe": lambda: transformers.OlmoeConfig(
-        **COMMON, intermediate_size=32, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False),
-    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
-        **COMMON, intermediate_size=128, moe_intermediate_size=32, shared_expert_intermediate_size=64,
-        num_experts=8, num_experts_per_tok=2, norm_topk_prob=False, decoder_sparse_step=1),
-    "llama": lambda: transformers.LlamaConfig(
-        **COMMON, head_dim=HEAD_DIM, intermediate_size=96,
+    "qwen3_moe": lambda **c: transformers.Qwen3MoeConfig(
+        **c, intermediate_size=INTER, moe_intermediate_size=INTER, num_experts=EXPERTS, **MOE,
+        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1]),
+    "mixtral": lambda **c: transformers.MixtralConfig(
+        **c, intermediate_size=INTER, num_local_experts=EXPERTS, **MOE, rope_theta=1e6),
+    "olmoe": lambda **c: transformers.OlmoeConfig(
+        **c, intermediate_size=INTER, num_experts=EXPERTS, **MOE, norm_topk_prob=False),
+    "qwen2_moe": lambda **c: transformers.Qwen2MoeConfig(
+        **c, intermediate_size=INTER, moe_intermediate_size=INTER, shared_expert_intermediate_size=INTER,
+        num_experts=EXPERTS, **MOE, norm_topk_prob=False, decoder_sparse_step=1),
+    "llama": lambda **c: transformers.LlamaConfig(
+        **c, intermediate_size=INTER,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-    "qwen2": lambda: transformers.Qwen2Config(**{**COMMON, "tie_word_embeddings": True}, intermediate_size=96),
-    "qwen3": lambda: transformers.Qwen3Config(
-        **COMMON, head_dim=HEAD_DIM, intermediate_size=96,
+    "qwen2": lambda **c: transformers.Qwen2Config(**{**c, "tie_word_embeddings": True}, intermediate_size=INTER),
+    "qwen3": lambda **c: transformers.Qwen3Config(
+        **c, intermediate_size=INTER,
         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
 }
+
+
+def build(arch):
+    """The config and random model of `arch` at hidden 128 with head_dim 64 if transformers builds
+    the attention that way, else at hidden 256 (head_dim 64 = 256 / 4 heads either way)."""
+    for hidden, explicit_head_dim in ((128, True), (256, True), (256, False)):
+        # initializer_range 0.25 at hidden 128, scaled by 1/sqrt(hidden) beyond: activations and
+        # logits (rms ~3) at the scale the golden tolerances were measured at.
+        c = dict(COMMON, hidden_size=hidden, initializer_range=0.25 * (128 / hidden) ** 0.5)
+        if explicit_head_dim:
+            c["head_dim"] = HEAD_DIM
+        try:
+            config = ARCHS[arch](**c)
+            model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        except Exception as e:  # a config class that refuses head_dim: the next size
+            print(f"{arch}: hidden {hidden} head_dim {explicit_head_dim}: {e}")
+            continue
+        attn = model.model.layers[0].self_attn
+        widths = [attn.q_proj.out_features, getattr(attn, "head_dim", HEAD_DIM) * HEADS]
+        if getattr(attn, "q_norm", None) is not None and arch == "olmoe":
+            widths.append(attn.q_norm.weight.numel())
+        if all(w == HEADS * HEAD_DIM for w in widths):
+            return config, model
+        print(f"{arch}: hidden {hidden}: attention widths {widths}, want {HEADS * HEAD_DIM}; next size")
+    raise RuntimeError(f"{arch}: no hidden size gives {HEADS} heads of {HEAD_DIM}")
 PROMPTS = [[1, 17, 42, 99, 3, 250, 7], [1, 5, 5, 5, 200, 13, 64, 128, 31, 77, 9, 180]]
 NEW_TOKENS = 8
 
@@ -89,11 +120,10 @@ def logits_of(model, ids):
 
 def main(out_root):
     torch.manual_seed(20261123)
-    for arch, make_config in ARCHS.items():
+    for arch in ARCHS:
         out = os.path.join(out_root, arch)
         os.makedirs(out, exist_ok=True)
-        config = make_config()
-        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        config, model = build(arch)
         model = model.to(torch.bfloat16).float().eval()
         config.dtype = "bfloat16"
         config.save_pretrained(out)
@@ -130,7 +160,7 @@ def main(out_root):
         with open(os.path.join(out, "goldens.json"), "w") as f:
             json.dump(goldens, f)
         p = goldens["prompts"]
-        print(f"{arch}: greedy {[x['greedy'] for x in p]} min margin "
+        print(f"{arch}: hidden {config.hidden_size}, greedy {[x['greedy'] for x in p]} min margin "
               f"{min(min(x['greedy_margins']) for x in p):.4f} mxfp8 KL {p[0]['mxfp8_kl_mean']:.2e} "
               f"top1 {p[0]['mxfp8_top1_agreement']:.2f}")
 
