@@ -1,8 +1,17 @@
-// RMSNorm kernels: one warp per normalized row, 16-byte loads (8 bf16 per lane per step).
+// RMSNorm kernels. A row is held in registers: each of its `tpr` threads (threads per row, a
+// power of two) issues every 16-byte load it needs (its kVecs vectors of 8 bf16 from x, the
+// residual and the weight) before any math, so a row costs one memory round trip whatever its
+// length. How many threads share a row follows the number of rows: few rows (decode, T = 1..8)
+// spread each row over up to a whole CTA with a block reduction, so the little work there is
+// runs as wide as possible; many rows (prefill, or the per-head QK-norm's T·heads short rows)
+// give a row a warp or less, with up to 8 vectors per thread.
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <bit>
+
 #include "engine/cuda_check.h"
-#include "kernels/bf16_vec.cuh"
+#include "engine/gpu_info.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/token_rows.h"
 
@@ -10,58 +19,116 @@ namespace mxmoe {
 
 namespace {
 
-constexpr int kWarpsPerBlock = 8;
+constexpr int kMinBlock = 256;   // threads per CTA when rows are narrower (several rows per CTA)
+constexpr int kMaxVecs = 8;      // 16-byte vectors one thread holds
+constexpr int kMaxRowThreads = 1024;
+constexpr int64_t kMaxWidth = int64_t(kMaxRowThreads) * 2 * 8;  // 2 vectors at 1024 threads = 8 at 256
 
 struct NormRows {
   int64_t rows;          // tokens · rows_per_token
   int64_t per_token;     // normalized rows inside one token row
   int64_t x_stride, r_stride, out_stride;  // token strides (elements)
   int d;
+  int tpr_shift;         // threads per row = 1 << tpr_shift
 };
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+union Bf16x8 {
+  uint4 raw;
+  __nv_bfloat162 pair[4];
+};
+
+__device__ __forceinline__ uint4 load16(const __nv_bfloat16* p) { return *reinterpret_cast<const uint4*>(p); }
+
+// Sum over the `tpr` threads of a row (an aligned group of lanes, or whole warps of one CTA).
+__device__ __forceinline__ float row_sum(float v, int tpr) {
+  for (int o = min(tpr, 32) / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (tpr <= 32) return v;
+  __shared__ float warp_sums[kMaxRowThreads / 32];
+  const int warp = threadIdx.x / 32, first = warp & ~(tpr / 32 - 1);
+  if (threadIdx.x % 32 == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = 0.f;
+  for (int w = first; w < first + tpr / 32; ++w) v += warp_sums[w];
   return v;
 }
 
 // residual == nullptr: out = norm(x). Otherwise residual = bf16(residual + x); out = norm(residual).
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+// Every thread reaches the reduction (no early exit: it may synchronize the CTA).
+template <int kVecs>
+__global__ void __launch_bounds__(kVecs <= 2 ? kMaxRowThreads : kMinBlock)
 rmsnorm_kernel(const __nv_bfloat16* x, __nv_bfloat16* residual, const __nv_bfloat16* w, float eps,
                __nv_bfloat16* out, NormRows s) {
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (row >= s.rows) return;
-  const int lane = threadIdx.x % 32;
+  const int tpr = 1 << s.tpr_shift;
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x >> s.tpr_shift) + (threadIdx.x >> s.tpr_shift);
+  const int j = int(threadIdx.x) & (tpr - 1);
+  const bool active = row < s.rows;
   const int64_t t = row / s.per_token, c = (row % s.per_token) * s.d;
   const __nv_bfloat16* xr = x + t * s.x_stride + c;
   __nv_bfloat16* rr = residual ? residual + t * s.r_stride + c : nullptr;
   __nv_bfloat16* orow = out + t * s.out_stride + c;
-  // Pass 1: sum of squares (and the rounded residual sum, written back).
-  float sq = 0.f;
-  for (int i = lane * 8; i < s.d; i += 32 * 8) {
-    float v[8];
-    load_bf16x8(xr + i, v);
-    if (rr) {
-      float r[8];
-      load_bf16x8(rr + i, r);
+  // Thread j owns vectors j, j + tpr, ...: each tpr-thread step reads one contiguous span.
+  Bf16x8 v[kVecs], wv[kVecs], r[kVecs];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = round_bf16(r[j] + v[j]);
-      store_bf16x8(rr + i, v);
+  for (int k = 0; k < kVecs; ++k) {
+    const int i = (j + k * tpr) * 8;
+    if (active && i < s.d) {
+      v[k].raw = load16(xr + i);
+      wv[k].raw = load16(w + i);
+      if (rr) r[k].raw = load16(rr + i);
     }
-#pragma unroll
-    for (int j = 0; j < 8; ++j) sq = fmaf(v[j], v[j], sq);
   }
-  const float inv = rsqrtf(warp_sum(sq) / float(s.d) + eps);
-  // Pass 2: the same lane re-reads its own elements (L1), normalizes, rounds, weights, rounds.
-  const __nv_bfloat16* src = rr ? rr : xr;
-  for (int i = lane * 8; i < s.d; i += 32 * 8) {
-    float v[8], wv[8];
-    load_bf16x8(src + i, v);
-    load_bf16x8(w + i, wv);
+  float sq = 0.f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = wv[j] * round_bf16(v[j] * inv);
-    store_bf16x8(orow + i, v);
+  for (int k = 0; k < kVecs; ++k) {
+    const int i = (j + k * tpr) * 8;
+    if (!(active && i < s.d)) continue;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      float2 f = __bfloat1622float2(v[k].pair[p]);
+      if (rr) {  // the sum is a bf16 tensor in Hugging Face: round before squaring
+        const float2 g = __bfloat1622float2(r[k].pair[p]);
+        v[k].pair[p] = __floats2bfloat162_rn(f.x + g.x, f.y + g.y);
+        f = __bfloat1622float2(v[k].pair[p]);
+      }
+      sq = fmaf(f.x, f.x, fmaf(f.y, f.y, sq));
+    }
+    if (rr) *reinterpret_cast<uint4*>(rr + i) = v[k].raw;
   }
+  const float inv = rsqrtf(row_sum(sq, tpr) / float(s.d) + eps);
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int i = (j + k * tpr) * 8;
+    if (!(active && i < s.d)) continue;
+    Bf16x8 o;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const float2 f = __bfloat1622float2(v[k].pair[p]), g = __bfloat1622float2(wv[k].pair[p]);
+      const float2 n = __bfloat1622float2(__floats2bfloat162_rn(f.x * inv, f.y * inv));
+      o.pair[p] = __floats2bfloat162_rn(g.x * n.x, g.y * n.y);
+    }
+    *reinterpret_cast<uint4*>(orow + i) = o.raw;
+  }
+}
+
+// Threads per row: enough rows · threads to fill the GPU (about 1024 threads per SM), never more
+// threads than vectors in a row, and at most kMaxVecs vectors per thread (d <= kMaxWidth).
+int threads_per_row(int64_t rows, int64_t vecs) {
+  const int64_t want = int64_t(gpu_info().sm_count) * 1024;
+  int64_t tpr = int64_t(std::bit_ceil(uint64_t((want + rows - 1) / rows)));
+  tpr = std::min(tpr, int64_t(std::bit_ceil(uint64_t(vecs))));
+  tpr = std::max(tpr, int64_t(std::bit_ceil(uint64_t((vecs + kMaxVecs - 1) / kMaxVecs))));
+  tpr = std::min<int64_t>(tpr, kMaxRowThreads);
+  if (vecs > 2 * tpr) tpr = std::min<int64_t>(tpr, kMinBlock);  // 4+ vectors a thread: CTAs of <= 256 (registers)
+  return int(tpr);
+}
+
+template <int kVecs>
+void launch_vecs(const __nv_bfloat16* x, __nv_bfloat16* residual, const __nv_bfloat16* w, float eps,
+                 __nv_bfloat16* out, const NormRows& s, cudaStream_t stream) {
+  const int tpr = 1 << s.tpr_shift, block = std::max(tpr, kMinBlock);
+  const int64_t rows_per_block = block / tpr, blocks = (s.rows + rows_per_block - 1) / rows_per_block;
+  rmsnorm_kernel<kVecs><<<unsigned(blocks), block, 0, stream>>>(x, residual, w, eps, out, s);
+  CUDA_CHECK_LAUNCH();
 }
 
 void check_aligned(const char* op, const Tensor& t, const TokenRows& r) {
@@ -72,6 +139,7 @@ void check_aligned(const char* op, const Tensor& t, const TokenRows& r) {
 void launch(const char* op, const Tensor& x, const Tensor* residual, const Tensor& weight, float eps, const Tensor& out,
             cudaStream_t stream) {
   const int64_t d = detail::check_rmsnorm_args(op, x, weight, out, Device::cuda);
+  MXMOE_CHECK(d <= kMaxWidth, op, ": rows of ", d, " elements are not supported (at most ", kMaxWidth, ")");
   const TokenRows xr = token_rows(x, op), orows = token_rows(out, op);
   TokenRows rr = xr;
   check_aligned(op, x, xr);
@@ -83,13 +151,20 @@ void launch(const char* op, const Tensor& x, const Tensor* residual, const Tenso
     check_aligned(op, *residual, rr);
     MXMOE_CHECK(xr.width == d, op, ": rows must be exactly the weight size ", d, ", got ", xr.width);
   }
-  const NormRows s{xr.tokens * (xr.width / d), xr.width / d, xr.stride, rr.stride, orows.stride, int(d)};
-  if (s.rows == 0) return;
-  const int64_t blocks = (s.rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  rmsnorm_kernel<<<unsigned(blocks), kWarpsPerBlock * 32, 0, stream>>>(
-      x.data_as<const __nv_bfloat16>(), residual ? residual->data_as<__nv_bfloat16>() : nullptr,
-      weight.data_as<const __nv_bfloat16>(), eps, out.data_as<__nv_bfloat16>(), s);
-  CUDA_CHECK_LAUNCH();
+  const int64_t rows = xr.tokens * (xr.width / d), vecs = d / 8;
+  if (rows == 0) return;
+  const int tpr = threads_per_row(rows, vecs);
+  const NormRows s{rows, xr.width / d, xr.stride, rr.stride, orows.stride, int(d), std::countr_zero(unsigned(tpr))};
+  const auto* xp = x.data_as<const __nv_bfloat16>();
+  auto* rp = residual ? residual->data_as<__nv_bfloat16>() : nullptr;
+  const auto* wp = weight.data_as<const __nv_bfloat16>();
+  auto* outp = out.data_as<__nv_bfloat16>();
+  switch (std::bit_ceil(uint64_t((vecs + tpr - 1) / tpr))) {
+    case 1: return launch_vecs<1>(xp, rp, wp, eps, outp, s, stream);
+    case 2: return launch_vecs<2>(xp, rp, wp, eps, outp, s, stream);
+    case 4: return launch_vecs<4>(xp, rp, wp, eps, outp, s, stream);
+    default: return launch_vecs<8>(xp, rp, wp, eps, outp, s, stream);
+  }
 }
 
 }  // namespace

@@ -7,7 +7,8 @@
 // [head_dim]: a row is one head); OLMoE norms the whole projection (weight [H·head_dim]).
 //
 // x, out: bf16 token rows [T, ...] (dimension 0 may be strided, see token_rows.h) whose width is
-// a multiple of D; out may be x (in place). weight: bf16 [D], D % 8 == 0.
+// a multiple of D; out may be x (in place). weight: bf16 [D], D % 8 == 0 (and D <= 16384 on the GPU:
+// a row is held in registers).
 //
 // add_rmsnorm: the fused pre-norm step `residual = residual + x; out = norm(residual)`, with the
 // sum rounded to bf16 first as Hugging Face does (it adds two bf16 tensors).

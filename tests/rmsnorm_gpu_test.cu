@@ -1,5 +1,7 @@
 // RMSNorm kernels vs the CPU reference on fresh random inputs: plain rows of several widths,
-// the fused residual add, and the per-head QK-norm on a strided view of a fused QKV buffer.
+// the fused residual add, and the per-head QK-norm on a strided view of a fused QKV buffer. The
+// shapes cover each way the kernel spreads a row (1, 2, 4 or 8 vectors per thread; a row over a
+// few lanes, a warp, or a whole CTA with a block reduction; rows narrower than their threads).
 #include <gtest/gtest.h>
 
 #include "engine/stream.h"
@@ -20,7 +22,8 @@ TEST(RmsNormGpu, RowsMatchReference) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(fresh_seed());
   Stream stream;
-  for (const auto& [t, d] : std::vector<std::pair<int64_t, int64_t>>{{1, 2048}, {7, 4096}, {33, 1024}, {300, 128}, {5, 5120}, {2, 8}}) {
+  for (const auto& [t, d] : std::vector<std::pair<int64_t, int64_t>>{{1, 2048}, {7, 4096}, {33, 1024}, {300, 128}, {5, 5120}, {2, 8}, {3, 24}, {1, 16384}, {1056, 2048},
+                                                                     {4000, 2048}, {600, 16384}, {9000, 128}}) {
     const Tensor x = random_tensor({t, d}, DType::bf16, rng, 4.f, 0.5f), w = random_tensor({d}, DType::bf16, rng, 0.3f, 1.f);
     Tensor ref = Tensor::empty({t, d}, DType::bf16, Device::cpu);
     rmsnorm_ref(x, w, 1e-6f, ref);
@@ -40,7 +43,7 @@ TEST(RmsNormGpu, FusedResidualAddMatchesReference) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(fresh_seed());
   Stream stream;
-  for (const auto& [t, d] : std::vector<std::pair<int64_t, int64_t>>{{1, 2048}, {64, 4096}, {3, 2048}}) {
+  for (const auto& [t, d] : std::vector<std::pair<int64_t, int64_t>>{{1, 2048}, {64, 4096}, {3, 2048}, {1, 4096}, {2048, 2048}}) {
     const Tensor x = random_tensor({t, d}, DType::bf16, rng), w = random_tensor({d}, DType::bf16, rng, 0.3f, 1.f);
     Tensor res = random_tensor({t, d}, DType::bf16, rng, 8.f);
     const Tensor res_d = res.to(Device::cuda), xd = x.to(Device::cuda), wd = w.to(Device::cuda);
@@ -80,4 +83,12 @@ TEST(RmsNormGpu, PerHeadNormOnStridedQkvView) {
   rmsnorm(qkv_d.narrow(1, 0, hq * hd), wq.to(Device::cuda), 1e-6f, out, stream);
   stream.synchronize();
   EXPECT_LT(rel_error(out, ref), kTol);
+}
+
+TEST(RmsNormGpu, RejectsRowsWiderThanSupported) {
+  MXMOE_REQUIRE_GPU();
+  Stream stream;
+  const int64_t d = 16384 + 8;
+  const Tensor x = Tensor::empty({1, d}, DType::bf16, Device::cuda), w = Tensor::empty({d}, DType::bf16, Device::cuda);
+  EXPECT_THROW(rmsnorm(x, w, 1e-6f, x, stream), Error);
 }
