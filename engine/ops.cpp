@@ -33,6 +33,23 @@ void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tenso
             : mxmoe::rope(q, k, positions, inv_freq, attention_scaling, stream);
 }
 
+void qk_norm_rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* q_norm, const Tensor* k_norm,
+                           float eps, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+                           const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache, cudaStream_t stream) {
+  if (!on_cpu(q)) {
+    mxmoe::qk_norm_rope_kv_write(q, k, v, q_norm, k_norm, eps, positions, inv_freq, attention_scaling, slots, k_cache,
+                                 v_cache, stream);
+    return;
+  }
+  MXMOE_CHECK((q_norm == nullptr) == (k_norm == nullptr), "qk_norm_rope_kv_write: give both QK-norm weights or neither");
+  if (q_norm) {
+    rmsnorm_ref(q, *q_norm, eps, q);
+    rmsnorm_ref(k, *k_norm, eps, k);
+  }
+  rope_ref(q, k, positions, inv_freq, attention_scaling);
+  kv_cache_write_ref(k, v, slots, k_cache, v_cache);
+}
+
 void silu_mul(const Tensor& gate_up, const Tensor& out, cudaStream_t stream) {
   on_cpu(out) ? silu_mul_ref(gate_up, out) : mxmoe::silu_mul(gate_up, out, stream);
 }

@@ -18,6 +18,11 @@ void add_rmsnorm(const Tensor& residual, const Tensor& x, const Tensor& weight, 
                  cudaStream_t stream);
 void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
           cudaStream_t stream);
+// The attention block's per-head QK-norm (q_norm/k_norm, or both nullptr) + rope + KV-cache write
+// (kernels/rope.h): one launch on the GPU, the separate reference ops on the CPU.
+void qk_norm_rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* q_norm, const Tensor* k_norm,
+                           float eps, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+                           const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache, cudaStream_t stream);
 void silu_mul(const Tensor& gate_up, const Tensor& out, cudaStream_t stream);
 // out[t, :] += sigmoid(gate[t]) · x[t, :] (Qwen2-MoE's shared expert), bf16 rounding as Hugging Face.
 void add_sigmoid_gated(const Tensor& out, const Tensor& x, const Tensor& gate, cudaStream_t stream);
