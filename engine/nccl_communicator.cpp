@@ -75,11 +75,24 @@ NcclCommunicator::NcclCommunicator(const ncclUniqueId& id, int rank, int size, i
 }
 
 NcclCommunicator::~NcclCommunicator() {
+  if (aborted_) return;  // ncclCommAbort freed it
   if (const ncclResult_t r = ncclCommDestroy(comm_); r != ncclSuccess)
     log_warn("NCCL ncclCommDestroy (rank ", rank_, ") failed: ", ncclGetErrorString(r));
 }
 
+void NcclCommunicator::abort() {
+  if (aborted_.exchange(true)) return;
+  if (const ncclResult_t r = ncclCommAbort(comm_); r != ncclSuccess)
+    log_warn("NCCL ncclCommAbort (rank ", rank_, ") failed: ", ncclGetErrorString(r));
+}
+
+void NcclCommunicator::check_usable(const char* op) const {
+  MXMOE_CHECK(!aborted_, "NCCL ", op, " on rank ", rank_, " of ", size_, " (GPU ", device_,
+              "): the communicator was aborted after a failure on another rank");
+}
+
 void NcclCommunicator::all_reduce_sum(const Tensor& x, cudaStream_t stream) {
+  check_usable("all_reduce_sum");
   check_device_tensor(x, "all_reduce_sum", "x");
   const ncclDataType_t type = nccl_type(x.dtype());
   if (x.numel() == 0) return;
@@ -90,6 +103,7 @@ void NcclCommunicator::all_reduce_sum(const Tensor& x, cudaStream_t stream) {
 }
 
 void NcclCommunicator::all_gather(const Tensor& in, const Tensor& out, cudaStream_t stream) {
+  check_usable("all_gather");
   check_device_tensor(in, "all_gather", "in");
   check_device_tensor(out, "all_gather", "out");
   Shape want = in.shape();
@@ -127,11 +141,15 @@ NcclGroup::NcclGroup(const ncclUniqueId& id, int world_size, int first_rank, con
 
 NcclGroup::NcclGroup(const std::vector<int>& devices) : NcclGroup(nccl_unique_id(), int(devices.size()), 0, devices) {}
 
+void NcclGroup::abort() {
+  for (const auto& c : comms_) c->abort();
+}
+
 NcclGroup::~NcclGroup() {
   if (comms_.empty()) return;
   ncclResult_t r = ncclGroupStart();
   for (const auto& c : comms_)
-    if (r == ncclSuccess) r = ncclCommFinalize(c->handle());
+    if (r == ncclSuccess && !c->aborted_) r = ncclCommFinalize(c->handle());
   if (const ncclResult_t end = ncclGroupEnd(); r == ncclSuccess) r = end;
   if (r != ncclSuccess) log_warn("NCCL ncclCommFinalize failed: ", ncclGetErrorString(r));
   comms_.clear();  // ncclCommDestroy each: local work only once finalized

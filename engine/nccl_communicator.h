@@ -9,6 +9,7 @@
 //   NcclCommunicator(id, rank, size, gpu)  one process per GPU, id distributed by the caller
 #include <nccl.h>
 
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -41,13 +42,21 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_sum(const Tensor& x, cudaStream_t stream) override;
   void all_gather(const Tensor& in, const Tensor& out, cudaStream_t stream) override;
 
+  // ncclCommAbort: NCCL kernels of this communicator already enqueued on the GPU exit, so a rank
+  // waiting for a peer that failed between two collectives is released; later collectives throw.
+  // May be called from another thread than the one using the communicator.
+  void abort();
+
  private:
   friend class NcclGroup;
+  void check_usable(const char* op) const;
+
   NcclCommunicator(ncclComm_t comm, int rank, int size, int device)
       : comm_(comm), rank_(rank), size_(size), device_(device) {}
 
   ncclComm_t comm_ = nullptr;
   int rank_, size_, device_;
+  std::atomic<bool> aborted_{false};  // then comm_ is freed and never used again
 };
 
 // The communicators of one process's GPUs, created together in one NCCL group (one thread may
@@ -65,6 +74,7 @@ class NcclGroup {
 
   int local_size() const { return int(comms_.size()); }
   NcclCommunicator& local(int i) const { return *comms_.at(size_t(i)); }  // the rank on devices[i]
+  void abort();  // every local rank's abort(): one failing rank releases the others
 
  private:
   std::vector<std::unique_ptr<NcclCommunicator>> comms_;

@@ -145,7 +145,8 @@ TensorParallelRuntime::TensorParallelRuntime(const TensorParallelOptions& option
       auto group = options.dist_init ? std::make_shared<NcclGroup>(nccl_group_for_node(*options.dist_init, devices))
                                      : std::make_shared<NcclGroup>(devices);
       for (int i = 0; i < n; ++i) comms[size_t(i)] = &group->local(i);
-      comms_ = group;  // NCCL offers no wake-up of enqueued collectives here (see the header)
+      abort_comms_ = [g = group.get()](const std::string&) { g->abort(); };
+      comms_ = group;
     }
   }
   for (int i = 0; i < n; ++i) {

@@ -23,10 +23,10 @@
 // Failure: a rank that throws aborts the group (the CPU communicator wakes every rank waiting in a
 // collective with an Error; the waits of generate() end too), and the first error — the root
 // cause, not the aborts it caused — is rethrown to the caller; the runtime is then unusable (every
-// later call throws that error). NCCL collectives already enqueued on a GPU cannot be woken this
-// way: a rank failing between two collectives (an out-of-memory on one GPU) can leave the others
-// waiting in the device. Errors that every rank hits alike (bad input, a full KV cache) fail all
-// ranks at the same point and return.
+// later call throws that error). On GPUs the abort is ncclCommAbort on every local communicator:
+// a rank failing between two collectives (an out-of-memory on one GPU) releases the others waiting
+// in the device. Errors that every rank hits alike (bad input, a full KV cache) fail all ranks at
+// the same point and return.
 //
 // Multi-process / multi-node (dist_init): every process runs this runtime with the same options;
 // process (node) k drives global ranks k·local_ranks .. (k+1)·local_ranks - 1 and node 0 hands out

@@ -78,6 +78,26 @@ TEST(CommunicatorGpu, NcclWorldSizeOneCollectivesAreIdentities) {
   EXPECT_NE(error_of([&] { comm.all_gather(in, bad_out, stream); }).find("out f32 [5, 2] does not fit"), std::string::npos);
 }
 
+// A failing rank aborts the group (engine/tensor_parallel.cpp): afterwards every collective is a
+// clear Error rather than a hang, and destroying the aborted group is safe.
+TEST(CommunicatorGpu, NcclAbortedGroupRefusesCollectives) {
+  MXMOE_REQUIRE_GPU();
+  Stream stream;
+  const Tensor x = Tensor::empty({16}, DType::f32, Device::cuda);
+  {
+    NcclGroup group({0});
+    group.local(0).all_reduce_sum(x, stream);
+    stream.synchronize();
+    group.abort();
+    group.abort();  // idempotent
+    EXPECT_NE(error_of([&] { group.local(0).all_reduce_sum(x, stream); }).find("aborted"), std::string::npos);
+    EXPECT_NE(error_of([&] { group.local(0).all_gather(x, x, stream); }).find("aborted"), std::string::npos);
+  }
+  NcclGroup fresh({0});  // NCCL is still usable after the aborted group is gone
+  fresh.local(0).all_reduce_sum(x, stream);
+  stream.synchronize();
+}
+
 TEST(CommunicatorGpu, NcclThroughTcpBootstrapWithOneNode) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(fresh_seed());
