@@ -1,5 +1,6 @@
 #include "engine/tensor_parallel.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -163,6 +164,8 @@ TensorParallelRuntime::TensorParallelRuntime(const TensorParallelOptions& option
     r.model = make_causal_lm(config_, model);
     LoadOptions load = options.load;
     load.quiet = load.quiet || r.global != 0;  // one progress bar
+    if (load.copy_threads == 0)  // the ranks load at once: share the hardware threads among them
+      load.copy_threads = std::max(1, int(std::min(std::thread::hardware_concurrency(), 32u)) / n);
     load_weights(options.model_dir, options.load_format, r.model->loadables(), load);
     KvCacheConfig kv = r.model->kv_cache_config();  // this rank's KV heads
     kv.block_size = options.kv_cache.block_size;
