@@ -14,6 +14,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "apps/bench_util.h"
@@ -139,9 +140,9 @@ struct Dense {
 constexpr int kSweepSplits[] = {1, 2, 3, 4, 6, 8, 12, 16};
 
 // The fastest forced split of `time(tuning)` (microseconds) with PDL on; splits that cannot launch
-// for this shape (a cluster that does not fit) are skipped.
+// for this shape (a cluster that does not fit) are skipped. `sweep`, if given, gets every "splits:us".
 template <class Time>
-std::pair<int, double> best_split(Time&& time) {
+std::pair<int, double> best_split(Time&& time, std::string* sweep = nullptr) {
   std::pair<int, double> best{0, 1e30};
   for (int s : kSweepSplits) {
     DecodeTuning t;
@@ -149,11 +150,14 @@ std::pair<int, double> best_split(Time&& time) {
     try {
       const double us = time(t);
       if (us < best.second) best = {s, us};
+      if (sweep) *sweep += cat(" ", s, ":", int(us * 10) / 10.0);
     } catch (const Error&) {
     }
   }
   return best;
 }
+
+std::vector<std::string> g_moe_sweeps;  // printed after the MoE table
 
 void bench_dense(const Dense& s, double copy_gbs, cublasLtHandle_t lt, const Tensor& workspace, cudaStream_t stream) {
   const double bytes = double(s.n) * double(s.k) * (1.0 + 1.0 / kMxBlock);
@@ -230,8 +234,10 @@ void bench_moe(const Moe& s, double copy_gbs, cudaStream_t stream) {
     };
     const double up_us = up_time({}), down_us = down_time({}), us = both_time({}, {});
     const double plain_us = both_time({0, false}, {0, false});
-    const auto [up_split, up_split_us] = best_split(up_time);
-    const auto [down_split, down_split_us] = best_split(down_time);
+    std::string up_sweep, down_sweep;
+    const auto [up_split, up_split_us] = best_split(up_time, &up_sweep);
+    const auto [down_split, down_split_us] = best_split(down_time, &down_sweep);
+    g_moe_sweeps.push_back(cat(s.name, " T=", tokens, " gate_up", up_sweep, " | down", down_sweep));
     const double swept_us = both_time({up_split, true}, {down_split, true});
     const double gbs = active * expert_bytes / us / 1e3;
     const auto pct = [&](double t_us) { return 100 * active * expert_bytes / t_us / 1e3 / copy_gbs; };
@@ -244,7 +250,9 @@ void bench_moe(const Moe& s, double copy_gbs, cudaStream_t stream) {
 
 }  // namespace
 
-int main() {
+// `bench-gemv moe`: the MoE part only.
+int main(int argc, char** argv) {
+  const bool moe_only = argc > 1 && std::string(argv[1]) == "moe";
   Stream stream;
   const double copy_gbs = bench::copy_bandwidth_gbs(stream);
   std::printf("device copy bandwidth (cudaMemcpy D2D 1 GiB, read+write): %.0f GB/s\n\n", copy_gbs);
@@ -257,9 +265,11 @@ int main() {
               "sweep with PDL, splits:us; consecutive calls in one graph read different weights)\n");
   std::printf("| shape K->N | M | us | GB/s | of copy | no-PDL us | no-PDL of copy | best split | cuBLASLt bf16 us | speedup |\n"
               "|---|---|---|---|---|---|---|---|---|---|\n");
-  for (const Dense& s : {Dense{"Qwen3-30B-A3B qkv 2048->5120", 2048, 5120}, Dense{"Qwen3 o_proj 4096->2048", 4096, 2048},
-                         Dense{"Qwen3 lm_head 2048->151936", 2048, 151936}, Dense{"Mixtral qkv 4096->6144", 4096, 6144},
-                         Dense{"Mixtral w1/w3 4096->14336", 4096, 14336}, Dense{"Mixtral w2 14336->4096", 14336, 4096}})
+  const std::vector<Dense> dense{
+      {"Qwen3-30B-A3B qkv 2048->5120", 2048, 5120}, {"Qwen3 o_proj 4096->2048", 4096, 2048},
+      {"Qwen3 lm_head 2048->151936", 2048, 151936}, {"Mixtral qkv 4096->6144", 4096, 6144},
+      {"Mixtral w1/w3 4096->14336", 4096, 14336},   {"Mixtral w2 14336->4096", 14336, 4096}};
+  for (const Dense& s : moe_only ? std::vector<Dense>{} : dense)
     bench_dense(s, copy_gbs, lt, workspace, stream);
   LT_CHECK(cublasLtDestroy(lt));
 
@@ -269,5 +279,7 @@ int main() {
   for (const Moe& s : {Moe{"Qwen3-30B-A3B E128 k8 H2048 I768", 128, 2048, 768, 8},
                        Moe{"Mixtral E8 k2 H4096 I14336", 8, 4096, 14336, 2}})
     bench_moe(s, copy_gbs, stream);
+  std::printf("\nMoE split-K sweeps (splits:us, automatic split otherwise):\n");
+  for (const std::string& line : g_moe_sweeps) std::printf("  %s\n", line.c_str());
   return 0;
 }

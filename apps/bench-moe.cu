@@ -4,7 +4,8 @@
 //    against the device copy bandwidth measured in this run (target >= 80%). 16 routing patterns
 //    are cycled so consecutive calls touch different experts (not L2-resident). Times: eager
 //    launches, and a CUDA graph of the 16 calls replayed (per call), as a decode step would run;
-//    also the two expert kernels alone (routing precomputed) to show the orchestration's share.
+//    also the two expert kernels alone (routing precomputed), the routing + permutation alone and
+//    the combine alone, to show each piece's share.
 //  prefill (T = 4096): TFLOP/s (6·T·k·H·I flops) against cuBLASLt bf16 running the two dense
 //    GEMMs of the same shapes ([T·k, H]·[2I, H]ᵀ and [T·k, I]·[H, I]ᵀ, same total flops).
 // apps/bench_moe_torch.py runs the same shapes with torch._grouped_mm for comparison.
@@ -97,6 +98,13 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
   }
   Tensor act = Tensor::empty({pairs, m.inter}, DType::bf16, Device::cuda);
   Tensor y = Tensor::empty({pairs, m.hidden}, DType::f32, Device::cuda);
+  // The pieces of one call, each timed alone (per call, graph of kPatterns calls).
+  const double route_ms = bench::graph_ms_per_call(stream, kPatterns, [&](int i) {
+    moe_route_permute(routes[size_t(i % kPatterns)].logits, m.top_k, true, ids, weights, perms[size_t(i % kPatterns)],
+                      stream);
+  });
+  const double combine_ms =
+      bench::graph_ms_per_call(stream, kPatterns, [&](int) { moe_combine(y, weights, nullptr, m.top_k, out, stream); });
   for (int mx = 1; mx >= 0; --mx) {
     const MoeWeights& w = mx ? ex.mx : ex.bf16;
     MoeWorkspace ws;
@@ -116,9 +124,10 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
     const double experts_ms = bench::graph_ms_per_call(stream, kPatterns, experts_only);
     const double gbs = bytes[mx] / (graph_ms * 1e-3) / 1e9;
     std::printf("| decode %-14s T=%-4lld | %-5s | %6.1f experts, %7.1f MB | %8.1f us | %8.1f us | %8.1f us | %6.0f GB/s "
-                "| %5.1f%% |\n",
+                "| %5.1f%% | %6.1f us | %6.1f us |\n",
                 m.name, (long long)tokens, mx ? "mxfp8" : "bf16", bytes[mx] / expert_bytes(m, mx), bytes[mx] / 1e6,
-                eager_ms * 1e3, graph_ms * 1e3, experts_ms * 1e3, gbs, 100 * gbs / copy_gbs);
+                eager_ms * 1e3, graph_ms * 1e3, experts_ms * 1e3, gbs, 100 * gbs / copy_gbs, route_ms * 1e3,
+                combine_ms * 1e3);
   }
 }
 
@@ -174,8 +183,8 @@ int main() {
   const double copy_gbs = bench::copy_bandwidth_gbs(stream);
   std::printf("device copy bandwidth (read+write): %.0f GB/s\n\n", copy_gbs);
   const Model models[] = {{"Qwen3-30B-A3B", 128, 2048, 768, 8}, {"Mixtral-8x7B", 8, 4096, 14336, 2}};
-  std::printf("| case | weights | experts read/call | eager | graph | expert kernels only (graph) | GB/s (graph) | of copy |\n"
-              "|---|---|---|---|---|---|---|---|\n");
+  std::printf("| case | weights | experts read/call | eager | graph | expert kernels only (graph) | GB/s (graph) | of copy "
+              "| routing+permute alone (graph) | moe_combine alone (graph) |\n|---|---|---|---|---|---|---|---|---|---|\n");
   std::vector<Experts> experts;
   for (const Model& m : models) {
     experts.push_back(make_experts(m, stream));

@@ -62,6 +62,8 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
   const Tensor act = Impl::take(ws.act, {pairs, s.inter}, DType::bf16);
   if (path == MoePath::decode || (path == MoePath::automatic && s.tokens <= kMoeDecodeMaxTokens)) {
     // Pair-indexed: act and y rows are pairs t*k + slot; the kernels read each active expert once.
+    // (Fusing the combine into the down kernel, the last block of each 128-row group of H summing
+    // the slots, measured no gain on H100: Qwen3-30B-A3B T=1 32.4 vs 32.2 us, bench-moe.)
     const Tensor y = Impl::take(ws.y, {pairs, s.hidden}, DType::f32);
     if (w.quantized()) {
       moe_gate_up_decode(x, w.w13_mx, perm, k, act, stream);

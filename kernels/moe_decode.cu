@@ -15,7 +15,9 @@ namespace {
 
 using namespace w8a16;
 
-// Routing state shared by both problems.
+// Routing state shared by both problems. Read through L2 (__ldcg): the down kernel reads it before
+// its PDL wait, while the gate/up kernel may still run; the routing kernel that wrote it has
+// finished by then (see Down), but this SM's L1 may hold a previous call's lines.
 struct Routing {
   const int* offsets;  // [E + 1]
   const int* pairs;    // [T·k]
@@ -26,17 +28,17 @@ struct Routing {
   template <class W>
   __device__ bool job(int index, const W& all, int64_t rows_per_expert, Job<W>& j) const {
     const int slot = index / groups;
-    if (slot >= *num_active) return false;
-    const int e = active[slot];
+    if (slot >= __ldcg(num_active)) return false;
+    const int e = __ldcg(active + slot);
     j.w = all.offset(int64_t(e) * rows_per_expert);
     j.group = index % groups;
-    j.first = offsets[e];
-    j.tokens = offsets[e + 1] - j.first;
+    j.first = __ldcg(offsets + e);
+    j.tokens = __ldcg(offsets + e + 1) - j.first;
     return true;
   }
   template <class W>
   __device__ int pair(const Job<W>& j, int m) const {
-    return pairs[j.first + m];
+    return __ldcg(pairs + j.first + m);
   }
 };
 
@@ -44,7 +46,8 @@ template <class W, int NT>
 struct GateUp {
   using Weights = W;
   static constexpr int kNTiles = NT;
-  static constexpr bool kJobsBeforeWait = false;  // the routing is an earlier kernel's output
+  static constexpr bool kJobsBeforeWait = false;  // the routing is the previous kernel's output
+  static constexpr bool kRouted = true;
   Plan plan;
   int64_t k;                 // H
   Routing route;
@@ -79,7 +82,11 @@ template <class W, int NT>
 struct Down {
   using Weights = W;
   static constexpr int kNTiles = NT;
-  static constexpr bool kJobsBeforeWait = false;  // the routing is an earlier kernel's output
+  // The routing comes from two kernels back (routing -> gate/up -> down): once this kernel runs at
+  // all, gate/up has passed its own PDL wait for the routing kernel, so the experts' first weights
+  // load before this kernel's wait (for gate/up's act). Only act is gate/up's output.
+  static constexpr bool kJobsBeforeWait = true;
+  static constexpr bool kRouted = true;  // PDL only for one-wave grids (see make_plan)
   Plan plan;
   int64_t k;                  // I
   Routing route;

@@ -17,6 +17,9 @@ void moe_gate_up_decode(const Tensor& x, const MxTensor& w13, const MoePermutati
 void moe_gate_up_decode(const Tensor& x, const Tensor& w13, const MoePermutation& perm, int top_k, const Tensor& act,
                         cudaStream_t stream, const DecodeTuning& tuning = {});  // bf16 weights
 
+// The down kernels read `perm` before their programmatic-launch wait (to prefetch the experts'
+// weights): perm must not be written by the kernel launched right before them (in fused_moe the
+// gate/up kernel sits between the routing and down).
 // y[p, H] = act[p] · W2_eᵀ for every pair p of expert e. act [T*k, I] bf16; w2 [E, H, I]; y [T*k, H] f32
 // (the caller's combine sums a token's slots with the routing weights).
 void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoePermutation& perm, const Tensor& y,

@@ -17,7 +17,8 @@
 // previous kernel on the stream finishes. Before `griddepcontrol.wait` a block reads only what the
 // previous kernel cannot have written: a problem whose jobs are fixed by the shape (dense GEMV,
 // kJobsBeforeWait) issues its first weight loads there, so a kernel's launch and first memory latency
-// hide under its predecessor's tail; problems routed by the previous kernel's output wait first.
+// hide under its predecessor's tail; problems routed by the previous kernel's output wait first
+// (MoE gate/up), while the MoE down kernel, routed by the kernel two back, prefetches too.
 // After the wait a block lets the next kernel start (`griddepcontrol.launch_dependents`), so when
 // a kernel starts, every kernel before its predecessor has finished. Weights must not be written
 // by the kernel launched right before (they are static).
@@ -190,6 +191,7 @@ __device__ __forceinline__ void launch_dependents() {
 
 // A problem P provides:
 //   using Weights (Fp8Rows / Bf16Rows); static constexpr int kNTiles (8-token mma tiles, 1 or 2);
+//   static constexpr bool kRouted: MoE experts (PDL only where the grid fits at once);
 //   static constexpr bool kJobsBeforeWait: job() and row() may run before the PDL wait (they read
 //     nothing the previous kernel writes);
 //   Plan plan; int64_t k (reduction length);
@@ -379,7 +381,7 @@ int64_t resident_blocks(int splits, size_t smem) {
 // (bench-gemv): splitting jobs that already need more than one wave into many waves of clusters
 // is slower (MoE gate/up T=1 Mixtral 137 us vs 94 unsplit), and so was the finer split the wave
 // model alone took for Qwen3 qkv 2048->5120 (slices under 8 steps, 18 us vs 10 with 8-step
-// slices): splits leave >= 8 steps (512 k) per slice where K allows.
+// slices): splits leave >= 8 steps (512 k) per slice.
 // Slices are whole 64-k steps; shared memory holds round_up(slice, kSuperK) of x per chunk.
 template <class P>
 Plan make_plan(int64_t jobs, int64_t k, int rows, const DecodeTuning& tuning) {
@@ -401,7 +403,7 @@ Plan make_plan(int64_t jobs, int64_t k, int rows, const DecodeTuning& tuning) {
     // PDL pays where blocks have loads to issue before the wait, or all fit at once. Measured on
     // H100 (bench-gemv), MoE decode without PDL: Mixtral T=1 (several waves) 146.8 vs 157.3 us
     // with; Qwen3-30B-A3B T=1 (one wave) 25.5 vs 25.2 us.
-    plan.pdl = tuning.programmatic_launch && (P::kJobsBeforeWait || one_wave);
+    plan.pdl = tuning.programmatic_launch && ((P::kJobsBeforeWait && !P::kRouted) || one_wave);
     plan.rolling = one_wave;
     return plan;
   };
@@ -415,8 +417,13 @@ Plan make_plan(int64_t jobs, int64_t k, int rows, const DecodeTuning& tuning) {
   // Splits that keep a slice in one shared-memory chunk (more only loop over chunks).
   const int64_t need = std::min<int64_t>(kMaxSplit, (k + chunk_max - 1) / chunk_max);
   Plan best = plan_for(need);
-  if (jobs * need > resident_blocks<P>(best.splits, best.smem_bytes)) return best;  // more than one wave anyway
-  const int64_t min_steps = std::min<int64_t>(8, (steps + 1) / 2);
+  // More than one wave anyway: at most 2 splits, the slices looping over chunks. Measured on H100
+  // (bench-gemv, one run): MoE down Mixtral T=8 (K = 14336) in 6 one-chunk slices (~6 waves)
+  // 212.8 us, 2 splits 180.3 us, unsplit 221.2 us.
+  if (jobs * need > resident_blocks<P>(best.splits, best.smem_bytes)) return need > 2 ? plan_for(2) : best;
+  // No slices under 8 steps: MoE down Qwen3-30B-A3B T=1 (K = 768, 12 steps) 7.9 us unsplit, 8.7 us
+  // in 2 slices of 6 steps (bench-gemv, H100).
+  constexpr int64_t min_steps = 8;
   double best_cost = 1e30;
   for (int64_t s = need; s <= kMaxSplit; ++s) {
     const Plan plan = plan_for(s);

@@ -16,6 +16,7 @@ struct DenseGemv {
   using Weights = Fp8Rows;
   static constexpr int kNTiles = NT;
   static constexpr bool kJobsBeforeWait = true;  // the weights and tiles are fixed by the shape
+  static constexpr bool kRouted = false;
   Plan plan;
   int64_t k;
   Fp8Rows w;                  // [N, K]

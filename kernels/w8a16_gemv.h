@@ -17,8 +17,8 @@ struct DecodeTuning {
   int splits = 0;  // split-K: blocks (one cluster) sharing a tile group's K range, 1..16; 0: by shape
   // Programmatic dependent launch: the kernel may start while the previous kernel on the stream
   // finishes, prefetching weights (never written by that previous kernel) before it waits for it.
-  // The MoE kernels (routed by an earlier kernel's output, so nothing to prefetch) use it only
-  // when their grid fits the GPU at once.
+  // The MoE kernels use it only when their grid fits the GPU at once (gate/up is routed by the
+  // previous kernel's output and waits first; down prefetches its experts' weights).
   bool programmatic_launch = true;
 };
 

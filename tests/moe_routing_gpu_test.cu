@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "engine/cuda_check.h"
@@ -114,29 +115,48 @@ TEST(MoePermuteGpu, StableSortByExpert) {
   check_permutation(std::vector<int32_t>(300, 127), 128);
 }
 
-// Router + permutation in one call: the single-block fused kernel (T·k <= 1024) and the four
-// launches beyond it give the reference routing and the stable-sort permutation.
+// Router + permutation in one call: the single-block fused kernel (T·k <= 1024; ranked routing
+// for small T·E²: T=1 E=8, 1x128, 128x8; warp routing beyond: 8x128, 9x128, 16x60, 33x1024) and
+// the four launches beyond it give the reference routing and the stable-sort permutation.
 TEST(MoePermuteGpu, RoutePermuteMatchesReference) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(testing::fresh_seed());
-  for (auto [t, e, k] : {std::tuple{1, 8, 2}, {8, 128, 8}, {16, 60, 4}, {128, 8, 8}, {33, 1024, 32}, {129, 8, 8},
-                         {4096, 128, 8}})
-    for (Load load : {Load::random, Load::ties, Load::one_takes_all}) {
-      SCOPED_TRACE(cat("T=", t, " E=", e, " k=", k, " load=", load));
-      const Tensor logits = testing::moe_logits(t, e, k, load, rng);
-      Tensor ids = Tensor::empty({t, k}, DType::i32, Device::cpu), w = Tensor::empty({t, k}, DType::f32, Device::cpu);
-      moe_route_ref(logits, k, true, ids, w);
-      Tensor d_ids = Tensor::empty({t * k}, DType::i32, Device::cuda), d_w = Tensor::empty({t * k}, DType::f32, Device::cuda);
-      poison(d_ids);
-      poison(d_w);
-      MoePermuteBuffers b = poisoned_buffers(t * k, e);
-      moe_route_permute(logits.to(Device::cuda), k, true, d_ids, d_w, b, nullptr);
-      const std::vector<int32_t> want = ints(ids);
-      ASSERT_EQ(ints(d_ids), want);
-      const std::vector<float> got_w = to_f32_vector(d_w.to(Device::cpu)), want_w = to_f32_vector(w);
-      for (size_t i = 0; i < got_w.size(); ++i) ASSERT_NEAR(got_w[i], want_w[i], 1e-6) << "pair " << i;
-      check_permutation(want, e, b);
-    }
+  for (auto [t, e, k] : {std::tuple{1, 8, 2}, {1, 128, 8}, {8, 128, 8}, {9, 128, 8}, {16, 60, 4}, {128, 8, 8},
+                         {33, 1024, 32}, {129, 8, 8}, {4096, 128, 8}})
+    for (Load load : {Load::random, Load::ties, Load::one_takes_all})
+      for (bool renorm : {false, true}) {
+        SCOPED_TRACE(cat("T=", t, " E=", e, " k=", k, " load=", load, " renormalize=", renorm));
+        const Tensor logits = testing::moe_logits(t, e, k, load, rng);
+        Tensor ids = Tensor::empty({t, k}, DType::i32, Device::cpu), w = Tensor::empty({t, k}, DType::f32, Device::cpu);
+        moe_route_ref(logits, k, renorm, ids, w);
+        Tensor d_ids = Tensor::empty({t * k}, DType::i32, Device::cuda), d_w = Tensor::empty({t * k}, DType::f32, Device::cuda);
+        poison(d_ids);
+        poison(d_w);
+        MoePermuteBuffers b = poisoned_buffers(t * k, e);
+        moe_route_permute(logits.to(Device::cuda), k, renorm, d_ids, d_w, b, nullptr);
+        const std::vector<int32_t> want = ints(ids);
+        ASSERT_EQ(ints(d_ids), want);
+        const std::vector<float> got_w = to_f32_vector(d_w.to(Device::cpu)), want_w = to_f32_vector(w);
+        for (size_t i = 0; i < got_w.size(); ++i) ASSERT_NEAR(got_w[i], want_w[i], 1e-6) << "pair " << i;
+        check_permutation(want, e, b);
+      }
+}
+
+// NaN logits through the fused kernel's ranked routing: valid distinct ids (NaN ranks as -inf,
+// ties by index), NaN weights, and a permutation of those ids.
+TEST(MoePermuteGpu, RoutePermuteNanLogits) {
+  MXMOE_REQUIRE_GPU();
+  Tensor logits = Tensor::empty({2, 40}, DType::f32, Device::cpu);
+  std::fill(logits.data_as<float>(), logits.data_as<float>() + 80, NAN);
+  logits.data_as<float>()[37] = 1.f;
+  logits.data_as<float>()[40 + 5] = 2.f;
+  Tensor ids = Tensor::empty({8}, DType::i32, Device::cuda), w = Tensor::empty({8}, DType::f32, Device::cuda);
+  MoePermuteBuffers b = poisoned_buffers(8, 40);
+  moe_route_permute(logits.to(Device::cuda), 4, true, ids, w, b, nullptr);
+  const std::vector<int32_t> want{37, 0, 1, 2, 5, 0, 1, 2};
+  EXPECT_EQ(ints(ids), want);
+  for (float v : to_f32_vector(w.to(Device::cpu))) EXPECT_TRUE(std::isnan(v));
+  check_permutation(want, 40, b);
 }
 
 TEST(MoePermuteGpu, GatherSiluMulCombine) {
