@@ -21,8 +21,10 @@
 #include "engine/generator.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#include "engine/model_loading.h"
 #include "engine/perplexity.h"
 #include "engine/tensor_parallel.h"
+#include "engine/text_stream.h"
 #include "engine/tokenizer.h"
 #include "loader/generation_config.h"
 #include "loader/weight_loader.h"
@@ -172,8 +174,7 @@ int run(int argc, char** argv) {
 
   const ModelConfig config = load_model_config(args.model);
   const Tokenizer tokenizer = Tokenizer::from_file(args.model + "/tokenizer.json");
-  const int64_t max_len = args.max_model_len ? args.max_model_len
-                                             : std::min<int64_t>(config.max_position_embeddings, 8192);
+  const int64_t max_len = resolve_max_model_len(config, args.max_model_len);
   TensorParallelOptions options;
   options.model_dir = args.model;
   options.load_format = parse_load_format(args.load_format);
@@ -233,35 +234,21 @@ int run(int argc, char** argv) {
     const std::vector<int32_t> ids = tokenizer.encode(text, !chat_template);
     MXMOE_CHECK(int64_t(ids.size()) + args.max_tokens <= max_len, "prompt (", ids.size(), " tokens) + --max-tokens ",
                 args.max_tokens, " exceed --max-model-len ", max_len);
-    DecodeStream stream(tokenizer, true);
-    std::string completion;
-    size_t printed = 0, hold = 0;  // text that could start a stop string is held back
-    for (const std::string& stop : args.stops) hold = std::max(hold, stop.size() - 1);
-    const auto print_until = [&](size_t end) {
-      if (prints) std::fwrite(completion.data() + printed, 1, end - printed, stdout);
+    TextStream completion(tokenizer, args.stops);
+    const auto print = [&](std::string_view piece) {
+      if (prints) std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
-      printed = end;
     };
     if (!chat_template && prints) std::fputs(user.c_str(), stdout);
     // On every node alike (the decision to stop must agree); only node 0 prints.
     runtime.generate({ids}, gen, [&](size_t, int32_t token) {
-      const auto piece = stream.step(token);
-      if (!piece) return true;
-      completion += *piece;
-      size_t stop_at = std::string::npos;
-      for (const std::string& stop : args.stops)
-        stop_at = std::min(stop_at, completion.find(stop, printed > hold ? printed - hold : 0));
-      if (stop_at != std::string::npos) {
-        completion.resize(stop_at);
-        print_until(std::max(printed, stop_at));
-        return false;
-      }
-      if (completion.size() > printed + hold) print_until(completion.size() - hold);
-      return true;
+      const bool stopped = completion.push(token);
+      print(completion.take(stopped));
+      return !stopped;
     });
-    print_until(completion.size());
+    print(completion.take(true));
     if (prints) std::fputc('\n', stdout);
-    if (chat_template) messages.push_back({{"role", "assistant"}, {"content", completion}});
+    if (chat_template) messages.push_back({{"role", "assistant"}, {"content", completion.text()}});
   };
 
   if (args.interactive) {

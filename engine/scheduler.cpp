@@ -6,6 +6,7 @@
 
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "engine/text_stream.h"
 
 namespace mxmoe {
 
@@ -15,7 +16,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-bool utf8_continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
 
 // i32 values as a tensor on `device` (the copy is complete when this returns).
 Tensor upload(const std::vector<int32_t>& values, Device device, cudaStream_t stream) {
@@ -37,16 +37,14 @@ SamplingParams to_sampling_params(const SamplingOptions& options) {
 }
 
 struct Scheduler::Sequence {
-  Sequence(SequenceRequest r, const Tokenizer& tokenizer) : request(std::move(r)), detokenizer(tokenizer, true) {}
+  Sequence(SequenceRequest r, const Tokenizer& tokenizer) : request(std::move(r)), text(tokenizer, request.stop) {}
 
   SequenceRequest request;
   std::shared_ptr<RequestState> state = std::make_shared<RequestState>();
   std::vector<int32_t> history;  // prompt + generated: the repetition penalty's input, and what a preempted sequence recomputes
   std::vector<int32_t> pending;  // tokens not yet in the KV cache
   int cache_id = -1;             // -1: holds no KV blocks (queued)
-  DecodeStream detokenizer;
-  size_t hold = 0;               // bytes held back from streaming: a stop string could begin there
-  size_t streamed = 0;           // bytes of result.text given to on_token
+  TextStream text;               // the completion, cut at a stop string; streamed in safe pieces
   Result result;
   bool finished = false, started = false;
   Clock::time_point submitted = Clock::now();
@@ -89,7 +87,6 @@ std::shared_ptr<RequestState> Scheduler::submit(SequenceRequest request) {
   auto seq = std::make_unique<Sequence>(std::move(request), tokenizer_);
   seq->history = seq->pending = seq->request.prompt;
   seq->result.prompt_tokens = int64_t(seq->request.prompt.size());
-  for (const std::string& stop : seq->request.stop) seq->hold = std::max(seq->hold, stop.size() - 1);
   std::shared_ptr<RequestState> state = seq->state;
   if (seq->request.max_new_tokens == 0) {  // nothing to run
     state->result = seq->result;
@@ -288,33 +285,16 @@ void Scheduler::accept_token(Sequence& s, int32_t token) {
     std::lock_guard lock(mutex_);
     ++stats_.generated_tokens;
   }
-  std::string& text = s.result.text;
   std::optional<FinishReason> reason;
   const auto& stop_ids = s.request.stop_ids;
-  if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
+  if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end())
     reason = FinishReason::stop;  // a stop token adds no text
-  } else {
-    const size_t search_from = text.size() > s.hold ? text.size() - s.hold : 0;
-    if (const auto piece = s.detokenizer.step(token)) text += *piece;
-    size_t stop_at = std::string::npos;
-    for (const std::string& stop : s.request.stop) stop_at = std::min(stop_at, text.find(stop, search_from));
-    if (stop_at != std::string::npos) {
-      text.resize(stop_at);
-      reason = FinishReason::stop;
-    }
-  }
+  else if (s.text.push(token))
+    reason = FinishReason::stop;
   if (!reason && (int(s.result.token_ids.size()) >= s.request.max_new_tokens ||
                   int64_t(s.history.size()) >= options_.max_model_len))
     reason = FinishReason::length;
-
-  // Stream what can no longer be part of a stop string, never half a UTF-8 character; all of it at the end.
-  size_t end = text.size();
-  if (!reason) {
-    end = std::max(s.streamed, end > s.hold ? end - s.hold : 0);
-    while (end > s.streamed && end < text.size() && utf8_continuation(text[end])) --end;
-  }
-  const std::string_view piece(text.data() + s.streamed, end - s.streamed);
-  s.streamed = end;
+  const std::string_view piece = s.text.take(reason.has_value());
   bool go_on = true;
   if (s.request.on_token) {
     try {
@@ -338,6 +318,7 @@ void Scheduler::finish(Sequence& s, FinishReason reason, const std::string& erro
   s.cache_id = -1;
   s.result.finish = reason;
   s.result.error = error;
+  s.result.text = s.text.text();
   s.result.total_seconds = seconds_between(s.submitted, Clock::now());
   {
     std::lock_guard lock(mutex_);  // the blocks are back before the caller hears of it
