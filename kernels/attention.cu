@@ -27,7 +27,11 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kMinSplitTokens = 128;    // shorter splits cost more in merging than they gain
+// A split of 64 keys is one step of each warp; at decode with few sequences and KV heads the
+// splits are that short so the grid spreads over the GPU (1 sequence x 4 KV heads at 1024
+// tokens: 64 CTAs), rather than a few CTAs walking long key ranges one dependent step at a time.
+constexpr int kMinSplitTokens = 64;
+constexpr int kMaxSplits = 128;  // partials one combine CTA merges
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Args {
@@ -285,32 +289,62 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a) {
   }
 }
 
+// Sum (or max) over the CTA's threads, returned to every thread; `red` holds one value per warp.
+template <bool kMax>
+__device__ __forceinline__ float block_reduce(float v, float* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, u) : v + u;
+  }
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = red[0];
+  for (unsigned w = 1; w < blockDim.x / 32; ++w) v = kMax ? fmaxf(v, red[w]) : v + red[w];
+  __syncthreads();  // red is reused by the next reduction
+  return v;
+}
+
 // out[t, h] = Σ_s w_s · o_s / Σ_s w_s with w_s = sum_s · 2^(max_s − max); empty splits weigh 0.
+// Latency-bound at decode (a few KB per head): the splits' (max, sum) pairs are read by all
+// threads at once, and each thread keeps 8 partial outputs in flight.
 template <int HD>
 __global__ void __launch_bounds__(HD) attention_combine_kernel(Args a) {
+  constexpr int kPerThread = (kMaxSplits + HD - 1) / HD;
+  __shared__ float weight[kMaxSplits];
+  __shared__ float red[HD / 32];
   const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
   const int64_t p0 = (int64_t(t) * a.n_heads + h) * a.num_splits;
-  float mx = -INFINITY;
-  for (int s = 0; s < a.num_splits; ++s) mx = fmaxf(mx, a.part_ml[2 * (p0 + s)]);
-  float sum = 0.f, o = 0.f;
-  for (int s = 0; s < a.num_splits; ++s) {
-    const float ms = a.part_ml[2 * (p0 + s)];
-    if (ms == -INFINITY) continue;
-    const float w = a.part_ml[2 * (p0 + s) + 1] * exp2f(ms - mx);
+  float m[kPerThread], l[kPerThread], mx = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int s = d + i * HD;
+    m[i] = s < a.num_splits ? a.part_ml[2 * (p0 + s)] : -INFINITY;
+    l[i] = s < a.num_splits ? a.part_ml[2 * (p0 + s) + 1] : 0.f;
+    mx = fmaxf(mx, m[i]);
+  }
+  mx = block_reduce<true>(mx, red);
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int s = d + i * HD;
+    const float w = m[i] == -INFINITY ? 0.f : l[i] * exp2f(m[i] - mx);
+    if (s < a.num_splits) weight[s] = w;
     sum += w;
-    o += w * a.part_o[(p0 + s) * HD + d];
+  }
+  sum = block_reduce<false>(sum, red);  // its barriers also publish `weight`
+  float o = 0.f;
+  for (int s0 = 0; s0 < a.num_splits; s0 += 8) {
+    float v[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = s0 + i < a.num_splits ? a.part_o[(p0 + s0 + i) * HD + d] : 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o = s0 + i < a.num_splits ? fmaf(weight[s0 + i], v[i], o) : o;
   }
   a.out[int64_t(t) * a.out_stride + int64_t(h) * HD + d] = __float2bfloat16(o / sum);
 }
 
 int64_t split_target() { return 4 * int64_t(gpu_info().sm_count); }  // CTAs that fill the GPU a few times
-
-int num_splits(int64_t tokens, int n_kv_heads, int64_t max_seq_len) {
-  const int64_t ctas = std::max<int64_t>(1, tokens * n_kv_heads);
-  const int64_t want = (split_target() + ctas - 1) / ctas;
-  const int64_t cap = std::max<int64_t>(1, (max_seq_len + kMinSplitTokens - 1) / kMinSplitTokens);
-  return int(std::max<int64_t>(1, std::min(want, cap)));
-}
 
 template <int HD, int GP>
 void launch(const Args& a, int64_t tokens, cudaStream_t stream) {
@@ -351,15 +385,27 @@ __global__ void kv_write_kernel(const __nv_bfloat16* k, const __nv_bfloat16* v, 
 
 }  // namespace
 
-size_t paged_attention_workspace_bytes(int64_t num_tokens, int n_heads, int n_kv_heads, int head_dim) {
+int paged_attention_splits(int64_t num_tokens, int n_kv_heads, int64_t max_seq_len) {
+  const int64_t ctas = std::max<int64_t>(1, num_tokens * n_kv_heads);
+  const int64_t want = std::min<int64_t>(kMaxSplits, (split_target() + ctas - 1) / ctas);
+  const int64_t cap = std::max<int64_t>(1, (max_seq_len + kMinSplitTokens - 1) / kMinSplitTokens);
+  return int(std::max<int64_t>(1, std::min(want, cap)));
+}
+
+size_t paged_attention_workspace_bytes(int64_t num_tokens, int n_heads, int n_kv_heads, int head_dim,
+                                       const AttentionTuning& tuning) {
   MXMOE_CHECK(n_kv_heads > 0, "paged_attention_workspace_bytes: n_kv_heads must be positive");
-  // tokens · splits <= tokens + split_target / n_kv_heads (see num_splits).
-  const int64_t rows = num_tokens + (split_target() + n_kv_heads - 1) / n_kv_heads;
+  // tokens · splits <= tokens + split_target / n_kv_heads (see paged_attention_splits), or the forced count.
+  const int64_t rows = std::max(num_tokens + (split_target() + n_kv_heads - 1) / n_kv_heads,
+                                num_tokens * tuning.splits);
   return size_t(rows) * size_t(n_heads) * size_t(head_dim + 2) * sizeof(float);
 }
 
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
-                     float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream) {
+                     float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream,
+                     const AttentionTuning& tuning) {
+  MXMOE_CHECK(tuning.splits >= 0 && tuning.splits <= kMaxSplits, "paged_attention: forced split count ", tuning.splits,
+              " is outside 0..", kMaxSplits);
   const detail::AttentionShape s =
       detail::check_attention_args("paged_attention", q, k_cache, v_cache, batch, out, Device::cuda);
   if (s.tokens == 0) return;
@@ -368,12 +414,12 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
               "paged_attention: q rows must be 16-byte aligned");
   MXMOE_CHECK(std::has_single_bit(unsigned(s.block_size)), "paged_attention: block size ", s.block_size,
               " must be a power of two");
-  const int splits = num_splits(s.tokens, s.n_kv_heads, batch.max_seq_len);
+  const int splits = tuning.splits > 0 ? tuning.splits : paged_attention_splits(s.tokens, s.n_kv_heads, batch.max_seq_len);
   const int64_t part_rows = s.tokens * s.n_heads * splits;
   MXMOE_CHECK(splits == 1 || (workspace.device() == Device::cuda &&
                               workspace.nbytes() >= size_t(part_rows) * size_t(s.head_dim + 2) * sizeof(float)),
               "paged_attention: workspace of ", workspace.nbytes(), " bytes is too small, need ",
-              paged_attention_workspace_bytes(s.tokens, s.n_heads, s.n_kv_heads, s.head_dim));
+              paged_attention_workspace_bytes(s.tokens, s.n_heads, s.n_kv_heads, s.head_dim, tuning));
   float* part_o = splits > 1 ? static_cast<float*>(workspace.data()) : nullptr;
   Args a{q.data_as<const __nv_bfloat16>(), qr.stride, k_cache.data_as<const __nv_bfloat16>(),
          v_cache.data_as<const __nv_bfloat16>(), batch.block_tables.data_as<const int32_t>(), s.max_blocks,

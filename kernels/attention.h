@@ -19,8 +19,9 @@
 // cores; softmax and the value sum are fp32.
 //
 // Long contexts are split along the keys (flash-decoding): each split keeps a partial softmax
-// (max, sum, normalized output) in `workspace` and a second kernel combines them. The split count
-// depends only on T, n_kv_heads and max_seq_len (a host-side bound on seq_lens, e.g. the longest
+// (max, sum, normalized output) in `workspace` and a second kernel combines them. Splits are as
+// short as 64 keys when T · n_kv_heads is small (decode of a few sequences), so the grid still
+// fills the GPU; at most 128 of them. The split count depends only on T, n_kv_heads and max_seq_len (a host-side bound on seq_lens, e.g. the longest
 // sequence of the batch): nothing is read back from the device, so the call can be captured in a
 // CUDA graph (capture with the largest max_seq_len it will see; a larger one needs a new graph).
 #include <cuda_runtime.h>
@@ -38,11 +39,22 @@ struct AttentionBatch {
   int64_t max_seq_len = 0;  // >= every seq_lens[s] (host value; sizes the split along the keys)
 };
 
+// Benchmarks and tests: force the number of key splits (1..128; 0: chosen from T, n_kv_heads and
+// max_seq_len as above).
+struct AttentionTuning {
+  int splits = 0;
+};
+
+// The key split count paged_attention chooses (without a forced one).
+int paged_attention_splits(int64_t num_tokens, int n_kv_heads, int64_t max_seq_len);
+
 // Bytes of f32 workspace paged_attention needs for up to `num_tokens` queries (any max_seq_len).
-size_t paged_attention_workspace_bytes(int64_t num_tokens, int n_heads, int n_kv_heads, int head_dim);
+size_t paged_attention_workspace_bytes(int64_t num_tokens, int n_heads, int n_kv_heads, int head_dim,
+                                       const AttentionTuning& tuning = {});
 
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
-                     float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream);
+                     float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream,
+                     const AttentionTuning& tuning = {});
 
 // Stores new K/V rows: token t of k/v [T, n_kv_heads, head_dim] goes to cache slot slots[t]
 // (block · block_size + offset, as KvCache::slots gives); a negative slot skips the token.

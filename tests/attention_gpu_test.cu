@@ -4,6 +4,7 @@
 // capture (no host synchronization inside).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "attention_test_util.h"
@@ -43,30 +44,45 @@ void write_new_rows(std::mt19937_64& rng, const PagedProblem& p, const Case& c, 
   kv_cache_write(kd, vd, sd, k_gpu, v_gpu, stream);
 }
 
-void run_case(const Case& c) {
+// max_seq_len: the host bound the split count is sized by (0: the longest sequence); a CUDA
+// graph's context bucket makes it larger, leaving splits with no keys.
+void run_case(const Case& c, const AttentionTuning& tuning = {}, int64_t max_seq_len = 0) {
   std::mt19937_64 rng(fresh_seed());
   Stream stream;
   PagedProblem p = make_paged_problem(rng, c.seq_lens, c.q_lens, c.n_heads, c.n_kv_heads, c.head_dim, c.block_size);
   Tensor k_gpu = p.k_cache.to(Device::cuda), v_gpu = p.v_cache.to(Device::cuda);
   write_new_rows(rng, p, c, k_gpu, v_gpu, stream);
-  const AttentionBatch batch = batch_to(p.batch, Device::cuda);
+  AttentionBatch host = p.batch;
+  if (max_seq_len > host.max_seq_len) {  // a bucket's block table is as wide as the bucket
+    const int64_t seqs = host.block_tables.size(0), used = host.block_tables.size(1);
+    const int64_t width = (max_seq_len + c.block_size - 1) / c.block_size;
+    host.block_tables = Tensor::empty({seqs, width}, DType::i32, Device::cpu);
+    int32_t* table = host.block_tables.data_as<int32_t>();
+    std::fill_n(table, seqs * width, 0);
+    for (int64_t s = 0; s < seqs; ++s) std::copy_n(p.batch.block_tables.data_as<int32_t>() + s * used, used, table + s * width);
+    host.max_seq_len = max_seq_len;
+  }
+  const AttentionBatch batch = batch_to(host, Device::cuda);
   const Tensor q = p.q.to(Device::cuda);
   Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda);
-  Tensor ws = Tensor::empty({int64_t(paged_attention_workspace_bytes(p.q.size(0), c.n_heads, c.n_kv_heads, c.head_dim))},
-                            DType::u8, Device::cuda);
+  Tensor ws = Tensor::empty(
+      {int64_t(paged_attention_workspace_bytes(p.q.size(0), c.n_heads, c.n_kv_heads, c.head_dim, tuning))}, DType::u8,
+      Device::cuda);
   poison(out);
   poison(ws);
   const float scale = 1.f / std::sqrt(float(c.head_dim));
-  paged_attention(q, k_gpu, v_gpu, batch, scale, ws, out, stream);
+  paged_attention(q, k_gpu, v_gpu, batch, scale, ws, out, stream, tuning);
   stream.synchronize();
   EXPECT_EQ(rel_error(k_gpu, p.k_cache), 0.0) << "kv_cache_write K";
   EXPECT_EQ(rel_error(v_gpu, p.v_cache), 0.0) << "kv_cache_write V";
   Tensor ref = Tensor::empty(p.q.shape(), DType::bf16, Device::cpu);
   paged_attention_ref(p.q, p.k_cache, p.v_cache, p.batch, scale, ref);
   const double err = rel_error(out, ref);
-  EXPECT_LT(err, 5e-3) << c.n_heads << "/" << c.n_kv_heads << " heads, head_dim " << c.head_dim;
-  std::printf("attention %d/%d heads hd %d bs %d, %lld queries, max len %lld: rel error %.2e\n", c.n_heads, c.n_kv_heads,
-              c.head_dim, c.block_size, (long long)p.q.size(0), (long long)p.batch.max_seq_len, err);
+  EXPECT_LT(err, 5e-3) << c.n_heads << "/" << c.n_kv_heads << " heads, head_dim " << c.head_dim << ", splits "
+                       << tuning.splits << ", max_seq_len " << batch.max_seq_len;
+  std::printf("attention %d/%d heads hd %d bs %d, %lld queries, max len %lld, splits %d: rel error %.2e\n", c.n_heads,
+              c.n_kv_heads, c.head_dim, c.block_size, (long long)p.q.size(0), (long long)batch.max_seq_len, tuning.splits,
+              err);
 }
 
 }  // namespace
@@ -86,6 +102,26 @@ TEST(AttentionGpu, DecodeLongContextsSplitAlongKeys) {
   run_case({32, 4, 128, 16, {1, 17, 1000, 5000, 33000}, {1, 1, 1, 1, 1}});
   run_case({32, 8, 128, 32, {40000, 2}, {1, 1}});  // Mixtral heads, block size 32
   run_case({16, 16, 128, 16, {8, 2048, 700}, {1, 1, 1}});  // OLMoE heads
+}
+
+TEST(AttentionGpu, DecodeInAContextBucketWithEmptySplits) {
+  MXMOE_REQUIRE_GPU();
+  // The decode graphs size the split by the bucket (a power of two >= 256), not the lengths.
+  run_case({32, 4, 128, 16, {640}, {1}}, {}, 1024);
+  run_case({32, 4, 128, 16, {3, 700, 1500, 90}, {1, 1, 1, 1}}, {}, 4096);
+  run_case({32, 8, 128, 16, {1}, {1}}, {}, 256);
+}
+
+TEST(AttentionGpu, EveryForcedSplitCountMatches) {
+  MXMOE_REQUIRE_GPU();
+  for (const int splits : {1, 2, 7, 16, 64, 100, 128}) run_case({32, 4, 128, 16, {2000, 37}, {1, 1}}, {splits});
+  run_case({16, 2, 256, 16, {900}, {3}}, {128});  // combine at head_dim 256 (fewer threads than splits)
+  run_case({14, 2, 64, 32, {5000}, {1}}, {128});   // and at 64
+  std::mt19937_64 rng(fresh_seed());
+  const PagedProblem p = make_paged_problem(rng, {10}, {1}, 32, 4, 128, 16, false);
+  const Tensor k = p.k_cache.to(Device::cuda), v = p.v_cache.to(Device::cuda), q = p.q.to(Device::cuda);
+  Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda), ws = Tensor::empty({1 << 20}, DType::u8, Device::cuda);
+  EXPECT_THROW(paged_attention(q, k, v, batch_to(p.batch, Device::cuda), 0.1f, ws, out, nullptr, {129}), Error);
 }
 
 TEST(AttentionGpu, LongPrefillChunkAgainstLongCache) {
