@@ -214,15 +214,15 @@ class DecoderLM final : public CausalLM {
         ops::add_rmsnorm(x, mlp, w.weight(0), eps, n, stream);  // x += mlp; n = norm(x)
       layer.qkv->forward(n, qkv, stream);
       if (layer.kv) layer.kv->forward(n, kv, stream);
-      if (spec_.qk_norm == QkNorm::per_head) {
-        ops::rmsnorm(q, w.weight(2), eps, q, stream);
-        ops::rmsnorm(k, w.weight(3), eps, k, stream);
-      } else if (spec_.qk_norm == QkNorm::full) {
+      if (spec_.qk_norm == QkNorm::full) {
         norm_across_ranks(q2d, w.weight(2), 1, eps, stream);
         norm_across_ranks(k2d, w.weight(3), shards_.kv_replicas(), eps, stream);
       }
-      ops::rope(q, k, in.positions, inv_freq, attention_scaling_, stream);
-      ops::kv_cache_write(k, v, in.kv_slots, cache.k(int(l)), cache.v(int(l)), stream);
+      // q, k = qk_norm(q, k) (per head); q, k = rope(q, k); cache[slots] = k, v: one launch.
+      const bool per_head = spec_.qk_norm == QkNorm::per_head;
+      ops::qk_norm_rope_kv_write(q, k, v, per_head ? &w.weight(2) : nullptr, per_head ? &w.weight(3) : nullptr, eps,
+                                 in.positions, inv_freq, attention_scaling_, in.kv_slots, cache.k(int(l)),
+                                 cache.v(int(l)), stream);
       ops::paged_attention(q, cache.k(int(l)), cache.v(int(l)), in.attention, scale, workspace, attn, stream);
       layer.o_proj->forward(attn.view({t, nq * hd}), attn_out, stream);
       all_reduce(attn_out, stream);
