@@ -1,23 +1,38 @@
-// Sampling kernel: one CTA per row. Thresholds for top-k and top-p come from a radix select over
-// order-preserving float keys (4 passes of 8-bit digits, integer histograms in shared memory), so
-// no sort and no float atomics: the result is bit-reproducible.
+// Sampling kernel: a cluster of kCtas CTAs per row, each holding a contiguous slice of the row in
+// shared memory (in the workspace when the slice is too large). The top-k and top-p thresholds
+// come from a select over integer histograms: first buckets by distance below the row's max
+// (radix digits of the float bits would pile nearly every logit onto two or three bins and
+// serialize the atomics), then 4 radix passes of 8 bits over the order-preserving keys inside the
+// chosen bucket. Every CTA histograms its slice in its own shared memory and reads the others'
+// through distributed shared memory: no global atomics, no float atomics, no sort, so the result
+// is bit-reproducible and the same as one CTA walking the whole row.
+#include <cooperative_groups.h>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include <cuda_bf16.h>
 
+#include <atomic>
 #include <type_traits>
 
 #include "engine/cuda_check.h"
+#include "engine/memory.h"
 #include "kernels/sampling.h"
 
 namespace mxmoe {
 
 using namespace sampling_detail;
+namespace cg = cooperative_groups;
 
 namespace {
 
-constexpr int kThreads = 1024;
+constexpr int kCtas = 8;  // CTAs per row: one portable cluster
+constexpr int kThreads = 512;
+constexpr int kBins = 256;
+constexpr float kBucketsPerLogit = 8.f;  // first-level buckets: 1/8 logit wide, 32 logits deep
+constexpr int64_t kMaxSharedSlice = 50 * 1024;  // floats (200 KiB); larger slices live in the workspace
+
+using u64 = unsigned long long;
 
 struct ArgMax {
   float value;
@@ -31,75 +46,112 @@ struct ArgMaxOp {
   }
 };
 
-struct MaxOp {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
 struct Shared {
   union {
     cub::BlockReduce<ArgMax, kThreads>::TempStorage argmax;
-    cub::BlockReduce<float, kThreads>::TempStorage max;
-    cub::BlockReduce<uint64_t, kThreads>::TempStorage sum;
-    cub::BlockScan<uint64_t, kThreads>::TempStorage scan;
+    cub::BlockScan<u64, kThreads>::TempStorage scan;
   } cub;
-  unsigned long long hist[256];
-  uint32_t digit;
-  unsigned long long above;
-  float broadcast;
-  int32_t token;
+  u64 hist[2][kBins];  // this CTA's histogram; double-buffered so one cluster barrier per pass suffices
+  u64 total[kBins];    // the cluster's histogram of the current pass
+  ArgMax best;         // this CTA's argmax
+  u64 mass;            // this CTA's kept mass
+  uint32_t digit;      // find_digit's result: the chosen bin
+  u64 need;            // and the weight still to reach inside it
 };
 
-// The key tau with weight(key > tau) < target <= weight(key >= tau), weights from weight(x, key).
-template <class Weight>
-__device__ uint32_t select_key(const float* w, int64_t n, uint64_t target, Weight weight, Shared& sh) {
-  uint32_t prefix = 0, mask = 0;
-  uint64_t above = 0;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < 256; b += kThreads) sh.hist[b] = 0;
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-      const float x = w[i];
-      const uint32_t key = order_key(x);
-      if ((key & mask) != prefix) continue;
-      const uint64_t wt = weight(x, key);
-      if (wt) atomicAdd(&sh.hist[(key >> shift) & 255u], (unsigned long long)wt);
+// This CTA's part of the row: ids [begin, begin + count), logits penalized and / temperature.
+struct Slice {
+  float* w;  // [count]
+  int64_t begin, count;
+};
+
+// First-level bucket as a digit that grows with the key: 255 for the max, 0 from 32 logits below
+// it on (and for -inf). Monotone in x, so a bucket is a contiguous key range.
+__device__ uint32_t bucket_digit(float x, float m) {
+  const float d = (m - x) * kBucketsPerLogit;  // >= 0
+  return d < float(kBins - 1) ? uint32_t(kBins - 1) - uint32_t(d) : 0u;
+}
+
+// One histogram pass of the cluster: contrib(x, key, bin) returns the weight of an element and
+// sets its bin. Leaves the cluster's sums in sh.total.
+template <class Contrib>
+__device__ void cluster_histogram(const Slice& s, Contrib contrib, Shared& sh, int& buf, cg::cluster_group& cluster) {
+  u64* h = sh.hist[buf];
+  buf ^= 1;
+  for (int b = threadIdx.x; b < kBins; b += kThreads) h[b] = 0;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < s.count; i += kThreads) {
+    const float x = s.w[i];
+    uint32_t bin = 0;
+    const u64 wt = contrib(x, order_key(x), bin);
+    if (wt) atomicAdd(&h[bin], wt);
+  }
+  cluster.sync();
+  for (int b = threadIdx.x; b < kBins; b += kThreads) {
+    u64 t = 0;
+    for (unsigned r = 0; r < kCtas; ++r) t += cluster.map_shared_rank(h, r)[b];
+    sh.total[b] = t;
+  }
+  __syncthreads();
+}
+
+// The largest bin d whose suffix sum total[d..255] reaches need_of(sum of all bins) (0 if none,
+// as a scan from 255 down would choose) -> sh.digit, and the weight still to reach inside it ->
+// sh.need. One warp: 8 bins per lane, a prefix sum over lanes, then one lane walks its bins.
+template <class Need>
+__device__ void find_digit(Need need_of, Shared& sh) {
+  if (threadIdx.x < 32) {
+    const int lane = int(threadIdx.x);
+    u64 mine = 0;
+    for (int j = 0; j < 8; ++j) mine += sh.total[kBins - 1 - 8 * lane - j];
+    u64 incl = mine;
+    for (int o = 1; o < 32; o <<= 1) {
+      const u64 v = __shfl_up_sync(~0u, incl, o);
+      if (lane >= o) incl += v;
     }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int d = 255;
-      for (; d > 0; --d) {
-        if (above + sh.hist[d] >= target) break;
-        above += sh.hist[d];
+    const u64 need = need_of(u64(__shfl_sync(~0u, incl, 31)));
+    const uint32_t reach = __ballot_sync(~0u, incl >= need);
+    if (reach == 0) {
+      if (lane == 31) {
+        sh.digit = 0;
+        sh.need = need - (incl - sh.total[0]);
       }
+    } else if (lane == __ffs(int(reach)) - 1) {
+      u64 acc = incl - mine;
+      int d = kBins - 1 - 8 * lane;
+      for (int j = 0; j < 7 && acc + sh.total[d] < need; ++j, --d) acc += sh.total[d];
       sh.digit = uint32_t(d);
-      sh.above = above;
+      sh.need = need - acc;
     }
-    __syncthreads();
+  }
+  __syncthreads();
+}
+
+// The key tau with weight(key > tau) < target <= weight(key >= tau), target = target_of(total
+// weight): the bucket holding tau, then its bytes from the top.
+template <class Weight, class Target>
+__device__ uint32_t cluster_select(const Slice& s, float m, Weight weight, Target target_of, Shared& sh, int& buf,
+                                   cg::cluster_group& cluster) {
+  cluster_histogram(s, [&](float x, uint32_t key, uint32_t& bin) -> u64 {
+    bin = bucket_digit(x, m);
+    return weight(x, key);
+  }, sh, buf, cluster);
+  find_digit(target_of, sh);
+  const uint32_t bucket = sh.digit;
+  u64 need = sh.need;
+  uint32_t prefix = 0, mask = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    cluster_histogram(s, [&](float x, uint32_t key, uint32_t& bin) -> u64 {
+      if ((key & mask) != prefix || bucket_digit(x, m) != bucket) return 0;
+      bin = (key >> shift) & 255u;
+      return weight(x, key);
+    }, sh, buf, cluster);
+    find_digit([need](u64) { return need; }, sh);
     prefix |= sh.digit << shift;
     mask |= 255u << shift;
-    above = sh.above;
-    __syncthreads();  // hist is reset next round
+    need = sh.need;
   }
   return prefix;
-}
-
-__device__ uint64_t block_sum(uint64_t v, Shared& sh) {
-  const uint64_t total = cub::BlockReduce<uint64_t, kThreads>(sh.cub.sum).Sum(v);
-  __syncthreads();
-  if (threadIdx.x == 0) sh.above = total;
-  __syncthreads();
-  const uint64_t r = sh.above;
-  __syncthreads();
-  return r;
-}
-
-__device__ int32_t block_argmax(const float* w, int64_t n, Shared& sh) {
-  ArgMax best{-INFINITY, int32_t(n)};
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) best = ArgMaxOp{}(best, ArgMax{w[i], int32_t(i)});
-  const ArgMax r = cub::BlockReduce<ArgMax, kThreads>(sh.cub.argmax).Reduce(best, ArgMaxOp{});
-  if (threadIdx.x == 0) sh.token = r.index < n ? r.index : 0;
-  __syncthreads();
-  return sh.token;
 }
 
 template <class T>
@@ -109,88 +161,125 @@ __device__ float logit_at(const T* row, int64_t i) {
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __cluster_dims__(kCtas, 1, 1) __launch_bounds__(kThreads, 2)
 sample_kernel(const T* logits, int64_t n, const SamplingParams* params, const int32_t* prev_offsets,
-              const int32_t* prev_ids, float* workspace, int32_t* tokens) {
+              const int32_t* prev_ids, float* workspace, bool in_shared, int32_t* tokens) {
+  extern __shared__ float shared_slice[];
   __shared__ Shared sh;
-  const int64_t row = blockIdx.x;
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank();
+  const int64_t row = blockIdx.x / kCtas;
   const SamplingParams p = params[row];
   const T* in = logits + row * n;
-  float* w = workspace + row * n;
+  const int64_t per_cta = (n + kCtas - 1) / kCtas;
+  Slice s;
+  s.begin = min(n, int64_t(rank) * per_cta);
+  s.count = min(n, s.begin + per_cta) - s.begin;
+  s.w = in_shared ? shared_slice : workspace + row * n + s.begin;
 
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) w[i] = logit_at(in, i);
+  // Penalized logits (/ temperature unless greedy), as the reference: duplicates write the same value.
+  const auto scaled = [&](float x) { return p.temperature == 0.f ? x : x / p.temperature; };
+  for (int64_t i = threadIdx.x; i < s.count; i += kThreads) s.w[i] = scaled(logit_at(in, s.begin + i));
   __syncthreads();
-  if (p.repetition_penalty != 1.f) {  // duplicates write the same value: no race
-    for (int j = prev_offsets[row] + threadIdx.x; j < prev_offsets[row + 1]; j += kThreads) {
-      const int32_t id = prev_ids[j];
-      if (id >= 0 && id < n) w[id] = penalized(logit_at(in, id), p.repetition_penalty);
+  if (p.repetition_penalty != 1.f) {
+    for (int j = prev_offsets[row] + int(threadIdx.x); j < prev_offsets[row + 1]; j += kThreads) {
+      const int64_t id = prev_ids[j];
+      if (id >= s.begin && id < s.begin + s.count) s.w[id - s.begin] = scaled(penalized(logit_at(in, id), p.repetition_penalty));
     }
     __syncthreads();
   }
+
+  // Argmax (ties -> lowest id): the greedy token, and the max m of the sampled path.
+  ArgMax local{-INFINITY, INT32_MAX};
+  for (int64_t i = threadIdx.x; i < s.count; i += kThreads) local = ArgMaxOp{}(local, ArgMax{s.w[i], int32_t(s.begin + i)});
+  const ArgMax cta_best = cub::BlockReduce<ArgMax, kThreads>(sh.cub.argmax).Reduce(local, ArgMaxOp{});
+  if (threadIdx.x == 0) sh.best = cta_best;
+  cluster.sync();
+  ArgMax best{-INFINITY, INT32_MAX};
+  for (unsigned r = 0; r < kCtas; ++r) best = ArgMaxOp{}(best, *cluster.map_shared_rank(&sh.best, r));
+  const int32_t argmax = best.index < n ? best.index : 0;
   if (p.temperature == 0.f) {
-    const int32_t token = block_argmax(w, n, sh);
-    if (threadIdx.x == 0) tokens[row] = token;
+    if (rank == 0 && threadIdx.x == 0) tokens[row] = argmax;
+    cluster.sync();  // keep this CTA's shared memory alive until the others have read it
     return;
   }
+  const float m = best.value;
 
-  float local_max = -INFINITY;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-    w[i] = w[i] / p.temperature;
-    local_max = fmaxf(local_max, w[i]);
-  }
-  const float block_max = cub::BlockReduce<float, kThreads>(sh.cub.max).Reduce(local_max, MaxOp{});
-  if (threadIdx.x == 0) sh.broadcast = block_max;
-  __syncthreads();
-  const float m = sh.broadcast;
-  __syncthreads();
-
+  int buf = 0;
   uint32_t top_k_key = 0, top_p_key = 0;
   if (p.top_k > 0 && p.top_k < n) {
-    top_k_key = select_key(w, n, uint64_t(p.top_k), [](float, uint32_t) -> uint64_t { return 1; }, sh);
+    top_k_key = cluster_select(s, m, [](float, uint32_t) -> u64 { return 1; },
+                               [&](u64) { return u64(p.top_k); }, sh, buf, cluster);
   }
   if (p.top_p < 1.f) {
-    const auto mass = [&](float x, uint32_t key) -> uint64_t { return key >= top_k_key ? fixed_mass(expf(x - m)) : 0; };
-    uint64_t local = 0;
-    for (int64_t i = threadIdx.x; i < n; i += kThreads) local += mass(w[i], order_key(w[i]));
-    const uint64_t total = block_sum(local, sh);
-    const uint64_t target = max(uint64_t(1), uint64_t(double(p.top_p) * double(total)));
-    top_p_key = select_key(w, n, target, mass, sh);
+    top_p_key = cluster_select(s, m,
+        [&](float x, uint32_t key) -> u64 { return key >= top_k_key ? fixed_mass(expf(x - m)) : 0; },
+        [&](u64 total) { return max(u64(1), u64(double(p.top_p) * double(total))); }, sh, buf, cluster);
   }
 
-  // Draw: contiguous chunks per thread, an exclusive scan of their kept masses, and the one
-  // thread whose range holds the point r walks its chunk.
-  const auto kept_mass = [&](int64_t i) -> uint64_t {
-    const float x = w[i];
+  // Draw: contiguous chunks per thread, CTAs in rank order, so kept masses accumulate in id order;
+  // the one thread whose range holds the point r walks its chunk.
+  const auto kept_mass = [&](int64_t i) -> u64 {
+    const float x = s.w[i];
     const uint32_t key = order_key(x);
     const float e = expf(x - m);
     return (key >= top_k_key && key >= top_p_key && e >= p.min_p) ? fixed_mass(e) : 0;
   };
-  const int64_t chunk = (n + kThreads - 1) / kThreads;
-  const int64_t lo = min(n, threadIdx.x * chunk), hi = min(n, lo + chunk);
-  uint64_t mine = 0;
+  const int64_t chunk = (s.count + kThreads - 1) / kThreads;
+  const int64_t lo = min(s.count, threadIdx.x * chunk), hi = min(s.count, lo + chunk);
+  u64 mine = 0;
   for (int64_t i = lo; i < hi; ++i) mine += kept_mass(i);
-  uint64_t before = 0, total = 0;
-  cub::BlockScan<uint64_t, kThreads>(sh.cub.scan).ExclusiveSum(mine, before, total);
-  if (threadIdx.x == 0) sh.token = -1;
-  __syncthreads();
-  if (total == 0) {  // cannot happen with valid parameters (the top token is always kept)
-    const int32_t token = block_argmax(w, n, sh);
-    if (threadIdx.x == 0) tokens[row] = token;
-    return;
+  u64 before = 0, cta_total = 0;
+  cub::BlockScan<u64, kThreads>(sh.cub.scan).ExclusiveSum(mine, before, cta_total);
+  if (threadIdx.x == 0) sh.mass = cta_total;
+  cluster.sync();
+  u64 total = 0;
+  for (unsigned r = 0; r < kCtas; ++r) {
+    const u64 t = *cluster.map_shared_rank(&sh.mass, r);
+    before += r < rank ? t : 0;
+    total += t;
   }
-  const uint64_t r = mul_hi64(total, sampling_random(p.seed, p.step));
-  if (r >= before && r < before + mine) {
-    uint64_t cum = before;
-    for (int64_t i = lo; i < hi; ++i) {
-      cum += kept_mass(i);
-      if (cum > r) {
-        sh.token = int32_t(i);
-        break;
+  if (total == 0) {  // cannot happen with valid parameters and finite logits (the top token is kept)
+    if (rank == 0 && threadIdx.x == 0) tokens[row] = argmax;
+  } else {
+    const u64 r = mul_hi64(total, sampling_random(p.seed, p.step));
+    if (r >= before && r < before + mine) {
+      u64 cum = before;
+      for (int64_t i = lo; i < hi; ++i) {
+        cum += kept_mass(i);
+        if (cum > r) {
+          tokens[row] = int32_t(s.begin + i);
+          break;
+        }
       }
     }
   }
-  __syncthreads();
-  if (threadIdx.x == 0) tokens[row] = sh.token;
+  cluster.sync();  // keep this CTA's shared memory alive until the others have read it
+}
+
+// Raises the kernel's dynamic shared-memory limit to the largest slice, once per device.
+template <class T>
+void allow_shared_slices() {
+  static std::atomic<uint64_t> ready{0};
+  const uint64_t bit = uint64_t(1) << (current_device() & 63);
+  if (ready.load() & bit) return;
+  CUDA_CHECK(cudaFuncSetAttribute(sample_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(kMaxSharedSlice * sizeof(float))));
+  ready.fetch_or(bit);
+}
+
+template <class T>
+void launch(const Tensor& logits, const SamplingParams* p, const Tensor& prev_offsets, const Tensor& prev_ids,
+            const Tensor& workspace, const Tensor& tokens, cudaStream_t stream) {
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  const int64_t per_cta = (vocab + kCtas - 1) / kCtas;
+  const bool in_shared = per_cta <= kMaxSharedSlice;
+  const size_t smem = in_shared ? size_t(per_cta) * sizeof(float) : 0;
+  allow_shared_slices<T>();
+  sample_kernel<T><<<unsigned(rows * kCtas), kThreads, smem, stream>>>(logits.data_as<const T>(), vocab, p,
+      prev_offsets.data_as<const int32_t>(), prev_ids.data_as<const int32_t>(), workspace.data_as<float>(), in_shared,
+      tokens.data_as<int32_t>());
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -202,6 +291,7 @@ void sample(const Tensor& logits, const Tensor& params, const Tensor& prev_offse
               shape_str(logits.shape()));
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   MXMOE_CHECK(vocab > 0 && vocab < INT32_MAX, "sample: vocabulary size ", vocab, " out of range");
+  MXMOE_CHECK(rows < INT32_MAX / kCtas, "sample: ", rows, " rows are too many for one launch");
   MXMOE_CHECK(params.nbytes() == size_t(rows) * sizeof(SamplingParams), "sample: params hold ", params.nbytes(),
               " bytes, expected ", rows, " x ", sizeof(SamplingParams));
   MXMOE_CHECK(prev_offsets.dtype() == DType::i32 && prev_offsets.numel() == rows + 1 && prev_ids.dtype() == DType::i32,
@@ -214,16 +304,8 @@ void sample(const Tensor& logits, const Tensor& params, const Tensor& prev_offse
   }
   if (rows == 0) return;
   const auto* p = static_cast<const SamplingParams*>(params.data());
-  if (logits.dtype() == DType::f32) {
-    sample_kernel<float><<<unsigned(rows), kThreads, 0, stream>>>(logits.data_as<const float>(), vocab, p,
-        prev_offsets.data_as<const int32_t>(), prev_ids.data_as<const int32_t>(), workspace.data_as<float>(),
-        tokens.data_as<int32_t>());
-  } else {
-    sample_kernel<__nv_bfloat16><<<unsigned(rows), kThreads, 0, stream>>>(logits.data_as<const __nv_bfloat16>(), vocab, p,
-        prev_offsets.data_as<const int32_t>(), prev_ids.data_as<const int32_t>(), workspace.data_as<float>(),
-        tokens.data_as<int32_t>());
-  }
-  CUDA_CHECK_LAUNCH();
+  if (logits.dtype() == DType::f32) launch<float>(logits, p, prev_offsets, prev_ids, workspace, tokens, stream);
+  else launch<__nv_bfloat16>(logits, p, prev_offsets, prev_ids, workspace, tokens, stream);
 }
 
 }  // namespace mxmoe

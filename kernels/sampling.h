@@ -62,7 +62,8 @@ MXMOE_HD uint64_t mul_hi64(uint64_t a, uint64_t b) {
 // logits: f32 or bf16 [B, V] contiguous; params: B SamplingParams in device memory (u8 [B·40]);
 // prev_offsets: i32 [B + 1] and prev_ids: i32 [N]: row b's previous tokens are
 // prev_ids[prev_offsets[b] .. prev_offsets[b+1]) (ids outside [0, V) are ignored);
-// workspace: f32 [B, V]; tokens: i32 [B] (output).
+// workspace: f32 [B, V] (holds the rows only when a slice of V / 8 floats exceeds 200 KiB of
+// shared memory); tokens: i32 [B] (output). A cluster of 8 CTAs samples each row.
 void sample(const Tensor& logits, const Tensor& params, const Tensor& prev_offsets, const Tensor& prev_ids,
             const Tensor& workspace, const Tensor& tokens, cudaStream_t stream);
 

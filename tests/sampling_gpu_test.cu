@@ -1,10 +1,12 @@
 // Sampling kernel vs the CPU references on fresh random logits: greedy is argmax (ties -> lowest
 // id), sampled tokens equal the row reference's (same algorithm, same random numbers), their
 // frequencies match Hugging Face's filtered distribution (chi-square), excluded tokens are never
-// drawn, and the same seeds reproduce the same tokens.
+// drawn, and the same seeds reproduce the same tokens; also with thousands of tokens tied at the
+// filter boundaries, masked (-inf) logits, and a vocabulary whose rows live in the workspace.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "engine/stream.h"
@@ -130,44 +132,75 @@ TEST(SamplingGpu, DrawsMatchReferenceAndDistribution) {
   }
 }
 
+namespace {
+
+// Rows of every sampling case over `steps` steps, logits from gen(rng, vocab) (rounded to dtype)
+// and 200 random previous tokens each: every drawn token has nonzero probability under Hugging
+// Face's filters and is the row reference's (one may differ by exp() rounding at a boundary).
+template <class Gen>
+void expect_filters_match_reference(int64_t vocab, int64_t steps, DType dtype, Gen gen) {
+  std::mt19937_64 rng(fresh_seed());
+  const std::vector<SamplingParams> cases = sampling_cases(rng());
+  Rows r;
+  std::vector<std::vector<float>> case_logits;
+  std::vector<std::vector<int32_t>> case_prev;
+  for (const SamplingParams& c : cases) {
+    const std::vector<float> x = gen(rng, vocab);
+    case_logits.push_back(rounded(x, dtype));
+    std::vector<int32_t> prev;
+    for (int i = 0; i < 200; ++i) prev.push_back(int32_t(rng() % uint64_t(vocab)));
+    case_prev.push_back(prev);
+    for (int64_t s = 0; s < steps; ++s) {
+      r.logits.insert(r.logits.end(), x.begin(), x.end());
+      SamplingParams p = c;
+      p.step = uint64_t(s);
+      r.params.push_back(p);
+      r.prev.insert(r.prev.end(), prev.begin(), prev.end());
+      r.offsets.push_back(int32_t(r.prev.size()));
+    }
+  }
+  const std::vector<int32_t> got = run_kernel(r, vocab, dtype);
+  int64_t mismatches = 0;
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const std::vector<double> probs = sampling_distribution_ref(case_logits[c], cases[c], case_prev[c]);
+    for (int64_t s = 0; s < steps; ++s) {
+      const size_t row = c * size_t(steps) + size_t(s);
+      const int32_t token = got[row];
+      ASSERT_TRUE(token >= 0 && token < vocab) << "row " << row << " token " << token;
+      EXPECT_GT(probs[size_t(token)], 0.0) << "case " << c << " drew excluded token " << token;
+      mismatches += token != sample_row_ref(case_logits[c], r.params[row], case_prev[c]);
+    }
+  }
+  EXPECT_LE(mismatches, 1) << dtype_name(dtype) << " vocabulary " << vocab;
+}
+
+std::vector<float> normal_logits(std::mt19937_64& rng, int64_t vocab) {
+  std::normal_distribution<float> d(0.f, 2.5f);
+  std::vector<float> x(static_cast<size_t>(vocab));
+  for (float& v : x) v = d(rng);
+  return x;
+}
+
+}  // namespace
+
 TEST(SamplingGpu, LargeVocabularyFiltersMatchReference) {
   MXMOE_REQUIRE_GPU();
-  std::mt19937_64 rng(fresh_seed());
-  const int64_t vocab = 151936, steps = 12;
-  const std::vector<SamplingParams> cases = sampling_cases(rng());
-  for (DType dtype : {DType::f32, DType::bf16}) {
-    Rows r;
-    std::vector<std::vector<float>> case_logits;
-    std::vector<std::vector<int32_t>> case_prev;
-    std::normal_distribution<float> d(0.f, 2.5f);
-    for (const SamplingParams& c : cases) {
-      std::vector<float> x(static_cast<size_t>(vocab));
-      for (float& v : x) v = d(rng);
-      case_logits.push_back(rounded(x, dtype));
-      std::vector<int32_t> prev;
-      for (int i = 0; i < 200; ++i) prev.push_back(int32_t(rng() % uint64_t(vocab)));
-      case_prev.push_back(prev);
-      for (int64_t s = 0; s < steps; ++s) {
-        r.logits.insert(r.logits.end(), x.begin(), x.end());
-        SamplingParams p = c;
-        p.step = uint64_t(s);
-        r.params.push_back(p);
-        r.prev.insert(r.prev.end(), prev.begin(), prev.end());
-        r.offsets.push_back(int32_t(r.prev.size()));
-      }
-    }
-    const std::vector<int32_t> got = run_kernel(r, vocab, dtype);
-    int64_t mismatches = 0;
-    for (size_t c = 0; c < cases.size(); ++c) {
-      const std::vector<double> probs = sampling_distribution_ref(case_logits[c], cases[c], case_prev[c]);
-      for (int64_t s = 0; s < steps; ++s) {
-        const size_t row = c * size_t(steps) + size_t(s);
-        const int32_t token = got[row];
-        ASSERT_TRUE(token >= 0 && token < vocab) << "row " << row << " token " << token;
-        EXPECT_GT(probs[size_t(token)], 0.0) << "case " << c << " drew excluded token " << token;
-        mismatches += token != sample_row_ref(case_logits[c], r.params[row], case_prev[c]);
-      }
-    }
-    EXPECT_LE(mismatches, 1) << dtype_name(dtype);
-  }
+  for (DType dtype : {DType::f32, DType::bf16}) expect_filters_match_reference(151936, 12, dtype, normal_logits);
+}
+
+// A row slice too large for shared memory lives in the workspace.
+TEST(SamplingGpu, VocabularyBeyondSharedMemoryMatchesReference) {
+  MXMOE_REQUIRE_GPU();
+  expect_filters_match_reference(500000, 2, DType::f32, normal_logits);
+}
+
+// Logits on a coarse grid (thousands of tokens tie at every top-k / top-p boundary: all tied
+// tokens are kept) with 1% masked to -inf.
+TEST(SamplingGpu, TiesAndMaskedLogitsMatchReference) {
+  MXMOE_REQUIRE_GPU();
+  expect_filters_match_reference(151936, 12, DType::f32, [](std::mt19937_64& rng, int64_t vocab) {
+    std::vector<float> x = normal_logits(rng, vocab);
+    for (float& v : x) v = rng() % 100 == 0 ? -INFINITY : std::round(v * 2.f) / 2.f;
+    return x;
+  });
 }
