@@ -1,11 +1,14 @@
-// The Engine of engine/mxmoe.h: loads the model (engine/model_loading.h), sizes the KV cache, and
-// hands requests to the continuous-batching scheduler (engine/scheduler.h).
+// The Engine of engine/mxmoe.h: loads the model (engine/model_loading.h; under tensor parallelism
+// the runtime of engine/tensor_parallel.h loads one shard per rank), sizes the KV cache, and hands
+// requests to the continuous-batching scheduler (engine/scheduler.h) through a ModelRunner.
 #include "engine/chat_template.h"
 #include "engine/generator.h"
 #include "engine/memory.h"
 #include "engine/model_loading.h"
 #include "engine/mxmoe.h"
 #include "engine/scheduler.h"
+#include "engine/tensor_parallel.h"
+#include "loader/generation_config.h"
 
 namespace mxmoe {
 
@@ -33,14 +36,60 @@ Result RequestHandle::wait() const {
 }
 
 struct Engine::Impl {
-  LoadedModel loaded;
+  ModelConfig config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<int32_t> stop_ids;
   int64_t max_len = 0;
   std::unique_ptr<ChatTemplate> chat_template;  // null when the checkpoint has none
   std::string chat_template_error;
+  // tp = 1: the model, its KV cache and Generator here; tp > 1: the runtime holds one per rank.
+  std::unique_ptr<CausalLM> model;
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<Generator> generator;
+  std::unique_ptr<TensorParallelRuntime> runtime;
+  std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<Scheduler> scheduler;  // last: its thread stops before the rest goes
+
+  void load_one_device(const EngineOptions& options, const ModelLoadOptions& load, const KvCacheConfig& kv);
+  void load_tensor_parallel(const EngineOptions& options, const ModelLoadOptions& load, const KvCacheConfig& kv);
 };
+
+void Engine::Impl::load_one_device(const EngineOptions& options, const ModelLoadOptions& load,
+                                   const KvCacheConfig& kv) {
+  LoadedModel loaded = load_model(load);
+  config = loaded.config;
+  tokenizer = std::move(loaded.tokenizer);
+  stop_ids = loaded.stop_ids;
+  model = std::move(loaded.model);
+  max_len = resolve_max_model_len(config, options.max_model_len);
+  KvCacheConfig geometry = model->kv_cache_config();
+  geometry.block_size = kv.block_size;
+  geometry.num_blocks = kv.num_blocks;
+  geometry.memory_fraction = kv.memory_fraction;
+  cache = std::make_unique<KvCache>(geometry, load.device);
+  generator = std::make_unique<Generator>(*model, *cache);
+  runner = std::make_unique<GeneratorRunner>(*generator);
+}
+
+void Engine::Impl::load_tensor_parallel(const EngineOptions& options, const ModelLoadOptions& load,
+                                        const KvCacheConfig& kv) {
+  TensorParallelOptions tp;
+  tp.model_dir = load.dir;
+  tp.load_format = load.format;
+  tp.model.quant = load.quant;
+  tp.model.device = load.device;
+  tp.load.quiet = load.quiet;
+  tp.load.gpu_memory_limit = load.gpu_memory_limit;  // each rank's GPU
+  tp.kv_cache = kv;
+  tp.local_ranks = options.tensor_parallel_size;
+  MXMOE_CHECK(load.device == Device::cpu || cuda_available(), "device cuda: no CUDA device is available");
+  runtime = std::make_unique<TensorParallelRuntime>(tp);  // each rank loads its shard
+  config = runtime->config();
+  tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(load.dir + "/tokenizer.json"));
+  stop_ids = load_stop_ids(load.dir, config);
+  max_len = resolve_max_model_len(config, options.max_model_len);
+  runner = std::make_unique<TensorParallelRunner>(*runtime);
+}
 
 namespace {
 
@@ -53,8 +102,8 @@ Device parse_device(const std::string& name) {
 }  // namespace
 
 Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
-  MXMOE_CHECK(options.tensor_parallel_size == 1, "tensor_parallel_size ", options.tensor_parallel_size,
-              ": the Engine runs on one device in this version; tensor parallelism runs through run-model (--tp)");
+  MXMOE_CHECK(options.tensor_parallel_size >= 1, "tensor_parallel_size must be >= 1, got ",
+              options.tensor_parallel_size);
   MXMOE_CHECK(options.quantization == "mxfp8" || options.quantization == "bf16",
               "quantization must be mxfp8 or bf16, got \"", options.quantization, "\"");
   MXMOE_CHECK(options.kv_block_size > 0 && (options.kv_block_size & (options.kv_block_size - 1)) == 0,
@@ -70,46 +119,44 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   load.format = parse_load_format(options.load_format);
   load.gpu_memory_limit = size_t(options.gpu_memory_limit_gb * double(1ull << 30));
   load.quiet = options.quiet;
+  // The pool: explicit, else 4 x max_model_len tokens on the CPU, else sized from free GPU memory
+  // (each rank's, the smallest, under tensor parallelism).
+  KvCacheConfig kv;
+  kv.block_size = options.kv_block_size;
+  kv.memory_fraction = options.kv_cache_memory_fraction;
+  if (options.kv_cache_blocks > 0) {
+    kv.num_blocks = options.kv_cache_blocks;
+  } else if (load.device == Device::cpu) {
+    const int64_t max_len = resolve_max_model_len(load_model_config(options.model), options.max_model_len);
+    kv.num_blocks = 4 * ((max_len + kv.block_size - 1) / kv.block_size);
+  }
   Impl& m = *impl_;
-  m.loaded = load_model(load);
-  m.max_len = resolve_max_model_len(m.loaded.config, options.max_model_len);
+  if (options.tensor_parallel_size == 1)
+    m.load_one_device(options, load, kv);
+  else
+    m.load_tensor_parallel(options, load, kv);
   try {
     m.chat_template = std::make_unique<ChatTemplate>(ChatTemplate::from_dir(options.model));
   } catch (const Error& e) {
     m.chat_template_error = e.what();
   }
 
-  KvCacheConfig kv = m.loaded.model->kv_cache_config();
-  kv.block_size = options.kv_block_size;
-  kv.memory_fraction = options.kv_cache_memory_fraction;
-  const int64_t blocks_per_sequence = (m.max_len + kv.block_size - 1) / kv.block_size;
-  kv.num_blocks = options.kv_cache_blocks ? options.kv_cache_blocks
-                  : load.device == Device::cpu ? 4 * blocks_per_sequence
-                                               : 0;  // sized from free GPU memory
-  m.cache = std::make_unique<KvCache>(kv, load.device);
-  m.generator = std::make_unique<Generator>(*m.loaded.model, *m.cache);
-
   SchedulerOptions s;
   s.max_batch_size = options.max_batch_size;
   s.max_step_tokens = options.max_step_tokens;
   s.max_model_len = m.max_len;
-  s.vocab_size = m.loaded.config.vocab_size;
-  s.eos_ids = m.loaded.stop_ids;
-  // The step seam: one Generator today; a tensor-parallel fan-out over rank threads later.
-  Generator& generator = *m.generator;
-  m.scheduler = std::make_unique<Scheduler>(
-      [&generator](std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
-                   const std::vector<int32_t>& logit_rows) { return generator.step(seqs, tokens, logit_rows); },
-      *m.cache, generator.stream(), *m.loaded.tokenizer, s);
+  s.vocab_size = m.config.vocab_size;
+  s.eos_ids = m.stop_ids;
+  m.scheduler = std::make_unique<Scheduler>(*m.runner, *m.tokenizer, s);
 }
 
 Engine::~Engine() = default;
 
-const Tokenizer& Engine::tokenizer() const { return *impl_->loaded.tokenizer; }
+const Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
 
 int64_t Engine::max_model_len() const { return impl_->max_len; }
 
-const std::vector<int32_t>& Engine::eos_ids() const { return impl_->loaded.stop_ids; }
+const std::vector<int32_t>& Engine::eos_ids() const { return impl_->stop_ids; }
 
 EngineStats Engine::stats() const { return impl_->scheduler->stats(); }
 
@@ -135,7 +182,7 @@ RequestHandle Engine::submit(const Request& request, const OnToken& on_token) {
   s.sampling = to_sampling_params(request.sampling);
   s.max_new_tokens = request.max_new_tokens;
   s.stop = request.stop;
-  if (!request.ignore_eos) s.stop_ids = impl_->loaded.stop_ids;
+  if (!request.ignore_eos) s.stop_ids = impl_->stop_ids;
   s.stop_ids.insert(s.stop_ids.end(), request.stop_ids.begin(), request.stop_ids.end());
   s.on_token = on_token;
   return RequestHandle(impl_->scheduler->submit(std::move(s)));

@@ -12,10 +12,20 @@
 //     return true;  // false cancels
 //   });
 //
+// Tensor parallelism (tensor_parallel_size = tp > 1): one process drives tp ranks, each holding its
+// shard of the model (heads, experts' columns, vocabulary) and of the KV cache on GPU i; each step
+// runs on all of them in lockstep and the scheduler samples rank 0's logits (all ranks hold the same
+// ones). tp must divide num_attention_heads and vocab_size, and divide or be a multiple of
+// num_key_value_heads (an Error from the constructor otherwise). kv_cache_blocks and
+// gpu_memory_limit_gb are per rank; with kv_cache_blocks 0 every rank gets the pool the fullest
+// GPU leaves room for.
+//
 // Errors are mxmoe::Error exceptions: from the constructor (bad options, unreadable checkpoint)
 // and from generate()/submit() for a bad request, before anything runs. A failure inside a model
 // step ends the requests of that step with FinishReason::error and the message in Result::error;
-// the engine stays usable.
+// the engine stays usable. Under tensor parallelism a rank that fails aborts the rank group: the
+// requests of that step end with its error, and so does every later request (nothing hangs), so
+// make a new Engine.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -41,7 +51,8 @@ struct EngineOptions {
   int kv_block_size = 16;              // tokens per KV block (a power of two)
   int max_batch_size = 64;             // sequences per step
   int max_step_tokens = 2048;          // tokens per step: longer prompts are prefilled in chunks
-  int tensor_parallel_size = 1;        // only 1 in this version (run-model runs tensor parallelism)
+  int tensor_parallel_size = 1;        // > 1: the model split over that many GPUs 0 .. tp-1 (with device
+                                       // cpu, simulated ranks), each with its own KV pool; see below
   bool quiet = true;                   // no load progress on stderr
 };
 

@@ -4,8 +4,11 @@
 #include <chrono>
 #include <optional>
 
+#include "engine/cuda_check.h"
 #include "engine/error.h"
+#include "engine/memory.h"
 #include "engine/ops.h"
+#include "engine/tensor_parallel.h"
 #include "engine/text_stream.h"
 
 namespace mxmoe {
@@ -36,6 +39,55 @@ SamplingParams to_sampling_params(const SamplingOptions& options) {
   return p;
 }
 
+GeneratorRunner::GeneratorRunner(Generator& generator)
+    : generator_(generator), gpu_(generator.stream() ? current_device() : -1) {}
+
+Tensor GeneratorRunner::step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
+                             const std::vector<int32_t>& logit_rows) {
+  return generator_.step(seqs, tokens, logit_rows);
+}
+
+void GeneratorRunner::make_current() const {
+  if (gpu_ >= 0) CUDA_CHECK(cudaSetDevice(gpu_));
+}
+
+TensorParallelRunner::TensorParallelRunner(TensorParallelRuntime& runtime) : runtime_(runtime) {
+  MXMOE_CHECK(runtime.world_size() == runtime.local_size(),
+              "the scheduler drives the ranks of one process: a multi-process runtime is not supported");
+}
+
+Tensor TensorParallelRunner::step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
+                                  const std::vector<int32_t>& logit_rows) {
+  Tensor logits;  // rank 0's; the other ranks' copies are dropped (each rank's step memory)
+  try {
+    runtime_.run_on_ranks([&](TensorParallelRuntime::Rank& rank) {
+      Tensor mine = rank.generator->step(seqs, tokens, logit_rows);
+      if (rank.local == 0) logits = std::move(mine);
+    });
+  } catch (const std::exception& e) {
+    fail("tensor parallel step: ", e.what(), " (the rank group is aborted: every later step fails the same way)");
+  }
+  return logits;
+}
+
+// Every rank's cache sees the same calls in the same order, so they all return the same id.
+int TensorParallelRunner::add_sequence() {
+  for (int i = 1; i < runtime_.local_size(); ++i) runtime_.rank(i).cache->add_sequence();
+  return runtime_.rank(0).cache->add_sequence();
+}
+
+void TensorParallelRunner::free_sequence(int seq) {
+  for (int i = 0; i < runtime_.local_size(); ++i) runtime_.rank(i).cache->free_sequence(seq);
+}
+
+const KvCache& TensorParallelRunner::cache() const { return *runtime_.rank(0).cache; }
+
+cudaStream_t TensorParallelRunner::stream() const { return runtime_.rank(0).generator->stream(); }
+
+void TensorParallelRunner::make_current() const {
+  if (runtime_.device() == Device::cuda) CUDA_CHECK(cudaSetDevice(0));  // local rank i runs on GPU i
+}
+
 struct Scheduler::Sequence {
   Sequence(SequenceRequest r, const Tokenizer& tokenizer) : request(std::move(r)), text(tokenizer, request.stop) {}
 
@@ -50,9 +102,8 @@ struct Scheduler::Sequence {
   Clock::time_point submitted = Clock::now();
 };
 
-Scheduler::Scheduler(StepFunction step, KvCache& cache, cudaStream_t stream, const Tokenizer& tokenizer,
-                     const SchedulerOptions& options)
-    : step_(std::move(step)), cache_(cache), stream_(stream), tokenizer_(tokenizer), options_(options) {
+Scheduler::Scheduler(ModelRunner& runner, const Tokenizer& tokenizer, const SchedulerOptions& options)
+    : runner_(runner), cache_(runner.cache()), tokenizer_(tokenizer), options_(options) {
   MXMOE_CHECK(options_.max_batch_size >= 1, "max_batch_size must be >= 1, got ", options_.max_batch_size);
   MXMOE_CHECK(options_.max_step_tokens >= 1, "max_step_tokens must be >= 1, got ", options_.max_step_tokens);
   MXMOE_CHECK(cache_.num_blocks() * cache_.block_size() >= options_.max_model_len, "the KV cache holds ",
@@ -155,7 +206,7 @@ void Scheduler::admit() {
     // Arrival order: the head waits for blocks rather than being overtaken. With nothing running
     // the whole pool is free and holds max_model_len tokens, so the head always fits then.
     if (blocks_needed(s, int64_t(s.pending.size())) > cache_.free_blocks()) break;
-    s.cache_id = cache_.add_sequence();
+    s.cache_id = runner_.add_sequence();
     if (!s.started) {
       s.started = true;
       s.result.queue_seconds = seconds_between(s.submitted, Clock::now());
@@ -167,7 +218,7 @@ void Scheduler::admit() {
 
 void Scheduler::preempt_youngest() {
   Sequence& s = *running_.back();
-  cache_.free_sequence(s.cache_id);
+  runner_.free_sequence(s.cache_id);
   s.cache_id = -1;
   s.pending = s.history;  // recompute prompt + generated tokens; the next sampled token continues the sequence
   ++s.result.preemptions;
@@ -255,22 +306,26 @@ void Scheduler::step() {
     stats_.prompt_tokens += prompt_tokens;
   }
   try {
+    runner_.make_current();
     if (sampled.empty()) {  // only middle chunks: fill the cache, sample nothing
-      step_(seqs, tokens, {row_end - 1});
+      runner_.step(seqs, tokens, {row_end - 1});
     } else {
-      const Tensor logits = step_(seqs, tokens, rows);
+      const Tensor logits = runner_.step(seqs, tokens, rows);
+      cudaStream_t stream = runner_.stream();
       const Device device = logits.device();
       const int64_t b = int64_t(sampled.size()), vocab = logits.size(1);
       const Tensor chosen = Tensor::empty({b}, DType::i32, device);
       const Tensor params_buffer =
           device == Device::cuda ? Tensor::empty({b * int64_t(sizeof(SamplingParams))}, DType::u8, device) : Tensor();
       const Tensor workspace = device == Device::cuda ? Tensor::empty({b, vocab}, DType::f32, device) : Tensor();
-      ops::sample(logits, params, params_buffer, upload(prev_offsets, device, stream_), upload(prev_ids, device, stream_),
-                  workspace, chosen, stream_);
-      const Tensor host = chosen.to(Device::cpu, stream_);  // synchronizes the step
+      ops::sample(logits, params, params_buffer, upload(prev_offsets, device, stream), upload(prev_ids, device, stream),
+                  workspace, chosen, stream);
+      const Tensor host = chosen.to(Device::cpu, stream);  // synchronizes the step
       for (size_t r = 0; r < sampled.size(); ++r) accept_token(*running_[sampled[r]], host.data_as<int32_t>()[r]);
     }
-  } catch (const std::exception& e) {  // the step's sequences fail; the others and the engine go on
+  } catch (const std::exception& e) {
+    // The step's sequences fail; the others and the engine go on (a tensor-parallel runner whose
+    // group aborted fails every later step too, so later requests end with its error).
     for (size_t i : plan) finish(*running_[i], FinishReason::error, e.what());
   }
   remove_finished();
@@ -314,7 +369,7 @@ void Scheduler::accept_token(Sequence& s, int32_t token) {
 void Scheduler::finish(Sequence& s, FinishReason reason, const std::string& error) {
   if (s.finished) return;
   s.finished = true;
-  if (s.cache_id >= 0) cache_.free_sequence(s.cache_id);
+  if (s.cache_id >= 0) runner_.free_sequence(s.cache_id);
   s.cache_id = -1;
   s.result.finish = reason;
   s.result.error = error;

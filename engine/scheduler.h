@@ -20,7 +20,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -28,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/generator.h"
 #include "engine/kv_cache.h"
 #include "engine/mxmoe.h"
 #include "engine/tensor.h"
@@ -35,11 +35,67 @@
 
 namespace mxmoe {
 
-// The step seam: appends tokens[i] to cache sequence seqs[i] and returns the logits [R, vocab] of
-// the step's token rows `logit_rows` (Generator::step's contract). A tensor-parallel engine puts its
-// fan-out over rank threads behind this function.
-using StepFunction = std::function<Tensor(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
-                                          const std::vector<int32_t>& logit_rows)>;
+class TensorParallelRuntime;
+
+// What the scheduler drives: the model's forward step and the KV cache it appends to. The
+// scheduler reads its decisions (free blocks, lengths, block lists) from cache() and makes every
+// change through this interface, so a tensor-parallel runner can replay each change on every
+// rank's cache: the ranks' host-side block allocators then see the same operations in the same
+// order and hand out the same block ids.
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+  // Appends tokens[i] to cache sequence seqs[i] and returns the logits [R, vocab] of the step's
+  // token rows `logit_rows`, on stream() (Generator::step's contract).
+  virtual Tensor step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
+                      const std::vector<int32_t>& logit_rows) = 0;
+  virtual int add_sequence() = 0;
+  virtual void free_sequence(int seq) = 0;
+  virtual const KvCache& cache() const = 0;
+  virtual cudaStream_t stream() const = 0;  // where the logits are ready; null on the CPU
+  // Makes the GPU of step() (one Generator) and of the logits current on the calling thread
+  // (nothing on the CPU). The scheduler calls it before each step and its sampling: on_token
+  // callbacks run on the scheduler's thread and may switch devices.
+  virtual void make_current() const = 0;
+};
+
+// One Generator and its cache.
+class GeneratorRunner final : public ModelRunner {
+ public:
+  explicit GeneratorRunner(Generator& generator);  // the GPU current now is the model's
+  Tensor step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
+              const std::vector<int32_t>& logit_rows) override;
+  int add_sequence() override { return generator_.cache().add_sequence(); }
+  void free_sequence(int seq) override { generator_.cache().free_sequence(seq); }
+  const KvCache& cache() const override { return generator_.cache(); }
+  cudaStream_t stream() const override { return generator_.stream(); }
+  void make_current() const override;
+
+ private:
+  Generator& generator_;
+  int gpu_ = -1;  // -1: the CPU backend
+};
+
+// Every local rank of a tensor-parallel runtime (engine/tensor_parallel.h). A step fans out over
+// the rank threads (run_on_ranks: each rank steps its own Generator; the collectives inside keep
+// them in lockstep) and returns rank 0's logits — after the logits all-gather every rank holds the
+// same ones, so the scheduler samples once, on rank 0's GPU and stream. Sequences are added and
+// freed on every rank's cache from the calling thread, between steps (the rank threads are idle
+// then). A failing rank aborts the group: that step and every later one throw its error.
+class TensorParallelRunner final : public ModelRunner {
+ public:
+  explicit TensorParallelRunner(TensorParallelRuntime& runtime);  // single process (no dist_init)
+  Tensor step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
+              const std::vector<int32_t>& logit_rows) override;
+  int add_sequence() override;
+  void free_sequence(int seq) override;
+  const KvCache& cache() const override;
+  cudaStream_t stream() const override;
+  void make_current() const override;
+
+ private:
+  TensorParallelRuntime& runtime_;
+};
 
 struct SchedulerOptions {
   int max_batch_size = 64;
@@ -72,9 +128,8 @@ struct RequestState {
 
 class Scheduler {
  public:
-  // `cache` and `tokenizer` outlive the scheduler; `stream` orders the sampling after the step.
-  Scheduler(StepFunction step, KvCache& cache, cudaStream_t stream, const Tokenizer& tokenizer,
-            const SchedulerOptions& options);
+  // `runner` and `tokenizer` outlive the scheduler.
+  Scheduler(ModelRunner& runner, const Tokenizer& tokenizer, const SchedulerOptions& options);
   ~Scheduler();  // cancels queued and running requests, then joins the thread
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -98,9 +153,8 @@ class Scheduler {
   void publish_counts();
   int64_t blocks_needed(const Sequence& s, int64_t tokens) const;
 
-  StepFunction step_;
-  KvCache& cache_;
-  cudaStream_t stream_;
+  ModelRunner& runner_;
+  const KvCache& cache_;  // runner_.cache(): what the decisions read
   const Tokenizer& tokenizer_;
   SchedulerOptions options_;
 

@@ -116,16 +116,16 @@ struct TensorParallelRuntime::Decisions {
 };
 
 TensorParallelRuntime::TensorParallelRuntime(const TensorParallelOptions& options)
-    : config_(load_model_config(options.model_dir)) {
+    : config_(load_model_config(options.model_dir)), device_(options.model.device) {
   const int n = options.local_ranks;
   const Device device = options.model.device;
   MXMOE_CHECK(n >= 1, "tensor parallelism: local ranks must be >= 1, got ", n);
   const int nnodes = options.dist_init ? options.dist_init->nnodes : 1;
   world_size_ = n * nnodes;
   first_rank_ = options.dist_init ? options.dist_init->node_rank * n : 0;
-  MXMOE_CHECK(options.kv_cache.num_blocks > 0 || world_size_ == 1,
-              "tensor parallelism needs an explicit KV cache size (num_blocks) so that every rank has the same "
-              "blocks");
+  MXMOE_CHECK(options.kv_cache.num_blocks > 0 || !options.dist_init,
+              "multi-process tensor parallelism needs an explicit KV cache size (num_blocks) so that every rank has "
+              "the same blocks");
 
   std::vector<Communicator*> comms(size_t(n), nullptr);
   abort_comms_ = [](const std::string&) {};
@@ -172,6 +172,17 @@ TensorParallelRuntime::TensorParallelRuntime(const TensorParallelOptions& option
     kv.num_blocks = options.kv_cache.num_blocks;
     kv.memory_fraction = options.kv_cache.memory_fraction;
     r.cache = std::make_unique<KvCache>(kv, device);
+  });
+  // num_blocks 0: each rank sized its pool from its own free memory; all take the smallest.
+  int64_t blocks = ranks_.front()->cache->num_blocks();
+  for (const auto& r : ranks_) blocks = std::min(blocks, r->cache->num_blocks());
+  run_on_ranks([&](Rank& r) {
+    if (r.cache->num_blocks() != blocks) {
+      KvCacheConfig kv = r.cache->config();
+      kv.num_blocks = blocks;
+      r.cache.reset();  // its memory first
+      r.cache = std::make_unique<KvCache>(kv, device);
+    }
     r.generator = std::make_unique<Generator>(*r.model, *r.cache, options.generator);
   });
 }

@@ -54,7 +54,8 @@ struct TensorParallelOptions {
   LoadFormat load_format = LoadFormat::safetensors;
   ModelOptions model;                          // quant and device; comm is set per rank
   LoadOptions load;                            // gpu_memory_limit caps each rank's GPU
-  KvCacheConfig kv_cache;                      // block_size and num_blocks (> 0: the same on every rank)
+  KvCacheConfig kv_cache;                      // block_size and num_blocks (the same on every rank; 0, one
+                                               // process on GPUs: the fewest that memory_fraction gives a rank)
   GeneratorOptions generator;
   int local_ranks = 1;                         // ranks in this process: GPUs 0 .. local_ranks-1, or CPU threads
   std::optional<DistInit> dist_init;           // multi-process: this process is node dist_init->node_rank
@@ -84,7 +85,11 @@ class TensorParallelRuntime {
   int world_size() const { return world_size_; }
   int first_rank() const { return first_rank_; }
   const ModelConfig& config() const { return config_; }
+  Device device() const { return device_; }
   const Rank& rank(int local) const { return *ranks_.at(size_t(local)); }
+  // Between fan-outs (the rank threads idle), a caller may change a rank's state from its own
+  // thread: the continuous-batching scheduler adds and frees KV cache sequences on every rank.
+  Rank& rank(int local) { return *ranks_.at(size_t(local)); }
 
   // Per-step fan-out: runs fn(rank) on every local rank's thread at once (device set) and returns
   // when all are done. This is how a caller drives the ranks step by step (a continuous-batching
@@ -106,6 +111,7 @@ class TensorParallelRuntime {
   void abort(const std::string& reason);
 
   ModelConfig config_;
+  Device device_ = Device::cpu;
   int world_size_ = 1, first_rank_ = 0;
   std::shared_ptr<void> comms_;  // owns the communicators (a CPU group or an NCCL group)
   std::function<void(const std::string&)> abort_comms_;

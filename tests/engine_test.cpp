@@ -206,9 +206,6 @@ TEST(Engine, BadRequestsAreErrorsBeforeAnythingRuns) {
   EXPECT_TRUE(engine.generate(r).token_ids.empty());
 
   EngineOptions options = demo_engine_options(Device::cpu);
-  options.tensor_parallel_size = 2;
-  EXPECT_NE(error_of([&] { Engine e(options); }).find("tensor parallelism runs through run-model"), std::string::npos);
-  options = demo_engine_options(Device::cpu);
   options.quantization = "int4";
   EXPECT_NE(error_of([&] { Engine e(options); }).find("int4"), std::string::npos);
   options = demo_engine_options(Device::cpu);
@@ -244,18 +241,33 @@ TEST(Scheduler, AFailingStepFailsOnlyItsRequests) {
   kv.num_blocks = 64;
   KvCache cache(kv, Device::cpu);
   Generator generator(*m.model, cache);
-  std::atomic<int> calls{0};
-  std::atomic<bool> fail_next{false};
+  // The Generator's runner, whose next step throws on request.
+  class FailingRunner final : public ModelRunner {
+   public:
+    explicit FailingRunner(Generator& generator) : inner_(generator) {}
+    Tensor step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
+                const std::vector<int32_t>& rows) override {
+      ++calls;
+      if (fail_next.exchange(false)) throw Error("injected step failure");
+      return inner_.step(seqs, tokens, rows);
+    }
+    int add_sequence() override { return inner_.add_sequence(); }
+    void free_sequence(int seq) override { inner_.free_sequence(seq); }
+    const KvCache& cache() const override { return inner_.cache(); }
+    cudaStream_t stream() const override { return inner_.stream(); }
+    void make_current() const override { inner_.make_current(); }
+    std::atomic<int> calls{0};
+    std::atomic<bool> fail_next{false};
+
+   private:
+    GeneratorRunner inner_;
+  } runner(generator);
+  std::atomic<int>& calls = runner.calls;
+  std::atomic<bool>& fail_next = runner.fail_next;
   SchedulerOptions options;
   options.max_model_len = 256;
   options.vocab_size = m.config.vocab_size;
-  Scheduler scheduler(
-      [&](std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens, const std::vector<int32_t>& rows) {
-        ++calls;
-        if (fail_next.exchange(false)) throw Error("injected step failure");
-        return generator.step(seqs, tokens, rows);
-      },
-      cache, nullptr, *m.tokenizer, options);
+  Scheduler scheduler(runner, *m.tokenizer, options);
   SequenceRequest request;
   request.prompt = m.tokenizer->encode("And the LORD spake unto Moses", true);
   request.sampling.temperature = 0.f;

@@ -90,10 +90,14 @@ class AloneReference {
   std::unique_ptr<Generator> generator_;
 };
 
+// A reference (AloneReference, or engine_tp_test.cpp's runtime at the same tensor parallel size)
+// has generate(prompt, sampling, max_new_tokens, ignore_eos) and margin(ids, a, b).
+
 // Greedy tokens `got` equal `want` (the reference alone). With tie_margin > 0 they may part at a
 // near-tie: where the reference prefers its token by less than tie_margin (logits) — batched GPU
 // kernels round differently from a batch of one. Nothing after the parting is compared.
-inline void expect_same_tokens(AloneReference& ref, const std::vector<int32_t>& prompt, const std::vector<int32_t>& got,
+template <class Reference>
+void expect_same_tokens(Reference& ref, const std::vector<int32_t>& prompt, const std::vector<int32_t>& got,
                                const std::vector<int32_t>& want, double tie_margin, const std::string& what) {
   size_t i = 0;
   while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
@@ -110,11 +114,12 @@ inline void expect_same_tokens(AloneReference& ref, const std::vector<int32_t>& 
                 << i;
 }
 
-// 8 threads submit 32 requests of different lengths (greedy and seeded sampling) at once; each
-// result equals its prompt run alone, and the scheduler put several sequences in one step.
-inline void check_concurrent_requests(Engine& engine, AloneReference& ref, double tie_margin) {
-  constexpr int kThreads = 8, kPerThread = 4;
-  const std::vector<std::string> prompts = demo_prompts(kThreads * kPerThread);
+// 8 threads submit 8 x per_thread requests of different lengths (greedy and seeded sampling) at
+// once; each result equals its prompt run alone, and the scheduler put several sequences in one step.
+template <class Reference>
+void check_concurrent_requests(Engine& engine, Reference& ref, double tie_margin, int per_thread = 4) {
+  constexpr int kThreads = 8;
+  const std::vector<std::string> prompts = demo_prompts(kThreads * per_thread);
   std::vector<Request> requests(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     requests[i].prompt = prompts[i];
@@ -127,8 +132,8 @@ inline void check_concurrent_requests(Engine& engine, AloneReference& ref, doubl
   for (int t = 0; t < kThreads; ++t)
     threads.emplace_back([&, t] {
       std::vector<RequestHandle> handles;
-      for (int k = 0; k < kPerThread; ++k) handles.push_back(engine.submit(requests[size_t(t * kPerThread + k)]));
-      for (int k = 0; k < kPerThread; ++k) results[size_t(t * kPerThread + k)] = handles[size_t(k)].wait();
+      for (int k = 0; k < per_thread; ++k) handles.push_back(engine.submit(requests[size_t(t * per_thread + k)]));
+      for (int k = 0; k < per_thread; ++k) results[size_t(t * per_thread + k)] = handles[size_t(k)].wait();
     });
   for (std::thread& t : threads) t.join();
 
