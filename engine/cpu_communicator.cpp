@@ -185,18 +185,6 @@ void CpuCommunicator::all_gather(const Tensor& in, const Tensor& out, cudaStream
   collective(std::move(call));
 }
 
-namespace {
-std::string what(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  } catch (...) {
-    return "unknown exception";
-  }
-}
-}  // namespace
-
 void run_ranks(const std::vector<std::unique_ptr<CpuCommunicator>>& comms,
                const std::function<void(CpuCommunicator&)>& fn) {
   std::mutex mu;
@@ -211,7 +199,7 @@ void run_ranks(const std::vector<std::unique_ptr<CpuCommunicator>>& comms,
           std::lock_guard lock(mu);
           if (!first) first = std::current_exception();
         }
-        c->abort(cat("rank ", c->rank(), " failed: ", what(std::current_exception())));
+        c->abort(cat("rank ", c->rank(), " failed: ", message_of(std::current_exception())));
       }
     });
   }

@@ -1,6 +1,7 @@
 #pragma once
 // Errors: every failure is an mxmoe::Error whose message names what went wrong and where
 // (file, tensor, layer, value). MXMOE_CHECK builds the message from its arguments.
+#include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -21,6 +22,17 @@ std::string cat(const Args&... args) {
 template <class... Args>
 [[noreturn]] void fail(const Args&... args) {
   throw Error(cat(args...));
+}
+
+// The message of a caught exception (for errors passed between threads).
+inline std::string message_of(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "unknown exception";
+  }
 }
 
 }  // namespace mxmoe

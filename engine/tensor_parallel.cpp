@@ -13,20 +13,6 @@
 
 namespace mxmoe {
 
-namespace {
-
-std::string message_of(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  } catch (...) {
-    return "unknown exception";
-  }
-}
-
-}  // namespace
-
 // One persistent thread per local rank; run() hands all of them the same job and waits. The first
 // failure is kept: it is rethrown by that run() and by every later one.
 class TensorParallelRuntime::Workers {
