@@ -18,15 +18,10 @@ using namespace mxmoe;
 using mxmoe::testing::error_of;
 using mxmoe::testing::fresh_seed;
 using mxmoe::testing::random_tensor;
+using mxmoe::testing::same_bytes;
 using namespace std::chrono_literals;
 
 namespace {
-
-bool same_bytes(const Tensor& a, const Tensor& b) {  // host or device, compared on the host
-  const Tensor ha = a.device() == Device::cpu ? a : a.to(Device::cpu);
-  const Tensor hb = b.device() == Device::cpu ? b : b.to(Device::cpu);
-  return ha.nbytes() == hb.nbytes() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
-}
 
 Tensor poisoned_gpu(const Shape& shape, DType dtype) {  // 0xff bytes: NaN in f32 and bf16
   Tensor t = Tensor::empty(shape, dtype, Device::cuda);

@@ -22,6 +22,7 @@ using namespace mxmoe;
 using mxmoe::testing::error_of;
 using mxmoe::testing::fresh_seed;
 using mxmoe::testing::random_tensor;
+using mxmoe::testing::same_bytes;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -37,10 +38,6 @@ Tensor poisoned(const Shape& shape, DType dtype) {  // 0xff bytes: NaN in f32 an
   Tensor t = Tensor::empty(shape, dtype, Device::cpu);
   std::memset(t.data(), 0xff, t.nbytes());
   return t;
-}
-
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  return a.nbytes() == b.nbytes() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
 }
 
 // The oracle: Σ_r inputs[r] in f32, added in rank order.

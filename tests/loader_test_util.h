@@ -1,6 +1,6 @@
 #pragma once
-// Helpers of the loader tests (CPU and GPU): expected values, byte comparison on any device, and
-// a WeightSet that poisons its destinations so bytes the loader never wrote fail the comparison.
+// Helpers of the loader tests (CPU and GPU): expected values, and a WeightSet that poisons its
+// destinations so bytes the loader never wrote fail the comparison.
 #include <cstring>
 #include <vector>
 
@@ -17,12 +17,6 @@ inline Tensor converted(const Tensor& t, DType dtype) {
   Tensor out = Tensor::empty(t.shape(), dtype, Device::cpu);
   convert_dtype_ref(contiguous, out);
   return out;
-}
-
-inline bool same_bytes(const Tensor& a, const Tensor& b) {
-  const Tensor ha = a.device() == Device::cpu ? a : a.to(Device::cpu);
-  const Tensor hb = b.device() == Device::cpu ? b : b.to(Device::cpu);
-  return ha.shape() == hb.shape() && ha.dtype() == hb.dtype() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
 }
 
 // Fills every destination with 0xff bytes (NaN in bf16/f16/f32) when loading begins; can be told

@@ -23,6 +23,20 @@ struct Rows {
   std::vector<float> logits;  // [B, V]
   std::vector<SamplingParams> params;
   std::vector<int32_t> offsets{0}, prev;
+
+  // `steps` rows of the same logits, params and previous tokens at steps 0, 1, ...: the draws of
+  // one sequence, each with its own random number.
+  void add_steps(const std::vector<float>& x, const SamplingParams& c, const std::vector<int32_t>& prev_tokens,
+                 int64_t steps) {
+    for (int64_t s = 0; s < steps; ++s) {
+      logits.insert(logits.end(), x.begin(), x.end());
+      SamplingParams p = c;
+      p.step = uint64_t(s);
+      params.push_back(p);
+      prev.insert(prev.end(), prev_tokens.begin(), prev_tokens.end());
+      offsets.push_back(int32_t(prev.size()));
+    }
+  }
 };
 
 // Runs the kernel on rows (logits as f32 or bf16) and returns the tokens.
@@ -105,14 +119,7 @@ TEST(SamplingGpu, DrawsMatchReferenceAndDistribution) {
     std::vector<float> x(static_cast<size_t>(vocab));
     for (float& v : x) v = d(rng);
     case_logits.push_back(x);
-    for (int64_t s = 0; s < draws; ++s) {
-      r.logits.insert(r.logits.end(), x.begin(), x.end());
-      SamplingParams p = c;
-      p.step = uint64_t(s);
-      r.params.push_back(p);
-      r.prev.insert(r.prev.end(), prev.begin(), prev.end());
-      r.offsets.push_back(int32_t(r.prev.size()));
-    }
+    r.add_steps(x, c, prev, draws);
   }
   const std::vector<int32_t> got = run_kernel(r, vocab, DType::f32);
   EXPECT_EQ(run_kernel(r, vocab, DType::f32), got) << "same seeds must give the same tokens";
@@ -150,14 +157,7 @@ void expect_filters_match_reference(int64_t vocab, int64_t steps, DType dtype, G
     std::vector<int32_t> prev;
     for (int i = 0; i < 200; ++i) prev.push_back(int32_t(rng() % uint64_t(vocab)));
     case_prev.push_back(prev);
-    for (int64_t s = 0; s < steps; ++s) {
-      r.logits.insert(r.logits.end(), x.begin(), x.end());
-      SamplingParams p = c;
-      p.step = uint64_t(s);
-      r.params.push_back(p);
-      r.prev.insert(r.prev.end(), prev.begin(), prev.end());
-      r.offsets.push_back(int32_t(r.prev.size()));
-    }
+    r.add_steps(x, c, prev, steps);
   }
   const std::vector<int32_t> got = run_kernel(r, vocab, dtype);
   int64_t mismatches = 0;

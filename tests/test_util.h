@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -43,6 +44,13 @@ inline double rel_error(const Tensor& out, const Tensor& ref) {
     den += double(b[i]) * double(b[i]);
   }
   return den == 0 ? (num == 0 ? 0 : INFINITY) : std::sqrt(num / den);
+}
+
+// Same shape, dtype and bytes; either tensor on any device (compared on the host).
+inline bool same_bytes(const Tensor& a, const Tensor& b) {
+  const Tensor ha = a.device() == Device::cpu ? a : a.to(Device::cpu);
+  const Tensor hb = b.device() == Device::cpu ? b : b.to(Device::cpu);
+  return ha.shape() == hb.shape() && ha.dtype() == hb.dtype() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
 }
 
 // The message of the mxmoe::Error that f() throws, or "(no error)".
