@@ -27,12 +27,6 @@ void add_rmsnorm(const Tensor& residual, const Tensor& x, const Tensor& weight, 
               : mxmoe::add_rmsnorm(residual, x, weight, eps, out, stream);
 }
 
-void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
-          cudaStream_t stream) {
-  on_cpu(q) ? rope_ref(q, k, positions, inv_freq, attention_scaling)
-            : mxmoe::rope(q, k, positions, inv_freq, attention_scaling, stream);
-}
-
 void qk_norm_rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* q_norm, const Tensor* k_norm,
                            float eps, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
                            const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache, cudaStream_t stream) {
@@ -56,12 +50,6 @@ void silu_mul(const Tensor& gate_up, const Tensor& out, cudaStream_t stream) {
 
 void add_sigmoid_gated(const Tensor& out, const Tensor& x, const Tensor& gate, cudaStream_t stream) {
   on_cpu(out) ? add_sigmoid_gated_ref(out, x, gate) : mxmoe::add_sigmoid_gated(out, x, gate, stream);
-}
-
-void kv_cache_write(const Tensor& k, const Tensor& v, const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache,
-                    cudaStream_t stream) {
-  on_cpu(k_cache) ? kv_cache_write_ref(k, v, slots, k_cache, v_cache)
-                  : mxmoe::kv_cache_write(k, v, slots, k_cache, v_cache, stream);
 }
 
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,

@@ -16,8 +16,6 @@ void embedding(const Tensor& ids, const Tensor& table, int64_t vocab_begin, cons
 void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out, cudaStream_t stream);
 void add_rmsnorm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
                  cudaStream_t stream);
-void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
-          cudaStream_t stream);
 // The attention block's per-head QK-norm (q_norm/k_norm, or both nullptr) + rope + KV-cache write
 // (kernels/rope.h): one launch on the GPU, the separate reference ops on the CPU.
 void qk_norm_rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* q_norm, const Tensor* k_norm,
@@ -26,8 +24,6 @@ void qk_norm_rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, co
 void silu_mul(const Tensor& gate_up, const Tensor& out, cudaStream_t stream);
 // out[t, :] += sigmoid(gate[t]) · x[t, :] (Qwen2-MoE's shared expert), bf16 rounding as Hugging Face.
 void add_sigmoid_gated(const Tensor& out, const Tensor& x, const Tensor& gate, cudaStream_t stream);
-void kv_cache_write(const Tensor& k, const Tensor& v, const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache,
-                    cudaStream_t stream);
 // workspace: GPU only (paged_attention_workspace_bytes); ignored on the CPU.
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
                      float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream);
