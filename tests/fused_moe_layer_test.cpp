@@ -95,6 +95,7 @@ TEST(FusedMoELayer, CpuBackendMatchesReference) {
   const FusedMoEConfig c = config();
   const Checkpoint ckpt = random_experts(c, rng);
   const MoeWeights full = assemble(c, ckpt);
+  std::vector<float> all_mx, all_ref;  // every token count's rows: the MXFP8 error bound below
   for (const int64_t tokens : {1, 7, 33}) {
     SCOPED_TRACE(::testing::Message() << "T " << tokens);
     const Tensor x = random_tensor({tokens, kH}, DType::bf16, rng);
@@ -122,8 +123,17 @@ TEST(FusedMoELayer, CpuBackendMatchesReference) {
     const Tensor mx_out = poisoned({tokens, kH});
     mx.forward(x, logits, mx_out);
     EXPECT_EQ(rel_error(mx_out, qref), 0.0);
-    EXPECT_LT(rel_error(mx_out, ref), 0.06);  // MXFP8 error of two chained GEMMs
+    for (const auto& [all, t] : {std::pair{&all_mx, mx_out}, std::pair{&all_ref, ref}}) {
+      const std::vector<float> v = to_f32_vector(t);
+      all->insert(all->end(), v.begin(), v.end());
+    }
   }
+  // MXFP8 error of two chained GEMMs, over all 41 token rows: one token's 64 outputs alone are too
+  // few for a stable statistic (it exceeded the bound for 7 of 100 fresh seeds).
+  const Shape n = {int64_t(all_ref.size())};
+  EXPECT_LT(rel_error(Tensor::wrap(all_mx.data(), n, DType::f32, Device::cpu),
+                      Tensor::wrap(all_ref.data(), n, DType::f32, Device::cpu)),
+            0.06);
 }
 
 TEST(FusedMoELayer, TensorParallelShardsSumToTheFullLayer) {
