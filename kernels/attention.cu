@@ -1,5 +1,6 @@
-// Paged causal GQA attention (prefill and decode in one kernel) with a split along the keys, and
-// the KV-cache write.
+// Paged causal GQA attention with a split along the keys for decode and short chunks, the
+// dispatch to the tensor-core prefill kernel (kernels/attention_prefill.cu) for batches with many
+// queries per sequence, and the KV-cache write.
 //
 // Work split: one CTA per (query token, KV head, key split). It serves all `group` query heads
 // that share the KV head, so each K/V row is read once per CTA for all of them. Four warps
@@ -18,12 +19,16 @@
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
 #include "kernels/attention.h"
+#include "kernels/attention_prefill.cuh"
 #include "kernels/token_rows.h"
 #include "kernels/w8a16_dot.cuh"  // mma_bf16 (the m16n8k16 wrapper the W8A16 kernels use)
 
 namespace mxmoe {
 
 namespace {
+
+using attention_detail::Args;
+using attention_detail::last_at_most;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
@@ -33,39 +38,14 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kMinSplitTokens = 64;
 constexpr int kMaxSplits = 128;  // partials one combine CTA merges
 constexpr float kLog2e = 1.4426950408889634f;
+// Queries per sequence (on average) from which the prefill kernel's 64-row tiles are used well
+// enough (>= 25% of their rows at a single sequence) to beat re-reading K/V once per query.
+constexpr int64_t kPrefillMinQueries = 16;
 
-struct Args {
-  const __nv_bfloat16* q;
-  int64_t q_stride;                      // elements between query tokens
-  const __nv_bfloat16* k_cache;
-  const __nv_bfloat16* v_cache;
-  const int32_t* block_tables;
-  int64_t max_blocks;
-  const int32_t* cu_seqlens;
-  const int32_t* seq_lens;
-  int num_seqs;
-  __nv_bfloat16* out;
-  int64_t out_stride;
-  float* part_o;   // [T, n_heads, num_splits, head_dim]
-  float* part_ml;  // [T, n_heads, num_splits, 2]: max (log2 domain) and sum
-  int n_heads, n_kv_heads, group, block_shift, split_tokens, num_splits;  // block_size = 1 << block_shift
-  float scale_log2;  // scale · log2(e)
-};
 
 // Two packed bf16 -> two floats (a bf16 is the top half of an f32).
 __device__ __forceinline__ float lo_f32(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float hi_f32(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
-
-// The sequence that query token t belongs to: the last s with cu_seqlens[s] <= t.
-__device__ __forceinline__ int find_sequence(const int32_t* cu, int num_seqs, int t) {
-  int lo = 0, hi = num_seqs - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (cu[mid] <= t) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
 
 __device__ __forceinline__ uint4 load16(const __nv_bfloat16* p) { return *reinterpret_cast<const uint4*>(p); }
 
@@ -111,7 +91,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a) {
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, c = lane % 4;
   const int group = a.group;
-  const int seq = find_sequence(a.cu_seqlens, a.num_seqs, t);
+  const int seq = last_at_most(a.num_seqs, t, [&](int i) { return a.cu_seqlens[i]; });
   const int q_len = a.cu_seqlens[seq + 1] - a.cu_seqlens[seq];
   const int ctx = a.seq_lens[seq] - q_len + (t - a.cu_seqlens[seq]) + 1;  // keys 0..ctx-1 are visible
   const int begin = split * a.split_tokens, end = min(ctx, begin + a.split_tokens);
@@ -392,6 +372,12 @@ int paged_attention_splits(int64_t num_tokens, int n_kv_heads, int64_t max_seq_l
   return int(std::max<int64_t>(1, std::min(want, cap)));
 }
 
+AttentionKernel paged_attention_kernel(int64_t num_tokens, int64_t num_seqs, int n_heads) {
+  const bool many_queries = num_tokens >= kPrefillMinQueries * num_seqs;
+  const bool fills_gpu = (num_tokens + 63) / 64 * n_heads >= gpu_info().sm_count;
+  return many_queries && fills_gpu ? AttentionKernel::prefill : AttentionKernel::per_token;
+}
+
 size_t paged_attention_workspace_bytes(int64_t num_tokens, int n_heads, int n_kv_heads, int head_dim,
                                        const AttentionTuning& tuning) {
   MXMOE_CHECK(n_kv_heads > 0, "paged_attention_workspace_bytes: n_kv_heads must be positive");
@@ -414,7 +400,14 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
               "paged_attention: q rows must be 16-byte aligned");
   MXMOE_CHECK(std::has_single_bit(unsigned(s.block_size)), "paged_attention: block size ", s.block_size,
               " must be a power of two");
-  const int splits = tuning.splits > 0 ? tuning.splits : paged_attention_splits(s.tokens, s.n_kv_heads, batch.max_seq_len);
+  const bool prefill = tuning.kernel == AttentionKernel::automatic
+                           ? paged_attention_kernel(s.tokens, s.num_seqs, s.n_heads) == AttentionKernel::prefill
+                           : tuning.kernel == AttentionKernel::prefill;
+  MXMOE_CHECK(!prefill || (reinterpret_cast<uintptr_t>(out.data()) % 4 == 0 && orows.stride % 2 == 0),
+              "paged_attention: out rows must be 4-byte aligned for the prefill kernel");
+  const int splits = prefill ? 1
+                     : tuning.splits > 0 ? tuning.splits
+                                         : paged_attention_splits(s.tokens, s.n_kv_heads, batch.max_seq_len);
   const int64_t part_rows = s.tokens * s.n_heads * splits;
   MXMOE_CHECK(splits == 1 || (workspace.device() == Device::cuda &&
                               workspace.nbytes() >= size_t(part_rows) * size_t(s.head_dim + 2) * sizeof(float)),
@@ -427,6 +420,7 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
          out.data_as<__nv_bfloat16>(), orows.stride, part_o, part_o ? part_o + part_rows * s.head_dim : nullptr,
          s.n_heads, s.n_kv_heads, s.n_heads / s.n_kv_heads, std::countr_zero(unsigned(s.block_size)),
          int((batch.max_seq_len + splits - 1) / splits + 15) / 16 * 16, splits, scale * kLog2e};
+  if (prefill) return attention_detail::launch_prefill(a, s.head_dim, s.tokens, stream);
   switch (s.head_dim) {
     case 64: return launch_group<64>(a, s.tokens, stream);
     case 128: return launch_group<128>(a, s.tokens, stream);

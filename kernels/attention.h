@@ -18,6 +18,8 @@
 // power of two. Scores are q·k · scale (usually 1/sqrt(head_dim)) accumulated in fp32 on tensor
 // cores; softmax and the value sum are fp32.
 //
+// Batches with many queries per sequence run a FlashAttention-2-style kernel (tiles of 64 queries
+// x 64 keys per query head, no workspace); the others one CTA per (query token, KV head, split).
 // Long contexts are split along the keys (flash-decoding): each split keeps a partial softmax
 // (max, sum, normalized output) in `workspace` and a second kernel combines them. Splits are as
 // short as 64 keys when T · n_kv_heads is small (decode of a few sequences), so the grid still
@@ -39,11 +41,26 @@ struct AttentionBatch {
   int64_t max_seq_len = 0;  // >= every seq_lens[s] (host value; sizes the split along the keys)
 };
 
+// The two kernels behind paged_attention. Which one runs depends only on host values (T, S,
+// n_heads), so the choice is graph-capturable too.
+enum class AttentionKernel : uint8_t {
+  automatic,  // paged_attention_kernel's choice
+  per_token,  // one CTA per (query token, KV head, key split): decode and short chunks
+  prefill,    // one CTA per (64 queries of a sequence, query head), 64-key tiles on tensor cores
+};
+
 // Benchmarks and tests: force the number of key splits (1..128; 0: chosen from T, n_kv_heads and
-// max_seq_len as above).
+// max_seq_len as above; the per-token kernel only) or the kernel.
 struct AttentionTuning {
   int splits = 0;
+  AttentionKernel kernel = AttentionKernel::automatic;
 };
+
+// The kernel paged_attention runs for T = num_tokens queries in S = num_seqs sequences: prefill
+// when T >= 16 · S (sequences average 16+ queries) and its grid of ceil(T / 64) · n_heads CTAs
+// fills the GPU; per_token otherwise. Either kernel is correct for any batch (decode rows in a
+// prefill batch included); this only picks the faster.
+AttentionKernel paged_attention_kernel(int64_t num_tokens, int64_t num_seqs, int n_heads);
 
 // The key split count paged_attention chooses (without a forced one).
 int paged_attention_splits(int64_t num_tokens, int n_kv_heads, int64_t max_seq_len);

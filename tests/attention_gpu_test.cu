@@ -1,7 +1,8 @@
 // Paged attention and the KV-cache write on the GPU vs the CPU reference, on fresh random caches
 // with scattered blocks: prefill batches with cached prefixes, decode batches up to 33k tokens
-// (split along the keys), every supported head_dim and several GQA groups, and a CUDA-graph
-// capture (no host synchronization inside).
+// (split along the keys), every supported head_dim and several GQA groups, both kernels (the
+// tensor-core prefill kernel forced on every shape kind, mixed decode + prefill batches), and a
+// CUDA-graph capture (no host synchronization inside).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,6 +22,10 @@ struct Case {
   int n_heads, n_kv_heads, head_dim, block_size;
   std::vector<int> seq_lens, q_lens;
 };
+
+const char* kernel_name(AttentionKernel k) {
+  return k == AttentionKernel::prefill ? "prefill" : k == AttentionKernel::per_token ? "per_token" : "automatic";
+}
 
 void poison(const Tensor& t) { CUDA_CHECK(cudaMemset(t.data(), 0xFF, t.nbytes())); }  // bf16 NaN
 
@@ -79,10 +84,11 @@ void run_case(const Case& c, const AttentionTuning& tuning = {}, int64_t max_seq
   paged_attention_ref(p.q, p.k_cache, p.v_cache, p.batch, scale, ref);
   const double err = rel_error(out, ref);
   EXPECT_LT(err, 5e-3) << c.n_heads << "/" << c.n_kv_heads << " heads, head_dim " << c.head_dim << ", splits "
-                       << tuning.splits << ", max_seq_len " << batch.max_seq_len;
-  std::printf("attention %d/%d heads hd %d bs %d, %lld queries, max len %lld, splits %d: rel error %.2e\n", c.n_heads,
-              c.n_kv_heads, c.head_dim, c.block_size, (long long)p.q.size(0), (long long)batch.max_seq_len, tuning.splits,
-              err);
+                       << tuning.splits << ", kernel " << kernel_name(tuning.kernel) << ", max_seq_len "
+                       << batch.max_seq_len;
+  std::printf("attention %d/%d heads hd %d bs %d, %lld queries, max len %lld, splits %d, kernel %s: rel error %.2e\n",
+              c.n_heads, c.n_kv_heads, c.head_dim, c.block_size, (long long)p.q.size(0), (long long)batch.max_seq_len,
+              tuning.splits, kernel_name(tuning.kernel), err);
 }
 
 }  // namespace
@@ -95,6 +101,48 @@ TEST(AttentionGpu, PrefillBatchWithCachedPrefixes) {
   run_case({16, 2, 256, 16, {600}, {3}});                          // group 8 at head_dim 256
   run_case({16, 1, 128, 16, {300, 45}, {1, 45}});                  // group 16
   run_case({32, 4, 128, 4, {100, 9}, {5, 9}});                      // blocks smaller than a warp step
+}
+
+// The tensor-core prefill kernel forced, against the same reference and bound: its P·V runs on
+// bf16 probabilities (rounding ~2^-9 relative, averaging out over keys) and the output is bf16,
+// so ~2e-3 is expected; 5e-3 as for the per-token kernel. Every head_dim, GQA groups 1/4/8 (and
+// 16), unequal lengths that are not multiples of the 64-row/64-key tiles, chunks continuing a
+// cached prefix (q_len < seq_len), block sizes 4, 16 and 256.
+TEST(AttentionGpu, PrefillKernelMatchesReference) {
+  MXMOE_REQUIRE_GPU();
+  const AttentionTuning prefill{0, AttentionKernel::prefill};
+  run_case({32, 4, 128, 16, {200, 700, 65, 1}, {200, 300, 65, 1}}, prefill);  // group 8, a chunk, a decode row
+  run_case({32, 8, 128, 256, {1000, 130}, {128, 129}}, prefill);               // group 4, block 256
+  run_case({8, 8, 128, 16, {64, 128, 97}, {64, 64, 33}}, prefill);             // group 1, tile-sized lengths
+  run_case({16, 4, 64, 256, {333, 129}, {333, 100}}, prefill);                 // head_dim 64
+  run_case({32, 4, 64, 16, {150}, {150}}, prefill);                            // group 8, head_dim 64
+  run_case({8, 8, 256, 16, {150, 90}, {150, 37}}, prefill);                    // head_dim 256, group 1
+  run_case({16, 2, 256, 256, {300}, {300}}, prefill);                          // group 8, head_dim 256
+  run_case({16, 4, 256, 16, {700}, {77}}, prefill);                            // group 4, a chunk after 623
+  run_case({16, 1, 128, 16, {300, 45}, {100, 45}}, prefill);                   // group 16
+  run_case({32, 4, 128, 4, {100, 9}, {50, 9}}, prefill);                       // blocks smaller than a row of ldmatrix
+  run_case({32, 8, 128, 16, {1, 17, 3000}, {1, 1, 1}}, prefill);               // pure decode through it
+}
+
+// One sequence decoding beside a 500-token prompt: both kernels forced and the automatic choice
+// (the prefill kernel here) agree with the reference.
+TEST(AttentionGpu, MixedDecodeAndPrefillBatch) {
+  MXMOE_REQUIRE_GPU();
+  const Case c{32, 4, 128, 16, {900, 500}, {1, 500}};
+  EXPECT_EQ(paged_attention_kernel(501, 2, 32), AttentionKernel::prefill);
+  for (const AttentionKernel k : {AttentionKernel::automatic, AttentionKernel::per_token, AttentionKernel::prefill}) {
+    run_case(c, {0, k});
+  }
+  run_case({32, 4, 128, 16, {1500, 40, 2}, {300, 1, 2}}, {0, AttentionKernel::prefill});
+}
+
+TEST(AttentionGpu, KernelChoice) {
+  MXMOE_REQUIRE_GPU();
+  EXPECT_EQ(paged_attention_kernel(4 * 2048, 4, 32), AttentionKernel::prefill);
+  EXPECT_EQ(paged_attention_kernel(8192, 1, 4), AttentionKernel::prefill);
+  EXPECT_EQ(paged_attention_kernel(64, 64, 32), AttentionKernel::per_token);   // decode
+  EXPECT_EQ(paged_attention_kernel(32, 1, 32), AttentionKernel::per_token);    // a short chunk: too few CTAs
+  EXPECT_EQ(paged_attention_kernel(600, 64, 32), AttentionKernel::per_token);  // mostly decode rows
 }
 
 TEST(AttentionGpu, DecodeLongContextsSplitAlongKeys) {
