@@ -6,6 +6,10 @@
 //    launches, and a CUDA graph of the 16 calls replayed (per call), as a decode step would run;
 //    also the two expert kernels alone (routing precomputed), the routing + permutation alone and
 //    the combine alone, to show each piece's share.
+//  router (T = 1, 8, MXFP8): the model's way, the router logits GEMM on cuBLASLt (bf16 weight, f32
+//    logits) then fused_moe, against fused_moe_with_router (the logits GEMV inside the routing
+//    launch), graph-replayed over 16 inputs x (so the routing and the experts read change); also
+//    the router + routing + permutation alone both ways.
 //  prefill (T = 4096): TFLOP/s (6·T·k·H·I flops) against cuBLASLt bf16 running the two dense
 //    GEMMs of the same shapes ([T·k, H]·[2I, H]ᵀ and [T·k, I]·[H, I]ᵀ, same total flops).
 // apps/bench_moe_torch.py runs the same shapes with torch._grouped_mm for comparison.
@@ -131,6 +135,38 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
   }
 }
 
+// Router logits GEMM + fused_moe (as the decoder calls them) against fused_moe_with_router.
+void bench_router(const Model& m, const Experts& ex, int64_t tokens, cudaStream_t stream) {
+  constexpr int kInputs = 16;
+  const Tensor router = bench::random_bf16({m.experts, m.hidden}, 7, 1.f / std::sqrt(float(m.hidden)), stream);
+  std::vector<Tensor> xs;
+  for (int i = 0; i < kInputs; ++i) xs.push_back(bench::random_bf16({tokens, m.hidden}, 100 + uint64_t(i), 1.f, stream));
+  Tensor logits = Tensor::empty({tokens, m.experts}, DType::f32, Device::cuda);
+  Tensor out = Tensor::empty({tokens, m.hidden}, DType::bf16, Device::cuda);
+  const MoeRouting routing{m.top_k, true};
+  const int64_t pairs = tokens * m.top_k;
+  Tensor ids = Tensor::empty({pairs}, DType::i32, Device::cuda), weights = Tensor::empty({pairs}, DType::f32, Device::cuda);
+  const MoePermuteBuffers perm = moe_permute_buffers(pairs, m.experts);
+  MoeWorkspace ws;
+  const auto x = [&](int i) -> const Tensor& { return xs[size_t(i % kInputs)]; };
+  const double gemm_moe = bench::graph_ms_per_call(stream, kInputs, [&](int i) {
+    cublaslt_gemm_bf16(x(i), router, nullptr, logits, stream);
+    fused_moe(x(i), logits, ex.mx, routing, out, ws, stream);
+  });
+  const double fused_moe_ms = bench::graph_ms_per_call(
+      stream, kInputs, [&](int i) { fused_moe_with_router(x(i), router, logits, ex.mx, routing, out, ws, stream); });
+  const double gemm_route = bench::graph_ms_per_call(stream, kInputs, [&](int i) {
+    cublaslt_gemm_bf16(x(i), router, nullptr, logits, stream);
+    moe_route_permute(logits, m.top_k, true, ids, weights, perm, stream);
+  });
+  const double fused_route = bench::graph_ms_per_call(stream, kInputs, [&](int i) {
+    moe_router_route_permute(x(i), router, logits, m.top_k, true, ids, weights, perm, stream);
+  });
+  std::printf("| router %-14s T=%-4lld | %8.1f us | %8.1f us | %5.2fx | %8.1f us | %8.1f us | %5.2fx |\n", m.name,
+              (long long)tokens, gemm_moe * 1e3, fused_moe_ms * 1e3, gemm_moe / fused_moe_ms, gemm_route * 1e3,
+              fused_route * 1e3, gemm_route / fused_route);
+}
+
 void bench_prefill(const Model& m, const Experts& ex, int64_t tokens, cudaStream_t stream) {
   std::mt19937_64 rng(17);
   const Routed r = random_routing(m, tokens, rng);
@@ -179,6 +215,7 @@ void bench_prefill(const Model& m, const Experts& ex, int64_t tokens, cudaStream
 }  // namespace
 
 int main() {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // rows reach a pipe as they finish, even if a later case aborts
   Stream stream;
   const double copy_gbs = bench::copy_bandwidth_gbs(stream);
   std::printf("device copy bandwidth (read+write): %.0f GB/s\n\n", copy_gbs);
@@ -190,6 +227,11 @@ int main() {
     experts.push_back(make_experts(m, stream));
     for (int64_t t : {1, 8}) bench_decode(m, experts.back(), t, copy_gbs, stream);
   }
+  std::printf("\n| case (MXFP8) | cuBLASLt router + fused_moe (graph) | fused_moe_with_router (graph) | speedup "
+              "| cuBLASLt router + routing+permute | fused router+routing+permute | speedup |\n"
+              "|---|---|---|---|---|---|---|\n");
+  for (size_t i = 0; i < 2; ++i)
+    for (int64_t t : {1, 8}) bench_router(models[i], experts[i], t, stream);
   std::printf("\n| case | weights | time | MoE | grouped GEMMs only | reference | ratio |\n|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < 2; ++i) bench_prefill(models[i], experts[i], 4096, stream);
   return 0;

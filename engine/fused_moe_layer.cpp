@@ -7,6 +7,7 @@
 #include "engine/log.h"
 #include "engine/stream.h"
 #include "kernels/matmul_ref.h"
+#include "kernels/moe_decode.h"
 
 namespace mxmoe {
 
@@ -210,6 +211,21 @@ void FusedMoELayer::forward(const Tensor& x, const Tensor& router_logits, const 
               dtype_name(out.dtype()));
   if (x.size(0) == 0) return;
   method_->apply(*this, x, router_logits, out, stream);
+}
+
+void FusedMoELayer::forward(const Tensor& x, LinearLayer& router, const Tensor& router_logits, const Tensor& out,
+                            cudaStream_t stream) {
+  // The fused kernel reads the router's bf16 weight itself: only the plain bf16 method's layout.
+  const bool fusable = config_.device == Device::cuda && router.backend() == "cublaslt-bf16" && !router.bias.defined() &&
+                       router.weight.defined() && router.weight.dtype() == DType::bf16 &&
+                       router.weight.shape() == Shape({config_.num_experts, config_.hidden_size}) &&
+                       x.dim() == 2 && x.size(0) > 0 && fused_moe_router_fusable(x, router.weight, config_.routing);
+  if (!fusable) {
+    router.forward(x, router_logits, stream);
+    return forward(x, router_logits, out, stream);
+  }
+  MXMOE_CHECK(!method_->backend().empty(), "layer ", name(), ": forward before its weights were loaded");
+  fused_moe_with_router(x, router.weight, router_logits, weights, config_.routing, out, workspace, stream);
 }
 
 }  // namespace mxmoe

@@ -3,10 +3,12 @@
 // MXFP8 method from the registry. Weights: w13 [E, 2I, H] (each expert's gate rows, then its up
 // rows) and w2 [E, H, I], loaded from per-expert checkpoint tensors named by templates the model
 // gives. Tensor parallelism shards I (w13: rows of each half; w2: columns); the caller all-reduces.
-// The router gate and a shared expert are ordinary LinearLayers owned by the model.
+// The router gate and a shared expert are ordinary LinearLayers owned by the model; the forward that
+// takes the router runs its logits GEMV inside the routing launch where it can (decode).
 #include <memory>
 #include <string>
 
+#include "engine/linear.h"
 #include "engine/loadable.h"
 #include "engine/quant_method.h"
 #include "engine/registry.h"
@@ -41,6 +43,12 @@ class FusedMoELayer : public Loadable {
 
   // x [T, H] bf16, router_logits [T, E] f32 -> out [T, H] bf16 (this rank's partial sum under TP).
   void forward(const Tensor& x, const Tensor& router_logits, const Tensor& out, cudaStream_t stream = nullptr);
+  // router.forward(x, router_logits) then the above, the same results, with the logits GEMV fused
+  // into the routing kernel on CUDA for a bf16 router without bias at decode size
+  // (fused_moe_with_router in kernels/moe_decode.h; one launch less per MoE layer). router_logits
+  // [T, E] f32 is written either way.
+  void forward(const Tensor& x, LinearLayer& router, const Tensor& router_logits, const Tensor& out,
+               cudaStream_t stream = nullptr);
 
   const FusedMoEConfig& config() const { return config_; }
   const std::string& name() const { return config_.name; }

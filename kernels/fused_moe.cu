@@ -13,6 +13,7 @@ namespace mxmoe {
 struct MoeWorkspace::Impl {
   Tensor topk_ids, topk_weights, pair_rows, sorted_pairs, chunk_counts;  // [T*k] i32/f32, [chunks, E] i32
   Tensor expert_offsets, active_experts, num_active;                     // [E+1], [E], [1] i32
+  Tensor blocks_done;  // [1] i32, zeroed once: the fused router kernel's counter (it leaves it zero)
   Tensor xs, gate_up, act, y;  // [T*k, H] bf16, [T*k, 2I] bf16, [T*k, I] bf16, [T*k, H] f32 (decode) | bf16
 
   // A view of `shape` and `dtype` over `buf`, reallocated when too small (freeing the old
@@ -32,6 +33,55 @@ MoeWorkspace::MoeWorkspace(MoeWorkspace&&) noexcept = default;
 MoeWorkspace& MoeWorkspace::operator=(MoeWorkspace&&) noexcept = default;
 MoeWorkspace::Impl& MoeWorkspace::impl() { return *impl_; }
 
+namespace {
+
+// The routing results and permutation of one call, viewed over the workspace.
+struct RoutingBuffers {
+  Tensor ids, weights;  // [T*k] i32, f32
+  MoePermuteBuffers pb;
+};
+
+RoutingBuffers routing_buffers(MoeWorkspace::Impl& ws, const MoeShape& s, int k, cudaStream_t stream) {
+  using Impl = MoeWorkspace::Impl;
+  const int64_t pairs = s.tokens * k;
+  RoutingBuffers b;
+  b.ids = Impl::take(ws.topk_ids, {pairs}, DType::i32);
+  b.weights = Impl::take(ws.topk_weights, {pairs}, DType::f32);
+  b.pb.perm.expert_offsets = Impl::take(ws.expert_offsets, {s.experts + 1}, DType::i32);
+  b.pb.perm.sorted_pairs = Impl::take(ws.sorted_pairs, {pairs}, DType::i32);
+  b.pb.perm.active_experts = Impl::take(ws.active_experts, {s.experts}, DType::i32);
+  b.pb.perm.num_active = Impl::take(ws.num_active, {1}, DType::i32);
+  b.pb.pair_rows = Impl::take(ws.pair_rows, {pairs}, DType::i32);
+  b.pb.chunk_counts = Impl::take(ws.chunk_counts, {moe_permute_chunks(pairs), s.experts}, DType::i32);
+  if (!ws.blocks_done.defined()) {  // first call (before any graph capture), ordered on the stream
+    ws.blocks_done = Tensor::empty({1}, DType::i32, Device::cuda);
+    CUDA_CHECK(cudaMemsetAsync(ws.blocks_done.data(), 0, sizeof(int32_t), stream));
+  }
+  b.pb.blocks_done = ws.blocks_done;
+  return b;
+}
+
+// Decode experts: pair-indexed, act and y rows are pairs t*k + slot; the kernels read each active
+// expert once. (Fusing the combine into the down kernel, the last block of each 128-row group of H
+// summing the slots, measured no gain on H100: Qwen3-30B-A3B T=1 32.4 vs 32.2 us, bench-moe.)
+void decode_experts(const Tensor& x, const MoeWeights& w, const MoeShape& s, int k, const MoePermutation& perm,
+                    const Tensor& weights, const Tensor& out, MoeWorkspace::Impl& ws, cudaStream_t stream) {
+  using Impl = MoeWorkspace::Impl;
+  const int64_t pairs = s.tokens * k;
+  const Tensor act = Impl::take(ws.act, {pairs, s.inter}, DType::bf16);
+  const Tensor y = Impl::take(ws.y, {pairs, s.hidden}, DType::f32);
+  if (w.quantized()) {
+    moe_gate_up_decode(x, w.w13_mx, perm, k, act, stream);
+    moe_down_decode(act, w.w2_mx, perm, y, stream);
+  } else {
+    moe_gate_up_decode(x, w.w13, perm, k, act, stream);
+    moe_down_decode(act, w.w2, perm, y, stream);
+  }
+  moe_combine(y, weights, nullptr, k, out, stream);
+}
+
+}  // namespace
+
 void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
                const Tensor& out, MoeWorkspace& workspace, cudaStream_t stream) {
   fused_moe(x, router_logits, w, routing, out, workspace, stream, MoePath::automatic);
@@ -47,34 +97,15 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
   MoeWorkspace::Impl& ws = workspace.impl();
   using Impl = MoeWorkspace::Impl;
 
-  const Tensor ids = Impl::take(ws.topk_ids, {pairs}, DType::i32);
-  const Tensor weights = Impl::take(ws.topk_weights, {pairs}, DType::f32);
-  MoePermuteBuffers pb;
-  pb.perm.expert_offsets = Impl::take(ws.expert_offsets, {s.experts + 1}, DType::i32);
-  pb.perm.sorted_pairs = Impl::take(ws.sorted_pairs, {pairs}, DType::i32);
-  pb.perm.active_experts = Impl::take(ws.active_experts, {s.experts}, DType::i32);
-  pb.perm.num_active = Impl::take(ws.num_active, {1}, DType::i32);
-  pb.pair_rows = Impl::take(ws.pair_rows, {pairs}, DType::i32);
-  pb.chunk_counts = Impl::take(ws.chunk_counts, {moe_permute_chunks(pairs), s.experts}, DType::i32);
-  moe_route_permute(router_logits, k, routing.renormalize, ids, weights, pb, stream);
+  const RoutingBuffers rb = routing_buffers(ws, s, k, stream);
+  const Tensor& weights = rb.weights;
+  const MoePermuteBuffers& pb = rb.pb;
+  moe_route_permute(router_logits, k, routing.renormalize, rb.ids, weights, pb, stream);
   const MoePermutation& perm = pb.perm;
 
+  if (path == MoePath::decode || (path == MoePath::automatic && s.tokens <= kMoeDecodeMaxTokens))
+    return decode_experts(x, w, s, k, perm, weights, out, ws, stream);
   const Tensor act = Impl::take(ws.act, {pairs, s.inter}, DType::bf16);
-  if (path == MoePath::decode || (path == MoePath::automatic && s.tokens <= kMoeDecodeMaxTokens)) {
-    // Pair-indexed: act and y rows are pairs t*k + slot; the kernels read each active expert once.
-    // (Fusing the combine into the down kernel, the last block of each 128-row group of H summing
-    // the slots, measured no gain on H100: Qwen3-30B-A3B T=1 32.4 vs 32.2 us, bench-moe.)
-    const Tensor y = Impl::take(ws.y, {pairs, s.hidden}, DType::f32);
-    if (w.quantized()) {
-      moe_gate_up_decode(x, w.w13_mx, perm, k, act, stream);
-      moe_down_decode(act, w.w2_mx, perm, y, stream);
-    } else {
-      moe_gate_up_decode(x, w.w13, perm, k, act, stream);
-      moe_down_decode(act, w.w2, perm, y, stream);
-    }
-    moe_combine(y, weights, nullptr, k, out, stream);
-    return;
-  }
   // Expert-ordered rows: row r is pair sorted_pairs[r]; the grouped GEMMs use expert_offsets.
   const Tensor xs = Impl::take(ws.xs, {pairs, s.hidden}, DType::bf16);
   const Tensor gate_up = Impl::take(ws.gate_up, {pairs, 2 * s.inter}, DType::bf16);
@@ -86,6 +117,26 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
   if (w.quantized()) w8a16_grouped_gemm(act, w.w2_mx, perm.expert_offsets, y, stream);
   else bf16_grouped_gemm(act, w.w2, perm.expert_offsets, y, stream);
   moe_combine(y, weights, &pb.pair_rows, k, out, stream);
+}
+
+bool fused_moe_router_fusable(const Tensor& x, const Tensor& router_weight, const MoeRouting& routing) {
+  return x.device() == Device::cuda && x.dim() == 2 && x.size(0) <= kMoeDecodeMaxTokens && router_weight.dim() == 2 &&
+         moe_router_fusable(x.size(0), router_weight.size(0), x.size(1), routing.top_k);
+}
+
+void fused_moe_with_router(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits,
+                           const MoeWeights& w, const MoeRouting& routing, const Tensor& out, MoeWorkspace& workspace,
+                           cudaStream_t stream) {
+  const MoeShape s = check_fused_moe_args(x, router_logits, w, routing, out, "fused_moe_with_router");
+  if (s.tokens == 0) return;
+  MXMOE_CHECK(fused_moe_router_fusable(x, router_weight, routing), "fused_moe_with_router: T = ", x.size(0),
+              " tokens, router_weight ", shape_str(router_weight.shape()), ", top_k = ", routing.top_k,
+              " cannot route in one launch (see fused_moe_router_fusable)");
+  MoeWorkspace::Impl& ws = workspace.impl();
+  const RoutingBuffers rb = routing_buffers(ws, s, routing.top_k, stream);
+  moe_router_route_permute(x, router_weight, router_logits, routing.top_k, routing.renormalize, rb.ids, rb.weights,
+                           rb.pb, stream);
+  decode_experts(x, w, s, routing.top_k, rb.pb.perm, rb.weights, out, ws, stream);
 }
 
 }  // namespace mxmoe

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/tensor.h"
+#include "kernels/fused_moe.h"
 #include "kernels/moe_permutation.h"
 #include "kernels/mxfp8.h"
 #include "kernels/w8a16_gemv.h"
@@ -26,5 +27,16 @@ void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoePermutation
                      cudaStream_t stream, const DecodeTuning& tuning = {});
 void moe_down_decode(const Tensor& act, const Tensor& w2, const MoePermutation& perm, const Tensor& y,
                      cudaStream_t stream, const DecodeTuning& tuning = {});  // bf16 weights
+
+// fused_moe (kernels/fused_moe.h) on the decode path with the router's logits GEMV in the routing
+// launch (moe_router_route_permute): router_logits = x · router_weightᵀ (bf16 products, fp32 sums)
+// is written too, then routed exactly as fused_moe routes it. Saves the logits GEMM's launch and
+// its wait per MoE layer. x [T, H] bf16; router_weight [E, H] bf16 (a router without bias);
+// router_logits [T, E] f32; out [T, H] bf16. Only where fused_moe_router_fusable (CUDA, T <= 16,
+// T·E <= 4096, H a multiple of 8); callers run the router GEMM and fused_moe otherwise.
+bool fused_moe_router_fusable(const Tensor& x, const Tensor& router_weight, const MoeRouting& routing);
+void fused_moe_with_router(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits,
+                           const MoeWeights& w, const MoeRouting& routing, const Tensor& out, MoeWorkspace& workspace,
+                           cudaStream_t stream);
 
 }  // namespace mxmoe

@@ -127,24 +127,28 @@ __global__ void __launch_bounds__(32) place_kernel(const int32_t* __restrict__ i
 // next kernel (the experts' gate/up, which waits for this one to finish) may launch at once.
 constexpr int kRankLogits = kScanThreads;  // one (token, expert) per thread
 constexpr int64_t kRankWork = 128 * 128;   // T·E² up to E=128 at T=1
+constexpr int kStagedLogits = 4096;        // [T, E] logits copied to shared memory when they fit
 
-__global__ void __launch_bounds__(kScanThreads)
-    route_permute_kernel(const float* __restrict__ logits, int n_tokens, int n_experts, int top_k, bool renormalize,
-                         int32_t* __restrict__ ids, float* __restrict__ weights, int32_t* __restrict__ offsets,
-                         int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ active,
-                         int32_t* __restrict__ num_active, int32_t* __restrict__ pair_rows) {
+// The routing + permutation of both fused kernels, by one whole block of kScanThreads threads once
+// the logits [T, E] are final. They are read through L2 (__ldcg): in the router kernel other blocks
+// wrote them.
+__device__ void route_permute_block(const float* __restrict__ logits, int n_tokens, int n_experts, int top_k,
+                                    bool renormalize, int32_t* __restrict__ ids, float* __restrict__ weights,
+                                    int32_t* __restrict__ offsets, int32_t* __restrict__ sorted_pairs,
+                                    int32_t* __restrict__ active, int32_t* __restrict__ num_active,
+                                    int32_t* __restrict__ pair_rows) {
   __shared__ Scan::TempStorage storage;
-  __shared__ int32_t next[kScanThreads];               // per expert: pair count, then next free sorted position
-  __shared__ int32_t s_ids[kMoeFusedRoutePairs];       // [T·k]
-  __shared__ float s_logits[kRankLogits];              // [T, E] (rank routing)
-  w8a16::grid_dependency_wait();
-  w8a16::launch_dependents();
+  __shared__ int32_t next[kScanThreads];          // per expert: pair count, then next free sorted position
+  __shared__ int32_t s_ids[kMoeFusedRoutePairs];  // [T·k]
+  __shared__ float s_logits[kStagedLogits];       // [T, E] when they fit
   next[threadIdx.x] = 0;
-  const int n_pairs = n_tokens * top_k, warp = threadIdx.x / 32;
-  if (n_tokens * n_experts <= kRankLogits && int64_t(n_tokens) * n_experts * n_experts <= kRankWork) {
+  const int n_pairs = n_tokens * top_k, n_logits = n_tokens * n_experts, warp = threadIdx.x / 32;
+  const bool staged = n_logits <= kStagedLogits;
+  if (staged)
+    for (int i = threadIdx.x; i < n_logits; i += kScanThreads) s_logits[i] = __ldcg(logits + i);
+  __syncthreads();
+  if (n_logits <= kRankLogits && int64_t(n_tokens) * n_experts * n_experts <= kRankWork) {
     const int i = threadIdx.x, t = i / n_experts, e = i % n_experts;
-    if (t < n_tokens) s_logits[i] = logits[i];
-    __syncthreads();
     if (t < n_tokens) {
       const int rank = moe_detail::rank_of(s_logits + t * n_experts, n_experts, e);
       if (rank < top_k) s_ids[t * top_k + rank] = e;
@@ -157,8 +161,9 @@ __global__ void __launch_bounds__(kScanThreads)
                               top_k, renormalize, s_ids + tt * top_k, weights + tt * top_k);
     }
   } else {
+    const float* l = staged ? s_logits : logits;
     for (int tt = warp; tt < n_tokens; tt += kScanThreads / 32)
-      moe_detail::route_token(logits + int64_t(tt) * n_experts, n_experts, top_k, renormalize, s_ids + tt * top_k,
+      moe_detail::route_token(l + int64_t(tt) * n_experts, n_experts, top_k, renormalize, s_ids + tt * top_k,
                               weights + tt * top_k);
   }
   __syncthreads();
@@ -171,6 +176,111 @@ __global__ void __launch_bounds__(kScanThreads)
   next[threadIdx.x] = offset;
   __syncthreads();
   if (threadIdx.x < 32) place_pairs(s_ids, 0, (n_pairs + 31) / 32, n_pairs, next, sorted_pairs, pair_rows);
+}
+
+struct RoutePermuteOut {
+  int32_t *ids;
+  float* weights;
+  int32_t *offsets, *sorted_pairs, *active, *num_active, *pair_rows;
+};
+
+RoutePermuteOut route_permute_out(const Tensor& topk_ids, const Tensor& topk_weights, const MoePermuteBuffers& out) {
+  return {topk_ids.data_as<int32_t>(),          topk_weights.data_as<float>(),
+          out.perm.expert_offsets.data_as<int32_t>(), out.perm.sorted_pairs.data_as<int32_t>(),
+          out.perm.active_experts.data_as<int32_t>(), out.perm.num_active.data_as<int32_t>(),
+          out.pair_rows.data_as<int32_t>()};
+}
+
+__global__ void __launch_bounds__(kScanThreads)
+    route_permute_kernel(const float* __restrict__ logits, int n_tokens, int n_experts, int top_k, bool renormalize,
+                         RoutePermuteOut o) {
+  w8a16::grid_dependency_wait();
+  w8a16::launch_dependents();
+  route_permute_block(logits, n_tokens, n_experts, top_k, renormalize, o.ids, o.weights, o.offsets, o.sorted_pairs,
+                      o.active, o.num_active, o.pair_rows);
+}
+
+// The router GEMV in front of route_permute_block (moe_router_route_permute). Block b computes the
+// logits of experts [4b, 4b + 4) for every token: kRouterSlices warps per expert row, warp s taking
+// the 16-byte vectors s·32 + lane + j·256 of the row (H = 2048: one per lane), so a block streams
+// 4 rows and the grid E/4 blocks. Per-token sums: the warp's xor tree, then the slices in order
+// (deterministic: equal weight rows give bit-equal logits, so ties stay ties).
+constexpr int kRouterRows = 4;
+constexpr int kRouterSlices = kScanThreads / 32 / kRouterRows;
+constexpr int kRouterVecsPerPass = kRouterSlices * 32;  // 16-byte vectors of a row per pass
+constexpr int kRouterPrefetch = 4;                      // passes loaded before the wait (H <= 8192)
+constexpr int kRouterTokens = int(kMoeRouterMaxTokens);
+
+__device__ void dot8(const uint4& wv, const uint4& xv, float& acc) {
+  const auto* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
+  const auto* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 a = __bfloat1622float2(w2[j]), b = __bfloat1622float2(x2[j]);
+    acc = fmaf(a.x, b.x, acc);
+    acc = fmaf(a.y, b.y, acc);
+  }
+}
+
+__global__ void __launch_bounds__(kScanThreads)
+    router_route_permute_kernel(const uint4* __restrict__ x, const uint4* __restrict__ w, int hidden,
+                                float* __restrict__ logits, int n_tokens, int n_experts, int top_k, bool renormalize,
+                                RoutePermuteOut o, unsigned* __restrict__ blocks_done) {
+  __shared__ float partial[kScanThreads / 32][kRouterTokens];  // [warp][token]
+  __shared__ bool last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  const int row = int(blockIdx.x) * kRouterRows + warp / kRouterSlices, slice = warp % kRouterSlices;
+  const int vecs = hidden / 8;
+  const uint4* wrow = w + int64_t(row < n_experts ? row : 0) * vecs;
+  const int v0 = slice * 32 + lane;
+  // The weights are static: their first loads fly before the wait, under the previous kernel.
+  uint4 wv[kRouterPrefetch];
+#pragma unroll
+  for (int j = 0; j < kRouterPrefetch; ++j) {
+    const int v = v0 + j * kRouterVecsPerPass;
+    wv[j] = row < n_experts && v < vecs ? __ldcs(wrow + v) : make_uint4(0, 0, 0, 0);
+  }
+  w8a16::grid_dependency_wait();
+  w8a16::launch_dependents();
+  float acc[kRouterTokens] = {};
+  const auto add = [&](const uint4& wq, int v) {
+#pragma unroll
+    for (int t = 0; t < kRouterTokens; ++t)
+      if (t < n_tokens) dot8(wq, __ldcg(x + int64_t(t) * vecs + v), acc[t]);
+  };
+  if (row < n_experts) {
+#pragma unroll
+    for (int j = 0; j < kRouterPrefetch; ++j)
+      if (v0 + j * kRouterVecsPerPass < vecs) add(wv[j], v0 + j * kRouterVecsPerPass);
+    for (int v = v0 + kRouterPrefetch * kRouterVecsPerPass; v < vecs; v += kRouterVecsPerPass) add(__ldcs(wrow + v), v);
+  }
+#pragma unroll
+  for (int t = 0; t < kRouterTokens; ++t) {
+    if (t >= n_tokens) break;
+    float s = acc[t];
+    for (int off = 16; off; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) partial[warp][t] = s;
+  }
+  __syncthreads();
+  if (int(threadIdx.x) < kRouterRows * n_tokens) {
+    const int r = threadIdx.x / n_tokens, t = threadIdx.x % n_tokens, e = int(blockIdx.x) * kRouterRows + r;
+    if (e < n_experts) {
+      float sum = 0.f;
+      for (int s = 0; s < kRouterSlices; ++s) sum += partial[r * kRouterSlices + s][t];
+      logits[int64_t(t) * n_experts + e] = sum;
+    }
+  }
+  // The last block to finish routes (the classic threadfence reduction): every block publishes its
+  // logits before counting itself.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (threadIdx.x == 0) *blocks_done = 0;  // every block has counted: ready for the next launch
+  route_permute_block(logits, n_tokens, n_experts, top_k, renormalize, o.ids, o.weights, o.offsets, o.sorted_pairs,
+                      o.active, o.num_active, o.pair_rows);
 }
 
 // One thread per 8 bf16 (16 bytes) of xs.
@@ -279,6 +389,8 @@ MoePermuteBuffers moe_permute_buffers(int64_t n_pairs, int64_t n_experts) {
   b.perm.num_active = Tensor::empty({1}, DType::i32, Device::cuda);
   b.pair_rows = Tensor::empty({n_pairs}, DType::i32, Device::cuda);
   b.chunk_counts = Tensor::empty({moe_permute_chunks(n_pairs), n_experts}, DType::i32, Device::cuda);
+  b.blocks_done = Tensor::empty({1}, DType::i32, Device::cuda);
+  CUDA_CHECK(cudaMemset(b.blocks_done.data(), 0, sizeof(int32_t)));
   return b;
 }
 
@@ -324,10 +436,48 @@ void moe_route_permute(const Tensor& logits, int top_k, bool renormalize, const 
   cfg.attrs = &pdl;
   cfg.numAttrs = 1;
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, route_permute_kernel, logits.data_as<const float>(), int(logits.size(0)),
-                                int(logits.size(1)), top_k, renormalize, topk_ids.data_as<int32_t>(),
-                                topk_weights.data_as<float>(), out.perm.expert_offsets.data_as<int32_t>(),
-                                out.perm.sorted_pairs.data_as<int32_t>(), out.perm.active_experts.data_as<int32_t>(),
-                                out.perm.num_active.data_as<int32_t>(), out.pair_rows.data_as<int32_t>()));
+                                int(logits.size(1)), top_k, renormalize, route_permute_out(topk_ids, topk_weights, out)));
+}
+
+bool moe_router_fusable(int64_t n_tokens, int64_t n_experts, int64_t hidden, int top_k) {
+  return n_tokens >= 1 && n_tokens <= kMoeRouterMaxTokens && n_tokens * top_k <= kMoeFusedRoutePairs &&
+         n_tokens * n_experts <= kStagedLogits && hidden % 8 == 0 && hidden / 8 <= (int64_t(1) << 30);
+}
+
+void moe_router_route_permute(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, int top_k,
+                              bool renormalize, const Tensor& topk_ids, const Tensor& topk_weights,
+                              const MoePermuteBuffers& out, cudaStream_t stream) {
+  constexpr const char* op = "moe_router_route_permute";
+  check_cuda_contiguous(x, DType::bf16, op, "x");
+  check_cuda_contiguous(router_weight, DType::bf16, op, "router_weight");
+  check_cuda_contiguous(router_logits, DType::f32, op, "router_logits");
+  MXMOE_CHECK(x.dim() == 2 && router_weight.dim() == 2 && router_weight.size(1) == x.size(1), op, ": x ",
+              shape_str(x.shape()), " and router_weight ", shape_str(router_weight.shape()), " must be [T, H] and [E, H]");
+  const int64_t n_tokens = x.size(0), n_experts = router_weight.size(0), hidden = x.size(1);
+  MXMOE_CHECK(router_logits.shape() == Shape({n_tokens, n_experts}), op, ": router_logits ",
+              shape_str(router_logits.shape()), ", expected [", n_tokens, ", ", n_experts, "]");
+  MXMOE_CHECK(out.perm.active_experts.numel() == n_experts, op, ": buffers of ", out.perm.active_experts.numel(),
+              " experts for a router of ", n_experts);
+  check_moe_route_args(router_logits, top_k, topk_ids, topk_weights, Device::cuda, op);
+  check_buffers(out, topk_ids.numel(), op);
+  check_cuda_contiguous(out.blocks_done, DType::i32, op, "blocks_done");
+  MXMOE_CHECK(moe_router_fusable(n_tokens, n_experts, hidden, top_k), op, ": T = ", n_tokens, ", E = ", n_experts,
+              ", H = ", hidden, ", k = ", top_k, " is not fusable (T <= ", kMoeRouterMaxTokens, ", T·E <= ",
+              kStagedLogits, ", H a multiple of 8)");
+  cudaLaunchAttribute pdl;
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows));
+  cfg.blockDim = dim3(kScanThreads);
+  cfg.stream = stream;
+  cfg.attrs = &pdl;
+  cfg.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, router_route_permute_kernel, x.data_as<const uint4>(),
+                                router_weight.data_as<const uint4>(), int(hidden), router_logits.data_as<float>(),
+                                int(n_tokens), int(n_experts), top_k, renormalize,
+                                route_permute_out(topk_ids, topk_weights, out),
+                                reinterpret_cast<unsigned*>(out.blocks_done.data_as<int32_t>())));
 }
 
 void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream) {

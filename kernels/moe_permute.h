@@ -3,6 +3,7 @@
 // (all asynchronous on `stream`, no host sync, capturable in a CUDA graph):
 //   moe_permute       topk_ids -> MoePermutation (+ each pair's row in the sorted order)
 //   moe_route_permute router (moe_routing.h) + moe_permute, fused for small batches
+//   moe_router_route_permute  the router logits GEMV + moe_route_permute in one launch (decode)
 //   moe_gather_rows   x rows into expert order (prefill)
 //   moe_silu_mul      act = SiLU(gate) ⊙ up (prefill, between the two grouped GEMMs)
 //   moe_combine       out[t] = Σ_slot weight[t, slot] · y[row of pair (t, slot)]
@@ -19,6 +20,7 @@ struct MoePermuteBuffers {
   MoePermutation perm;
   Tensor pair_rows;     // [n_pairs] i32: pair p sits at sorted_pairs[pair_rows[p]] (the inverse)
   Tensor chunk_counts;  // [n_chunks, E] i32 scratch
+  Tensor blocks_done;   // [1] i32, zero between calls: moe_router_route_permute's finished blocks
 };
 MoePermuteBuffers moe_permute_buffers(int64_t n_pairs, int64_t n_experts);
 int64_t moe_permute_chunks(int64_t n_pairs);  // rows of chunk_counts
@@ -31,6 +33,20 @@ void moe_permute(const Tensor& topk_ids, const MoePermuteBuffers& out, cudaStrea
 constexpr int64_t kMoeFusedRoutePairs = 1024;
 void moe_route_permute(const Tensor& logits, int top_k, bool renormalize, const Tensor& topk_ids,
                        const Tensor& topk_weights, const MoePermuteBuffers& out, cudaStream_t stream);
+
+// moe_route_permute on router_logits = x · router_weightᵀ computed in the same launch (decode: no
+// logits GEMM launch before it). Each block computes 4 experts' logits for every token (bf16
+// products, fp32 sums; the router weight loads start before the programmatic-launch wait, under
+// the previous kernel); the last block to finish (an atomic count, reset by that block, so the
+// launch replays from a CUDA graph) routes and permutes as moe_route_permute does, on the logits
+// it wrote (also returned: router_logits [T, E] f32). Needs moe_router_fusable; x [T, H] bf16;
+// router_weight [E, H] bf16; out.blocks_done zero (moe_permute_buffers zeroes it; the kernel leaves
+// it zero).
+constexpr int64_t kMoeRouterMaxTokens = 16;
+bool moe_router_fusable(int64_t n_tokens, int64_t n_experts, int64_t hidden, int top_k);
+void moe_router_route_permute(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, int top_k,
+                              bool renormalize, const Tensor& topk_ids, const Tensor& topk_weights,
+                              const MoePermuteBuffers& out, cudaStream_t stream);
 
 // xs[i] = x[sorted_pairs[i] / top_k]. x [T, H] bf16; xs [T * top_k, H] bf16.
 void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream);

@@ -9,6 +9,8 @@
 #include "engine/cuda_check.h"
 #include "engine/error.h"
 #include "engine/stream.h"
+#include "kernels/matmul_ref.h"
+#include "kernels/moe_decode.h"
 #include "tests/moe_test_util.h"
 
 namespace mxmoe {
@@ -166,6 +168,81 @@ TEST_P(FusedMoeGpu, ChainedDecodeCalls) {
       fused_moe_ref(x[size_t(i)].to(Device::cpu), logits[size_t(i)], w, r, ref);
       EXPECT_LT(testing::rel_error(x[size_t(i) + 1], ref), kTol) << "call " << i;
     }
+  }
+}
+
+// fused_moe_with_router: the router's logits GEMV inside the routing launch. Calls chained on one
+// stream (each call's input the previous call's output, as layers are; programmatic launch must
+// still read finished inputs), then the same chain captured in a CUDA graph and replayed twice (the
+// kernel's block count resets itself). Each call: the logits it wrote against a double CPU dot
+// product (rel <= 1e-5), and its output against fused_moe_ref on its own input and those logits.
+TEST_P(FusedMoeGpu, WithRouterChainedAndReplayed) {
+  MXMOE_REQUIRE_GPU();
+  const Config c = GetParam();
+  std::mt19937_64 rng(testing::fresh_seed());
+  const MoeWeights w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
+  const MoeWeights dw = testing::moe_weights_to(w, Device::cuda);
+  const MoeRouting r{c.top_k, c.renormalize};
+  const Tensor router = testing::random_tensor({c.experts, kHidden}, DType::bf16, rng, 0.1f);
+  const Tensor d_router = router.to(Device::cuda);
+  const std::vector<float> rv = to_f32_vector(router);
+  constexpr int kCalls = 3;
+  for (int64_t tokens : {1, 7, 16}) {
+    SCOPED_TRACE(cat("T=", tokens));
+    std::vector<Tensor> x{testing::random_tensor({tokens, kHidden}, DType::bf16, rng).to(Device::cuda)}, logits;
+    for (int i = 0; i < kCalls; ++i) {
+      x.push_back(Tensor::empty({tokens, kHidden}, DType::bf16, Device::cuda));
+      logits.push_back(Tensor::empty({tokens, c.experts}, DType::f32, Device::cuda));
+    }
+    MoeWorkspace ws;
+    Stream stream;
+    ASSERT_TRUE(fused_moe_router_fusable(x[0], d_router, r));
+    const auto chain = [&] {
+      for (int i = 0; i < kCalls; ++i)
+        fused_moe_with_router(x[size_t(i)], d_router, logits[size_t(i)], dw, r, x[size_t(i) + 1], ws, stream);
+    };
+    const auto poison = [&] {
+      for (int i = 0; i < kCalls; ++i) {
+        CUDA_CHECK(cudaMemsetAsync(x[size_t(i) + 1].data(), 0xff, x[size_t(i) + 1].nbytes(), stream));
+        CUDA_CHECK(cudaMemsetAsync(logits[size_t(i)].data(), 0xff, logits[size_t(i)].nbytes(), stream));
+      }
+    };
+    const auto check = [&](const char* what) {
+      stream.synchronize();
+      for (int i = 0; i < kCalls; ++i) {
+        const Tensor xi = x[size_t(i)].to(Device::cpu), li = logits[size_t(i)].to(Device::cpu);
+        const std::vector<float> xv = to_f32_vector(xi);
+        std::vector<float> want(size_t(tokens * c.experts));
+        for (int64_t t = 0; t < tokens; ++t)
+          for (int64_t e = 0; e < c.experts; ++e) {
+            double acc = 0;
+            for (int64_t j = 0; j < kHidden; ++j) acc += double(xv[size_t(t * kHidden + j)]) * rv[size_t(e * kHidden + j)];
+            want[size_t(t * c.experts + e)] = float(acc);
+          }
+        Tensor want_l = Tensor::empty({tokens, c.experts}, DType::f32, Device::cpu);
+        from_f32_vector(want, want_l);
+        EXPECT_LT(testing::rel_error(li, want_l), 1e-5) << what << " call " << i;
+        Tensor ref = Tensor::empty({tokens, kHidden}, DType::bf16, Device::cpu);
+        fused_moe_ref(xi, li, w, r, ref);
+        EXPECT_LT(testing::rel_error(x[size_t(i) + 1], ref), kTol) << what << " call " << i;
+      }
+    };
+    poison();
+    chain();  // also grows the workspace before the capture
+    check("eager");
+    cudaGraph_t graph;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    chain();
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 2; ++replay) {
+      poison();
+      CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      check(replay ? "replay 2" : "replay 1");
+    }
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaGraphDestroy(graph));
   }
 }
 

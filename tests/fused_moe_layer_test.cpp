@@ -7,6 +7,7 @@
 
 #include "engine/error.h"
 #include "engine/fused_moe_layer.h"
+#include "engine/linear.h"
 #include "layer_test_util.h"
 #include "test_util.h"
 
@@ -134,6 +135,28 @@ TEST(FusedMoELayer, CpuBackendMatchesReference) {
   EXPECT_LT(rel_error(Tensor::wrap(all_mx.data(), n, DType::f32, Device::cpu),
                       Tensor::wrap(all_ref.data(), n, DType::f32, Device::cpu)),
             0.06);
+}
+
+// forward with the router layer on the CPU is the router's forward, then the experts': bit-equal.
+TEST(FusedMoELayer, ForwardWithRouterIsRouterThenExperts) {
+  std::mt19937_64 rng(fresh_seed());
+  const FusedMoEConfig c = config();
+  Checkpoint ckpt = random_experts(c, rng);
+  const std::string gate = "model.layers.1.mlp.gate";
+  ckpt[gate + ".weight"] = random_tensor({kE, kH}, DType::bf16, rng, 0.1f);
+  LinearLayer router({gate, kH, {{gate, kE}}, false, LinearParallel::replicated, LayerRole::router_gate, 0, 1, Device::cpu},
+                     scheme("mxfp8"));
+  FusedMoELayer layer(c, scheme("mxfp8"));
+  load_layer(router, ckpt);
+  load_layer(layer, ckpt);
+  const Tensor x = random_tensor({5, kH}, DType::bf16, rng);
+  const Tensor logits = Tensor::empty({5, kE}, DType::f32, Device::cpu), out = poisoned({5, kH});
+  layer.forward(x, router, logits, out);
+  const Tensor want_logits = Tensor::empty({5, kE}, DType::f32, Device::cpu), want = poisoned({5, kH});
+  router.forward(x, want_logits);
+  layer.forward(x, want_logits, want);
+  EXPECT_TRUE(testing::same_bytes(logits, want_logits));
+  EXPECT_TRUE(testing::same_bytes(out, want));
 }
 
 TEST(FusedMoELayer, TensorParallelShardsSumToTheFullLayer) {

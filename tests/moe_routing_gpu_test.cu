@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "engine/cuda_check.h"
@@ -157,6 +158,80 @@ TEST(MoePermuteGpu, RoutePermuteNanLogits) {
   EXPECT_EQ(ints(ids), want);
   for (float v : to_f32_vector(w.to(Device::cpu))) EXPECT_TRUE(std::isnan(v));
   check_permutation(want, 40, b);
+}
+
+// The router GEMV fused in front of the routing (moe_router_route_permute): the logits within fp32
+// summation error of a double-precision CPU dot product (rel error <= 1e-5), then ids, weights and
+// permutation exactly as the reference routes those logits. Ties: router rows repeated (every
+// 4th row equal), which the kernel must sum bit-identically so the lowest index wins. Shapes:
+// Qwen3 (E=128 k=8, H=2048), Mixtral (E=8 k=2, H=4096), E=60 k=4, T = 1, 7, 16 (T=16 E=128: the
+// routing in warp rounds; T·E = 4096, the largest staged), H = 8200 (past the prefetched passes),
+// E=3 (a block with idle rows). Each case runs twice: the finished-block count must reset.
+TEST(MoePermuteGpu, RouterRoutePermuteMatchesReference) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(testing::fresh_seed());
+  for (auto [t, e, k, h] : {std::tuple{1, 128, 8, 2048}, {7, 128, 8, 2048}, {16, 128, 8, 2048}, {1, 8, 2, 4096},
+                            {16, 8, 2, 4096}, {1, 60, 4, 256}, {7, 60, 4, 8200}, {16, 256, 8, 64}, {3, 3, 3, 64}})
+    for (bool ties : {false, true})
+      for (bool renorm : {false, true}) {
+        SCOPED_TRACE(cat("T=", t, " E=", e, " k=", k, " H=", h, " ties=", ties, " renormalize=", renorm));
+        const Tensor x = testing::random_tensor({t, h}, DType::bf16, rng);
+        Tensor w = testing::random_tensor({e, h}, DType::bf16, rng, 0.05f);
+        if (ties)
+          for (int64_t r = 4; r < e; r += 4)
+            std::memcpy(w.data_as<uint16_t>() + r * h, w.data_as<uint16_t>() + (r - 4) * h, size_t(h) * 2);
+        // Reference logits in double.
+        const std::vector<float> xv = to_f32_vector(x), wv = to_f32_vector(w);
+        std::vector<float> want_logits(size_t(t * e));
+        for (int64_t i = 0; i < t; ++i)
+          for (int64_t r = 0; r < e; ++r) {
+            double acc = 0;
+            for (int64_t j = 0; j < h; ++j) acc += double(xv[size_t(i * h + j)]) * wv[size_t(r * h + j)];
+            want_logits[size_t(i * e + r)] = float(acc);
+          }
+        Tensor want_l = Tensor::empty({t, e}, DType::f32, Device::cpu);
+        from_f32_vector(want_logits, want_l);
+        const Tensor d_x = x.to(Device::cuda), d_w = w.to(Device::cuda);
+        ASSERT_TRUE(moe_router_fusable(t, e, h, k));
+        Tensor logits = Tensor::empty({t, e}, DType::f32, Device::cuda);
+        Tensor d_ids = Tensor::empty({t * k}, DType::i32, Device::cuda), d_wt = Tensor::empty({t * k}, DType::f32, Device::cuda);
+        MoePermuteBuffers b = poisoned_buffers(t * k, e);
+        for (int call = 0; call < 2; ++call) {
+          for (const Tensor* p : {&logits, &d_ids, &d_wt, &b.perm.expert_offsets, &b.perm.sorted_pairs,
+                                  &b.perm.active_experts, &b.perm.num_active, &b.pair_rows})
+            poison(*p);
+          moe_router_route_permute(d_x, d_w, logits, k, renorm, d_ids, d_wt, b, nullptr);
+          const Tensor got_l = logits.to(Device::cpu);
+          ASSERT_LT(testing::rel_error(got_l, want_l), 1e-5) << "call " << call;
+          if (ties)
+            for (int64_t i = 0; i < t; ++i)
+              for (int64_t r = 4; r < e; r += 4)
+                ASSERT_EQ(got_l.data_as<float>()[i * e + r], got_l.data_as<float>()[i * e + r - 4]);
+          Tensor ids = Tensor::empty({t, k}, DType::i32, Device::cpu), wt = Tensor::empty({t, k}, DType::f32, Device::cpu);
+          moe_route_ref(got_l, k, renorm, ids, wt);
+          const std::vector<int32_t> want = ints(ids);
+          ASSERT_EQ(ints(d_ids), want) << "call " << call;
+          const std::vector<float> got_w = to_f32_vector(d_wt.to(Device::cpu)), want_w = to_f32_vector(wt);
+          for (size_t i = 0; i < got_w.size(); ++i) ASSERT_NEAR(got_w[i], want_w[i], 1e-6) << "pair " << i;
+          check_permutation(want, e, b);
+          EXPECT_EQ(ints(b.blocks_done), std::vector<int32_t>{0});
+        }
+      }
+}
+
+TEST(MoePermuteGpu, RouterRoutePermuteRejectsUnfusable) {
+  MXMOE_REQUIRE_GPU();
+  const auto call = [](int64_t t, int64_t e, int64_t h, int k) {
+    Tensor x = Tensor::empty({t, h}, DType::bf16, Device::cuda), w = Tensor::empty({e, h}, DType::bf16, Device::cuda);
+    Tensor logits = Tensor::empty({t, e}, DType::f32, Device::cuda);
+    Tensor ids = Tensor::empty({t * k}, DType::i32, Device::cuda), wt = Tensor::empty({t * k}, DType::f32, Device::cuda);
+    moe_router_route_permute(x, w, logits, k, true, ids, wt, moe_permute_buffers(t * k, e), nullptr);
+  };
+  EXPECT_THROW(call(17, 8, 64, 2), Error);     // T > 16
+  EXPECT_THROW(call(16, 257, 64, 2), Error);   // T·E > 4096
+  EXPECT_THROW(call(1, 8, 60, 2), Error);      // H not a multiple of 8
+  EXPECT_NO_THROW(call(16, 256, 64, 8));
+  CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 TEST(MoePermuteGpu, GatherSiluMulCombine) {
