@@ -420,7 +420,7 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
          out.data_as<__nv_bfloat16>(), orows.stride, part_o, part_o ? part_o + part_rows * s.head_dim : nullptr,
          s.n_heads, s.n_kv_heads, s.n_heads / s.n_kv_heads, std::countr_zero(unsigned(s.block_size)),
          int((batch.max_seq_len + splits - 1) / splits + 15) / 16 * 16, splits, scale * kLog2e};
-  if (prefill) return attention_detail::launch_prefill(a, s.head_dim, s.tokens, stream);
+  if (prefill) return attention_detail::launch_prefill(a, s.head_dim, s.tokens, tuning.prefill_rows, stream);
   switch (s.head_dim) {
     case 64: return launch_group<64>(a, s.tokens, stream);
     case 128: return launch_group<128>(a, s.tokens, stream);

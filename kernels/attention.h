@@ -18,8 +18,8 @@
 // power of two. Scores are q·k · scale (usually 1/sqrt(head_dim)) accumulated in fp32 on tensor
 // cores; softmax and the value sum are fp32.
 //
-// Batches with many queries per sequence run a FlashAttention-2-style kernel (tiles of 64 queries
-// x 64 keys per query head, no workspace); the others one CTA per (query token, KV head, split).
+// Batches with many queries per sequence run a FlashAttention-2-style kernel (tiles of 128 queries,
+// 64 at head_dim 256, x 64 keys per query head, no workspace); the others one CTA per (query token, KV head, split).
 // Long contexts are split along the keys (flash-decoding): each split keeps a partial softmax
 // (max, sum, normalized output) in `workspace` and a second kernel combines them. Splits are as
 // short as 64 keys when T · n_kv_heads is small (decode of a few sequences), so the grid still
@@ -46,14 +46,16 @@ struct AttentionBatch {
 enum class AttentionKernel : uint8_t {
   automatic,  // paged_attention_kernel's choice
   per_token,  // one CTA per (query token, KV head, key split): decode and short chunks
-  prefill,    // one CTA per (64 queries of a sequence, query head), 64-key tiles on tensor cores
+  prefill,    // one CTA per (64 or 128 queries of a sequence, query head), 64-key tiles on tensor cores
 };
 
 // Benchmarks and tests: force the number of key splits (1..128; 0: chosen from T, n_kv_heads and
-// max_seq_len as above; the per-token kernel only) or the kernel.
+// max_seq_len as above; the per-token kernel only), the kernel, or the prefill kernel's query rows
+// per CTA (64, or 128 at head_dim <= 128; 0: 128 where allowed).
 struct AttentionTuning {
   int splits = 0;
   AttentionKernel kernel = AttentionKernel::automatic;
+  int prefill_rows = 0;
 };
 
 // The kernel paged_attention runs for T = num_tokens queries in S = num_seqs sequences: prefill

@@ -40,7 +40,8 @@ __device__ __forceinline__ int last_at_most(int n, int v, Key key) {
 }
 
 // The tensor-core prefill kernel (kernels/attention_prefill.cu) for head_dim 64, 128 or 256 over
-// `tokens` queries; the split fields of `a` are unused.
-void launch_prefill(const Args& a, int head_dim, int64_t tokens, cudaStream_t stream);
+// `tokens` queries in tiles of `rows` queries (AttentionTuning::prefill_rows); the split fields of
+// `a` are unused.
+void launch_prefill(const Args& a, int head_dim, int64_t tokens, int rows, cudaStream_t stream);
 
 }  // namespace mxmoe::attention_detail

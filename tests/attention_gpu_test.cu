@@ -103,25 +103,34 @@ TEST(AttentionGpu, PrefillBatchWithCachedPrefixes) {
   run_case({32, 4, 128, 4, {100, 9}, {5, 9}});                      // blocks smaller than a warp step
 }
 
-// The tensor-core prefill kernel forced, against the same reference and bound: its P·V runs on
+// The tensor-core prefill kernel forced (both tile heights), against the same reference and bound: its P·V runs on
 // bf16 probabilities (rounding ~2^-9 relative, averaging out over keys) and the output is bf16,
 // so ~2e-3 is expected; 5e-3 as for the per-token kernel. Every head_dim, GQA groups 1/4/8 (and
 // 16), unequal lengths that are not multiples of the 64-row/64-key tiles, chunks continuing a
 // cached prefix (q_len < seq_len), block sizes 4, 16 and 256.
 TEST(AttentionGpu, PrefillKernelMatchesReference) {
   MXMOE_REQUIRE_GPU();
-  const AttentionTuning prefill{0, AttentionKernel::prefill};
-  run_case({32, 4, 128, 16, {200, 700, 65, 1}, {200, 300, 65, 1}}, prefill);  // group 8, a chunk, a decode row
-  run_case({32, 8, 128, 256, {1000, 130}, {128, 129}}, prefill);               // group 4, block 256
-  run_case({8, 8, 128, 16, {64, 128, 97}, {64, 64, 33}}, prefill);             // group 1, tile-sized lengths
-  run_case({16, 4, 64, 256, {333, 129}, {333, 100}}, prefill);                 // head_dim 64
-  run_case({32, 4, 64, 16, {150}, {150}}, prefill);                            // group 8, head_dim 64
-  run_case({8, 8, 256, 16, {150, 90}, {150, 37}}, prefill);                    // head_dim 256, group 1
-  run_case({16, 2, 256, 256, {300}, {300}}, prefill);                          // group 8, head_dim 256
-  run_case({16, 4, 256, 16, {700}, {77}}, prefill);                            // group 4, a chunk after 623
-  run_case({16, 1, 128, 16, {300, 45}, {100, 45}}, prefill);                   // group 16
-  run_case({32, 4, 128, 4, {100, 9}, {50, 9}}, prefill);                       // blocks smaller than a row of ldmatrix
-  run_case({32, 8, 128, 16, {1, 17, 3000}, {1, 1, 1}}, prefill);               // pure decode through it
+  for (const int rows : {0, 64}) {  // tiles of 128 query rows (64 at head_dim 256), and 64
+    const AttentionTuning prefill{0, AttentionKernel::prefill, rows};
+    run_case({32, 4, 128, 16, {200, 700, 65, 1}, {200, 300, 65, 1}}, prefill);  // group 8, a chunk, a decode row
+    run_case({32, 8, 128, 256, {1000, 130}, {128, 129}}, prefill);               // group 4, block 256
+    run_case({8, 8, 128, 16, {64, 128, 97}, {64, 64, 33}}, prefill);             // group 1, tile-sized lengths
+    run_case({16, 4, 64, 256, {333, 129}, {333, 100}}, prefill);                 // head_dim 64
+    run_case({32, 4, 64, 16, {150}, {150}}, prefill);                            // group 8, head_dim 64
+    run_case({8, 8, 256, 16, {150, 90}, {150, 37}}, prefill);                    // head_dim 256, group 1
+    run_case({16, 2, 256, 256, {300}, {300}}, prefill);                          // group 8, head_dim 256
+    run_case({16, 4, 256, 16, {700}, {77}}, prefill);                            // group 4, a chunk after 623
+    run_case({16, 1, 128, 16, {300, 45}, {100, 45}}, prefill);                   // group 16
+    run_case({32, 4, 128, 4, {100, 9}, {50, 9}}, prefill);                       // blocks smaller than a row of ldmatrix
+    run_case({32, 8, 128, 16, {1, 17, 3000}, {1, 1, 1}}, prefill);               // pure decode through it
+  }
+  std::mt19937_64 rng(fresh_seed());
+  const PagedProblem p = make_paged_problem(rng, {300}, {300}, 8, 8, 256, 16, false);
+  const Tensor k = p.k_cache.to(Device::cuda), v = p.v_cache.to(Device::cuda), q = p.q.to(Device::cuda);
+  Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda), ws = Tensor::empty({16}, DType::u8, Device::cuda);
+  EXPECT_THROW(paged_attention(q, k, v, batch_to(p.batch, Device::cuda), 0.1f, ws, out, nullptr,
+                               {0, AttentionKernel::prefill, 128}),
+               Error);  // 128-row tiles need head_dim <= 128
 }
 
 // One sequence decoding beside a 500-token prompt: both kernels forced and the automatic choice
