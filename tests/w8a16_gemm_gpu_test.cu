@@ -15,6 +15,7 @@
 #include "kernels/w8a16_gemm.h"
 #include "kernels/w8a16_gemm_tile.cuh"
 #include "tests/test_util.h"
+#include "tests/w8a16_test_util.h"
 
 namespace mxmoe {
 namespace {
@@ -24,7 +25,11 @@ using testing::random_tensor;
 using testing::rel_error;
 
 constexpr double kTol = 5e-3;
-const GemmTile kTiles[] = {GemmTile::automatic, GemmTile::m256_4wg, GemmTile::n128_2cta};
+// MXFP8 weights: every kernel (TMA / register-A tiles and the cp.async ones); bf16 weights
+// have only the cp.async kernel.
+const std::vector<GemmTile> kFp8Tiles = {GemmTile::automatic, GemmTile::rs_t256, GemmTile::rs_t128,
+                                         GemmTile::m256_4wg, GemmTile::n128_2cta};
+const std::vector<GemmTile> kBf16Tiles = {GemmTile::automatic, GemmTile::m256_4wg, GemmTile::n128_2cta};
 
 struct CpuMx {  // MXFP8 weight on the CPU (reference) and on the GPU (kernel)
   MxTensor cpu, gpu;
@@ -85,6 +90,8 @@ void expect_rows_match(const Tensor& x_cpu, const W& w_cpu, const Tensor* bias_c
 
 const char* tile_name(GemmTile t) {
   switch (t) {
+    case GemmTile::rs_t256: return "rs 256 tokens";
+    case GemmTile::rs_t128: return "rs 128 tokens";
     case GemmTile::m256_4wg: return "256x128 4wg";
     case GemmTile::n128_2cta: return "128x128 2cta";
     default: return "auto";
@@ -100,17 +107,17 @@ TEST(W8A16Gemm, DenseMatchesReference) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(fresh_seed());
   Stream stream;
-  // N tails (200, 197 odd, 5128 = 5120 + 8), K tails (96, 160, 2080: multiples of 32, not of 64),
-  // M from a single row to several tiles with a partial one.
-  const DenseCase cases[] = {{1, 200, 96, true},      {3, 200, 96, false},   {16, 5128, 160, true},
-                             {128, 256, 2048, false}, {200, 197, 64, true},  {300, 384, 32, false},
-                             {2048, 5128, 2080, true}};
+  // N tails (200, 197 odd, 136, 392, 5128 = 5120 + 8: not multiples of 128), K tails (96, 160,
+  // 224, 1056, 2080: 32 x odd), M from a single row to several tiles with a partial one (257, 333).
+  const DenseCase cases[] = {{1, 200, 96, true},      {3, 200, 96, false},    {16, 5128, 160, true},
+                             {128, 256, 2048, false}, {200, 197, 64, true},   {300, 384, 32, false},
+                             {333, 136, 224, true},   {257, 392, 1056, false}, {2048, 5128, 2080, true}};
   for (const DenseCase& c : cases) {
     const Tensor x = random_tensor({c.m, c.k}, DType::bf16, rng);
     const Tensor bias = random_tensor({c.n}, DType::bf16, rng);
     const CpuMx w = random_mx_weight({c.n, c.k}, rng);
     const Tensor xg = x.to(Device::cuda), bg = bias.to(Device::cuda);
-    for (GemmTile tile : kTiles) {
+    for (GemmTile tile : kFp8Tiles) {
       const Tensor y = poisoned({c.m, c.n}, stream);
       w8a16_gemm(xg, w.gpu, c.bias ? &bg : nullptr, y, stream, tile);
       stream.synchronize();
@@ -165,7 +172,7 @@ const GroupedCase kGroupedCases[] = {
 // Runs `gemm(x, offsets, y, tile)` for every grouped case and tile and checks each group's rows
 // against matmul_ref with that group's weight (weight(g) gives the CPU reference weight).
 template <class MakeWeight, class Gemm>
-void check_grouped(MakeWeight make_weight, Gemm gemm) {
+void check_grouped(const std::vector<GemmTile>& tiles, MakeWeight make_weight, Gemm gemm) {
   std::mt19937_64 rng(fresh_seed());
   Stream stream;
   for (const GroupedCase& c : kGroupedCases) {
@@ -173,7 +180,7 @@ void check_grouped(MakeWeight make_weight, Gemm gemm) {
     const auto w = make_weight(Shape{c.groups, c.n, c.k}, rng);
     const std::vector<int> offsets = group_offsets(c.m, c.groups, c.mode, rng);
     const Tensor off = offsets_tensor(offsets), xg = x.to(Device::cuda);
-    for (GemmTile tile : kTiles) {
+    for (GemmTile tile : tiles) {
       const Tensor y = poisoned({c.m, c.n}, stream);
       gemm(xg, w, off, y, stream, tile);
       stream.synchronize();
@@ -202,7 +209,8 @@ struct Bf16GroupWeight {
 
 TEST(W8A16Gemm, GroupedMatchesReference) {
   MXMOE_REQUIRE_GPU();
-  check_grouped([](const Shape& s, std::mt19937_64& rng) { return MxGroupWeight{random_mx_weight(s, rng)}; },
+  check_grouped(kFp8Tiles,
+                [](const Shape& s, std::mt19937_64& rng) { return MxGroupWeight{random_mx_weight(s, rng)}; },
                 [](const Tensor& x, const MxGroupWeight& w, const Tensor& off, const Tensor& y, cudaStream_t st,
                    GemmTile tile) { w8a16_grouped_gemm(x, w.w.gpu, off, y, st, tile); });
 }
@@ -210,6 +218,7 @@ TEST(W8A16Gemm, GroupedMatchesReference) {
 TEST(W8A16Gemm, Bf16GroupedMatchesReference) {
   MXMOE_REQUIRE_GPU();
   check_grouped(
+      kBf16Tiles,
       [](const Shape& s, std::mt19937_64& rng) {
         Tensor w = random_tensor(s, DType::bf16, rng, 0.05f);
         return Bf16GroupWeight{w, w.to(Device::cuda)};
@@ -254,6 +263,33 @@ TEST(W8A16Gemm, GroupedReplaysInCudaGraph) {
   }
   CUDA_CHECK(cudaGraphExecDestroy(exec));
   CUDA_CHECK(cudaGraphDestroy(graph));
+}
+
+// Scale bytes across the whole useful range: the kernels turn e4m3 into bf16 times 2^-120 and
+// multiply by 2^(s-7), a normal bf16 only for s <= 134; larger scales take the wide path
+// (kernels/w8a16_gemm_dequant.cuh). Each range is its own weight (a wrong tiny block would vanish
+// beside huge ones); every e4m3 code but NaN occurs, subnormals included; 100-160 mixes both
+// paths inside a warp. Up to 200 keeps y finite in bf16.
+TEST(W8A16Gemm, ScaleRangeMatchesReference) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  Stream stream;
+  const int64_t m = 300, n = 264, k = 480;
+  const Tensor x = random_tensor({m, k}, DType::bf16, rng);
+  const Tensor xg = x.to(Device::cuda);
+  const std::pair<int, int> ranges[] = {{0, 12}, {120, 134}, {135, 160}, {180, 200}, {100, 160}};
+  for (const auto& [lo, hi] : ranges) {
+    const MxTensor w = testing::random_mxfp8({n, k}, rng, lo, hi);
+    const MxTensor wg = testing::to_device(w);
+    for (GemmTile tile : kFp8Tiles) {
+      const Tensor y = poisoned({m, n}, stream);
+      w8a16_gemm(xg, wg, nullptr, y, stream, tile);
+      stream.synchronize();
+      const Tensor yc = y.to(Device::cpu);
+      expect_all_finite(yc);
+      expect_rows_match(x, w, nullptr, yc, rows_to_check(m, rng), cat("scales ", lo, "..", hi, " tile=", tile_name(tile)));
+    }
+  }
 }
 
 TEST(W8A16Gemm, RejectsBadArguments) {

@@ -1,0 +1,213 @@
+#pragma once
+// W8A16 GEMM with a TMA pipeline and register-A wgmma (Hopper, sm_90a) behind w8a16_gemm / w8a16_grouped_gemm:
+//   y[rows of group g, N] = x[rows, K] · W_g[N, K]ᵀ (+ bias[N]); MXFP8 W, bf16 x and y, fp32 accumulation.
+//
+// It computes the transposed tile yᵀ = W·xᵀ, so W is the wgmma A operand, taken from registers:
+// each thread reads its A fragment as raw fp8 from shared memory, turns it into bf16 and
+// applies the block scale in a few integer/bf16 ops (kernels/w8a16_gemm_dequant.cuh), and x is
+// the B operand straight from shared memory. No bf16 copy of W is written, and the dequant of the
+// next K step runs while the tensor cores work on this one.
+//
+// One CTA of 2 warpgroups owns a tile of 128 W rows (y columns) x kBT tokens (y rows):
+//  - TMA: thread 0 issues the loads of the x tile
+//    [kBT, 64] bf16 (128-byte swizzle, the wgmma layout) and the W tile [128, 64] fp8 (64-byte
+//    swizzle: a warp's 8 row reads hit 8 distinct bank groups) into a ring of stages guarded by
+//    full (TMA bytes landed) and empty (all 8 warps done) mbarriers, kStages - 1 steps ahead of
+//    the wgmma. Tails (M, N, K) are TMA zero fill or rows whose results are never stored.
+//  - warpgroups 0 and 1: 64 W rows each, wgmma m64 x kBT x k16
+//    with fp32 accumulators; the scale bytes come from global memory two steps ahead.
+// Why no dedicated producer warp: the 256-token tile needs ~200 registers per thread
+// (128 accumulators + fragments). A 9th warp puts 3 warps on one SM sub-partition (16K registers),
+// capping every thread at 168 (launch fails above); a producer warpgroup with setmaxnreg built
+// with 168 too and ptxas serialized the wgmma for lack of registers. With 8 warps each thread may
+// use 255, and issuing 2 TMA copies per K step costs thread 0 almost nothing.
+// Grouped GEMMs share the dense tile lookup (find_tile: device offsets, no host sync); W is seen
+// as one [G*N, K] matrix, so a tile's rows past N belong to the next group and are not stored.
+#include <cuda.h>
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/w8a16_gemm_dequant.cuh"
+#include "kernels/w8a16_gemm_kernel.cuh"
+#include "kernels/w8a16_gemm_tma.cuh"
+
+namespace mxmoe::w8a16 {
+
+template <int kBT>
+struct RsTile {
+  static constexpr int BW = 128;        // W rows per tile: 2 warpgroups x 64
+  static constexpr int threads = 256;   // 2 warpgroups
+  static constexpr int x_bytes = kBT * kBK * 2;
+  static constexpr int w_bytes = BW * kBK;
+  static constexpr int stage_bytes = x_bytes + w_bytes;
+  static constexpr int fit = (232448 - 1024 - 256) / stage_bytes;  // 227 KiB - alignment slack - barriers
+  static constexpr int stages = fit < 8 ? fit : 8;
+  static_assert(stages >= 3, "tile too large for the pipeline");
+  static constexpr int smem_bytes = stages * stage_bytes + 1024 + 256;
+};
+
+struct RsArgs {
+  CUtensorMap x_map;  // x [M, K] bf16, box [kBT, 64], 128-byte swizzle
+  CUtensorMap w_map;  // W [G*N, K] e4m3, box [128, 64], 64-byte swizzle
+  GemmArgs g;         // y, bias, scales, offsets, sizes (x and w unused)
+};
+
+template <int kBT>
+__global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__ RsArgs args) {
+#if defined(MXMOE_HAS_WGMMA)
+  using T = RsTile<kBT>;
+  constexpr int kStages = T::stages;
+  const GemmArgs& a = args.g;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* const x_s = smem;                              // [kStages][kBT][64] bf16, swizzled
+  uint8_t* const w_s = smem + kStages * T::x_bytes;       // [kStages][128][64] e4m3, swizzled
+  uint64_t* const full = reinterpret_cast<uint64_t*>(smem + kStages * T::stage_bytes);  // [kStages]
+  uint64_t* const empty = full + kStages;                                                // [kStages]
+
+  TileCoord t;
+  if (!find_tile<kBT>(a, reinterpret_cast<int*>(smem), t)) return;
+  const int k_tiles = (a.K + kBK - 1) / kBK;
+  const int row0 = t.m_begin + t.m_tile * kBT, col0 = t.n_tile * T::BW;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 8);  // one arrive per warp
+    }
+    mbar_fence_init();
+  }
+  fence_proxy_async();  // find_tile's scratch writes precede the TMA writes to the same bytes
+  __syncthreads();
+
+  // Thread 0: TMA of K step kt into its stage once every warp has released the stage's last use.
+  const int w_row0 = t.group * a.N + col0;
+  auto produce = [&](int kt) {
+    const int s = kt % kStages;
+    mbar_wait(&empty[s], ((kt / kStages) & 1) ^ 1);
+    mbar_arrive_expect_tx(&full[s], T::stage_bytes);
+    tma_load_2d(x_s + s * T::x_bytes, &args.x_map, kt * kBK, row0, &full[s]);
+    tma_load_2d(w_s + s * T::w_bytes, &args.w_map, kt * kBK, w_row0, &full[s]);
+  };
+  if (threadIdx.x == 0)
+    for (int kt = 0; kt < kStages && kt < k_tiles; ++kt) produce(kt);  // empty stages: no wait
+
+  // Warpgroup cw owns tile W rows [64cw, 64cw + 64); this thread's A rows are
+  // r and r + 8 (r = 64cw + 16·warp + lane/4), its k pairs 2·(lane%4) (+8) of each k16 step.
+  const int cw = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int r = 64 * cw + 16 * warp + lane / 4;
+  const uint32_t sel = spread_selector(uint32_t(lane % 4));
+  // 64-byte swizzle: 16-byte chunk c of tile row r sits at chunk c ^ ((r / 2) % 4) (the same for r + 8).
+  const int swz = (r / 2) % 4;
+
+  // Scale bytes of rows r, r+8 for the two 32-blocks of a K step; 127 (1.0) where the row or
+  // block is out of range (its fp8 bytes are zero fill or never stored).
+  const int k_blocks = a.K / kMxBlock;
+  const uint8_t* sc[2];
+  bool row_ok[2];
+  for (int j = 0; j < 2; ++j) {
+    const int n = col0 + r + 8 * j;
+    row_ok[j] = n < a.N;
+    sc[j] = a.scales + (size_t(t.group) * a.N + size_t(row_ok[j] ? n : 0)) * k_blocks;
+  }
+  auto load_scales = [&](int kt, uint32_t (&s)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // i = 2·row + block
+      const int kb = 2 * kt + (i & 1);
+      s[i] = row_ok[i >> 1] && kb < k_blocks ? __ldg(sc[i >> 1] + kb) : 127u;
+    }
+  };
+
+  float acc[kBT / 2];
+#pragma unroll
+  for (int i = 0; i < kBT / 2; ++i) acc[i] = 0.f;
+  const uint64_t x_desc0 = smem_desc(x_s);
+  // A fragments of k16 steps 0-1 / 2-3 of a K step: each half is one wgmma group, so a half's
+  // registers are rewritten only after wgmma_wait has retired the group that read them.
+  uint32_t frag_lo[2][4], frag_hi[2][4];
+  uint32_t scales[4], scales_next[4];  // K steps kt and kt + 1
+  load_scales(0, scales);
+  load_scales(1, scales_next);
+
+  auto dequant = [&]<bool kWide>(const uint8_t* w_tile, int kk0, uint32_t (&frag)[2][4]) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int kk = kk0 + i, chunk = (kk ^ swz) * 16;
+      const uint4 row0 = *reinterpret_cast<const uint4*>(w_tile + r * 64 + chunk);
+      const uint4 row1 = *reinterpret_cast<const uint4*>(w_tile + (r + 8) * 64 + chunk);
+      dequant_fragment<kWide>(row0, row1, sel, scale_factor<kWide>(scales[kk / 2]),
+                              scale_factor<kWide>(scales[2 + kk / 2]), frag[i]);
+    }
+  };
+  // Issues k16 steps kk0, kk0+1 on stage `stage`, then retires the group before them.
+  auto mma = [&](int stage, int kk0, const uint32_t (&frag)[2][4]) {
+    const uint64_t x_desc = x_desc0 + uint64_t((stage * T::x_bytes) >> 4) + 2 * kk0;  // +32 bytes per k16
+    fence_operands(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int i = 0; i < 2; ++i) wgmma_bf16_rs<kBT>(acc, frag[i], x_desc + 2 * i);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_operands(acc);
+  };
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    const int stage = kt % kStages;
+    mbar_wait(&full[stage], (kt / kStages) & 1);
+    const uint8_t* w_tile = w_s + stage * T::w_bytes;
+    const bool wide = scales[0] > kMaxFastScale || scales[1] > kMaxFastScale || scales[2] > kMaxFastScale ||
+                      scales[3] > kMaxFastScale;
+    const bool any_wide = __any_sync(~0u, wide);
+    if (any_wide) dequant.template operator()<true>(w_tile, 0, frag_lo);
+    else dequant.template operator()<false>(w_tile, 0, frag_lo);
+    mma(stage, 0, frag_lo);  // retires step kt-1: its stage can be refilled
+    if (kt > 0 && lane == 0) mbar_arrive(&empty[(kt - 1) % kStages]);
+    if (any_wide) dequant.template operator()<true>(w_tile, 2, frag_hi);
+    else dequant.template operator()<false>(w_tile, 2, frag_hi);
+    mma(stage, 2, frag_hi);
+    // Refill step kt-1's stage (released above by this warpgroup; the other one is about as far).
+    if (threadIdx.x == 0 && kt > 0 && kt - 1 + kStages < k_tiles) produce(kt - 1 + kStages);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) scales[i] = scales_next[i];
+    load_scales(kt + 2, scales_next);
+  }
+  wgmma_wait<0>();
+  fence_operands(acc);
+
+  // Epilogue: acc[4nb + 2h + e] is yᵀ(W row r + 8h, token 8nb + 2·(lane%4) + e). Lanes g and g^1
+  // (lane ^ 4) swap one value so each stores a bf16x2 pair of neighbouring y columns: even g the
+  // pair (n, n+1) of token 2t, odd g the pair (n-1, n) of token 2t+1.
+  const bool odd = (lane / 4) & 1;
+  const int n_pair = col0 + r - (odd ? 1 : 0);  // first column of this thread's pair (row r; +8 for h = 1)
+  const bool pairs = (a.N & 1) == 0;             // bf16x2 stores stay 4-byte aligned
+  float bias[2][2] = {};
+  if (a.bias)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        if (n_pair + 8 * h + e < a.N) bias[h][e] = __bfloat162float(a.bias[n_pair + 8 * h + e]);
+#pragma unroll
+  for (int nb = 0; nb < kBT / 8; ++nb) {
+    const int row = row0 + 8 * nb + 2 * (lane % 4) + (odd ? 1 : 0);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float mine0 = acc[4 * nb + 2 * h], mine1 = acc[4 * nb + 2 * h + 1];
+      const float other = __shfl_xor_sync(~0u, odd ? mine0 : mine1, 4);
+      const float v0 = (odd ? other : mine0) + bias[h][0], v1 = (odd ? mine1 : other) + bias[h][1];
+      const int col = n_pair + 8 * h;
+      if (row >= t.m_end || col >= a.N) continue;
+      __nv_bfloat16* out = a.y + size_t(row) * a.N + col;
+      if (pairs) {
+        *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1);
+      } else {
+        out[0] = __float2bfloat16_rn(v0);
+        if (col + 1 < a.N) out[1] = __float2bfloat16_rn(v1);
+      }
+    }
+  }
+#else
+  __trap();  // wgmma/TMA pipeline needs sm_90a; the host refuses other GPUs before launching
+#endif
+}
+
+}  // namespace mxmoe::w8a16

@@ -1,0 +1,63 @@
+#pragma once
+// PTX wrappers for the TMA GEMM pipeline (kernels/w8a16_gemm_rs.cuh): mbarriers
+// (full/empty ring slots) and TMA tile loads (cp.async.bulk.tensor, completing on an mbarrier).
+// Built with the sm_90a kernels that use them: defined under MXMOE_HAS_WGMMA.
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "kernels/w8a16_gemm_ptx.cuh"
+
+namespace mxmoe::w8a16 {
+
+#if defined(MXMOE_HAS_WGMMA)
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+// Makes the initialized barriers visible to the async proxy (TMA) before a __syncthreads.
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Arrives and announces `bytes` of TMA transfers that complete the current phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+
+// Waits until the phase of parity `parity` has completed. A pipeline that lost a transfer or an
+// arrive would spin forever; after ~2^35 cycles (over 10 s, far beyond any legal wait) it traps
+// instead, so the launch fails with an error rather than hanging the GPU.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  const uint32_t addr = smem_addr(bar);
+  auto ready = [&] {
+    uint32_t done;
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+    return done != 0;
+  };
+  if (ready()) return;
+  const long long start = clock64();
+  while (!ready())
+    if (clock64() - start > (1ll << 35)) __trap();
+}
+
+// TMA: the box at (c0 innermost, c1) of the 2-D tensor map -> shared memory, completing `bytes`
+// (the whole box, out-of-bounds parts zero-filled) on `bar`.
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
+      : "memory");
+}
+
+#endif  // MXMOE_HAS_WGMMA
+
+}  // namespace mxmoe::w8a16
