@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
@@ -373,6 +375,16 @@ int paged_attention_splits(int64_t num_tokens, int n_kv_heads, int64_t max_seq_l
 }
 
 AttentionKernel paged_attention_kernel(int64_t num_tokens, int64_t num_seqs, int n_heads) {
+  // MXMOE_ATTENTION_KERNEL=prefill|per_token: one kernel for every call, to check either end to
+  // end (model tests) whatever the batch shapes.
+  static const AttentionKernel forced = [] {
+    const char* env = std::getenv("MXMOE_ATTENTION_KERNEL");
+    const std::string v = env ? env : "";
+    MXMOE_CHECK(v.empty() || v == "prefill" || v == "per_token", "MXMOE_ATTENTION_KERNEL=", v,
+                ": expected prefill or per_token");
+    return v == "prefill" ? AttentionKernel::prefill : v == "per_token" ? AttentionKernel::per_token : AttentionKernel::automatic;
+  }();
+  if (forced != AttentionKernel::automatic) return forced;
   const bool many_queries = num_tokens >= kPrefillMinQueries * num_seqs;
   const bool fills_gpu = (num_tokens + 63) / 64 * n_heads >= gpu_info().sm_count;
   return many_queries && fills_gpu ? AttentionKernel::prefill : AttentionKernel::per_token;
@@ -400,9 +412,12 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
               "paged_attention: q rows must be 16-byte aligned");
   MXMOE_CHECK(std::has_single_bit(unsigned(s.block_size)), "paged_attention: block size ", s.block_size,
               " must be a power of two");
-  const bool prefill = tuning.kernel == AttentionKernel::automatic
-                           ? paged_attention_kernel(s.tokens, s.num_seqs, s.n_heads) == AttentionKernel::prefill
-                           : tuning.kernel == AttentionKernel::prefill;
+  // The prefill kernel takes the softmax max on unscaled scores: it needs scale > 0.
+  const bool prefill =
+      tuning.kernel == AttentionKernel::automatic
+          ? scale > 0.f && paged_attention_kernel(s.tokens, s.num_seqs, s.n_heads) == AttentionKernel::prefill
+          : tuning.kernel == AttentionKernel::prefill;
+  MXMOE_CHECK(!prefill || scale > 0.f, "paged_attention: the prefill kernel needs a positive scale, got ", scale);
   MXMOE_CHECK(!prefill || (reinterpret_cast<uintptr_t>(out.data()) % 4 == 0 && orows.stride % 2 == 0),
               "paged_attention: out rows must be 4-byte aligned for the prefill kernel");
   const int splits = prefill ? 1

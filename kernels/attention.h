@@ -59,9 +59,11 @@ struct AttentionTuning {
 };
 
 // The kernel paged_attention runs for T = num_tokens queries in S = num_seqs sequences: prefill
-// when T >= 16 · S (sequences average 16+ queries) and its grid of ceil(T / 64) · n_heads CTAs
-// fills the GPU; per_token otherwise. Either kernel is correct for any batch (decode rows in a
-// prefill batch included); this only picks the faster.
+// when T >= 16 · S (sequences average 16+ queries) and ceil(T / 64) · n_heads >= the SM count
+// (enough query tiles to fill the GPU); per_token otherwise. paged_attention also keeps per_token
+// for scale <= 0 (the prefill kernel needs scale > 0; forcing it then is an Error). Either kernel
+// is correct for any batch (decode rows in a prefill batch included); this only picks the faster.
+// The environment variable MXMOE_ATTENTION_KERNEL=prefill or per_token overrides the choice.
 AttentionKernel paged_attention_kernel(int64_t num_tokens, int64_t num_seqs, int n_heads);
 
 // The key split count paged_attention chooses (without a forced one).

@@ -210,37 +210,38 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
           }
         }
       }
-      // Online softmax; a row's kBN scores sit in one quad. Tile 0 shows every row key 0, so the
-      // running max is finite from the first tile on.
+      // Online softmax; a row's kBN scores sit in one quad. The running max m is kept in log2
+      // units (score · scale · log2 e) and found on the raw scores (scale > 0), so each
+      // probability is one FFMA and one ex2. Tile 0 shows every row key 0, so m is finite from
+      // the first tile on. Only tiles crossing the warp's diagonal test positions.
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
-        const bool masked = n0 + kBN - 1 > warp_pos + 16 * i;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int pos = warp_pos + 16 * i + g + 8 * r;
-          float mx = -INFINITY;
+        if (n0 + kBN - 1 > warp_pos + 16 * i) {
 #pragma unroll
           for (int j = 0; j < kBN / 8; ++j) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              float& x = s[i][j][2 * r + e];
-              x = masked && n0 + 8 * j + 2 * t + e > pos ? -INFINITY : x * a.scale_log2;
-              mx = fmaxf(mx, x);
+            for (int e = 0; e < 4; ++e) {
+              if (n0 + 8 * j + 2 * t + e % 2 > warp_pos + 16 * i + g + 8 * (e / 2)) s[i][j][e] = -INFINITY;
             }
           }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int j = 0; j < kBN / 8; ++j) mx = fmaxf(mx, fmaxf(s[i][j][2 * r], s[i][j][2 * r + 1]));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          const float m_new = fmaxf(m_run[i][r], mx);
+          const float m_new = fmaxf(m_run[i][r], mx * a.scale_log2);
           const float corr = fast_exp2(m_run[i][r] - m_new);
           m_run[i][r] = m_new;
           float sum = 0.f;
 #pragma unroll
           for (int j = 0; j < kBN / 8; ++j) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              float& x = s[i][j][2 * r + e];
-              x = fast_exp2(x - m_new);
-              sum += x;
+            for (int e = 2 * r; e < 2 * r + 2; ++e) {
+              s[i][j][e] = fast_exp2(fmaf(s[i][j][e], a.scale_log2, -m_new));
+              sum += s[i][j][e];
             }
           }
           l_run[i][r] = l_run[i][r] * corr + sum;

@@ -131,6 +131,9 @@ TEST(AttentionGpu, PrefillKernelMatchesReference) {
   EXPECT_THROW(paged_attention(q, k, v, batch_to(p.batch, Device::cuda), 0.1f, ws, out, nullptr,
                                {0, AttentionKernel::prefill, 128}),
                Error);  // 128-row tiles need head_dim <= 128
+  EXPECT_THROW(paged_attention(q, k, v, batch_to(p.batch, Device::cuda), -0.1f, ws, out, nullptr,
+                               {0, AttentionKernel::prefill}),
+               Error);  // the prefill kernel needs scale > 0
 }
 
 // One sequence decoding beside a 500-token prompt: both kernels forced and the automatic choice
