@@ -44,9 +44,9 @@ class FusedMoELayer : public Loadable {
   // x [T, H] bf16, router_logits [T, E] f32 -> out [T, H] bf16 (this rank's partial sum under TP).
   void forward(const Tensor& x, const Tensor& router_logits, const Tensor& out, cudaStream_t stream = nullptr);
   // router.forward(x, router_logits) then the above, the same results, with the logits GEMV fused
-  // into the routing kernel on CUDA for a bf16 router without bias at decode size
-  // (fused_moe_with_router in kernels/moe_decode.h; one launch less per MoE layer). router_logits
-  // [T, E] f32 is written either way.
+  // into the routing kernel on CUDA for a bf16 router without bias at T = 1 (fused_moe_with_router
+  // in kernels/moe_decode.h; one launch less per MoE layer). router_logits [T, E] f32 is written
+  // either way.
   void forward(const Tensor& x, LinearLayer& router, const Tensor& router_logits, const Tensor& out,
                cudaStream_t stream = nullptr);
 

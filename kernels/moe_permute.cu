@@ -223,7 +223,7 @@ __device__ void dot8(const uint4& wv, const uint4& xv, float& acc) {
 }
 
 __global__ void __launch_bounds__(kScanThreads)
-    router_route_permute_kernel(const uint4* __restrict__ x, const uint4* __restrict__ w, int hidden,
+    router_route_permute_kernel(const uint4* x, const uint4* __restrict__ w, int hidden,
                                 float* __restrict__ logits, int n_tokens, int n_experts, int top_k, bool renormalize,
                                 RoutePermuteOut o, unsigned* __restrict__ blocks_done) {
   __shared__ float partial[kScanThreads / 32][kRouterTokens];  // [warp][token]
@@ -241,12 +241,13 @@ __global__ void __launch_bounds__(kScanThreads)
     wv[j] = row < n_experts && v < vecs ? __ldcs(wrow + v) : make_uint4(0, 0, 0, 0);
   }
   w8a16::grid_dependency_wait();
-  w8a16::launch_dependents();
   float acc[kRouterTokens] = {};
+  // x through L1 (plain loads, after the wait as in the tile kernels): the block's 4 rows read the
+  // same vectors of x, so 3 of 4 reads hit L1 (through L2 alone, T=8 H=4096 read 256 KB per block).
   const auto add = [&](const uint4& wq, int v) {
 #pragma unroll
     for (int t = 0; t < kRouterTokens; ++t)
-      if (t < n_tokens) dot8(wq, __ldcg(x + int64_t(t) * vecs + v), acc[t]);
+      if (t < n_tokens) dot8(wq, x[int64_t(t) * vecs + v], acc[t]);
   };
   if (row < n_experts) {
 #pragma unroll
@@ -277,6 +278,10 @@ __global__ void __launch_bounds__(kScanThreads)
   if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
   __syncthreads();
   if (!last) return;
+  // The next kernel may launch now, while this block routes: the other blocks have counted
+  // themselves and leave, so its blocks spread over every SM but this one. (Allowed right after the
+  // wait, it could fill only the SMs free then, 100 of 132 at Qwen3's 32 blocks of 1024 threads.)
+  w8a16::launch_dependents();
   __threadfence();
   if (threadIdx.x == 0) *blocks_done = 0;  // every block has counted: ready for the next launch
   route_permute_block(logits, n_tokens, n_experts, top_k, renormalize, o.ids, o.weights, o.offsets, o.sorted_pairs,

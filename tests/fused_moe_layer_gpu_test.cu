@@ -58,9 +58,9 @@ TEST(FusedMoELayerGpu, MatchesTheCpuLayer) {
   }
 }
 
-// forward with the router layer: at decode size the router's GEMV runs inside the routing launch
-// (T = 1, 7, 16), beyond it the router GEMM then the experts (T = 64); either way the logits match
-// the CPU router's (rel <= 1e-5) and the output the CPU layer's on its own router.
+// forward with the router layer: at T = 1 the router's GEMV runs inside the routing launch, beyond
+// it the router GEMM then the experts (T = 7, 16, 64); either way the logits match the CPU
+// router's (rel <= 1e-5) and the output the CPU layer's on its own router.
 TEST(FusedMoELayerGpu, ForwardWithRouter) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(fresh_seed());
