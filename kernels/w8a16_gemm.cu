@@ -66,10 +66,12 @@ void check_offsets(const Tensor& offsets, int64_t groups, const char* op) {
               " ", shape_str(offsets.shape()));
 }
 
-// MXFP8: the TMA / register-A kernel. Measured on H100 (bench-gemm): 256-token tiles beat
-// 128-token tiles on every model shape, dense and grouped (Qwen3-30B-A3B MoE too, ~256 rows per
-// expert), by 1.2-1.7x even where 128-token tiles fill the waves better: they halve the dequant
-// work and the x traffic per flop. 128-token tiles only when one tile covers all rows.
+// MXFP8: the TMA / register-A kernel. Measured on H100 (bench-gemm, two runs on fresh machines):
+// 256-token tiles beat 128-token tiles on every model shape, dense and grouped (Qwen3-30B-A3B MoE
+// too, ~256 rows per expert), by 1.2-1.7x even where 128-token tiles fill the waves better: they
+// halve the dequant work and the x traffic per flop. CTA pairs sharing x by multicast ran at
+// 0.65-0.95x of unpaired tiles (a run on a busy machine had them ahead): not chosen. 128-token
+// tiles only when one tile covers all rows.
 GemmTile pick_fp8(int64_t m) { return m <= 128 ? GemmTile::rs_t128 : GemmTile::rs_t256; }
 // bf16 weights (the cp.async kernel), measured on H100 (bench-gemm): 256 x 128 tiles with 4
 // warpgroups when there are many rows per group, else 128 x 128 tiles with two CTAs per SM.
@@ -108,33 +110,47 @@ void launch(GemmArgs a, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
-// The TMA / register-A kernel: tensor maps over x [M, K] and W seen as [G*N, K].
-template <int kBT>
+// The TMA / register-A kernel: tensor maps over x [M, K] and W seen as [G*N, K]; paired CTAs
+// launch as clusters of 2.
+template <int kBT, bool kPair>
 void launch_rs(const GemmArgs& g, cudaStream_t stream) {
-  using T = w8a16::RsTile<kBT>;
-  allow_smem<w8a16::rs_gemm_kernel<kBT>>(T::smem_bytes);
+  using T = w8a16::RsTile<kBT, kPair>;
+  constexpr auto kernel = w8a16::rs_gemm_kernel<kBT, kPair>;
+  allow_smem<kernel>(T::smem_bytes);
   // find_tile keeps the G+1 offsets in the (not yet used) stage buffers.
   MXMOE_CHECK(int64_t(g.G) * 4 + 4 <= int64_t(T::stages) * T::stage_bytes, "grouped GEMM: ", g.G, " groups, too many");
   w8a16::RsArgs args{};
   const uint64_t k = uint64_t(g.K);
   args.x_map = w8a16::make_tensor_map({g.x, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, uint64_t(g.M), 2 * k, w8a16::kBK,
-                                       uint32_t(kBT), CU_TENSOR_MAP_SWIZZLE_128B});
+                                       uint32_t(kBT / T::cluster), CU_TENSOR_MAP_SWIZZLE_128B});
   args.w_map = w8a16::make_tensor_map({g.w, CU_TENSOR_MAP_DATA_TYPE_UINT8, k, uint64_t(g.G) * uint64_t(g.N), k,
                                        w8a16::kBK, uint32_t(T::BW), CU_TENSOR_MAP_SWIZZLE_64B});
   args.g = g;
-  const unsigned grid = grid_size(args.g, kBT, T::BW);
-  w8a16::rs_gemm_kernel<kBT><<<grid, T::threads, T::smem_bytes, stream>>>(args);
-  CUDA_CHECK_LAUNCH();
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid_size(args.g, kBT, T::BW * T::cluster) * T::cluster);
+  config.blockDim = dim3(T::threads);
+  config.dynamicSmemBytes = T::smem_bytes;
+  config.stream = stream;
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = T::cluster;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
 }
 
 template <bool kFp8>
 void dispatch(const GemmArgs& a, GemmTile tile, cudaStream_t stream) {
   switch (tile) {
+    case GemmTile::rs_t256_pair:
     case GemmTile::rs_t256:
     case GemmTile::rs_t128:
-      MXMOE_CHECK(kFp8, "GEMM tile rs_t256 / rs_t128 needs MXFP8 weights (bf16 weights: m256_4wg or n128_2cta)");
-      if (tile == GemmTile::rs_t256) launch_rs<256>(a, stream);
-      else launch_rs<128>(a, stream);
+      MXMOE_CHECK(kFp8, "GEMM tiles rs_* need MXFP8 weights (bf16 weights: m256_4wg or n128_2cta)");
+      if (tile == GemmTile::rs_t256_pair) launch_rs<256, true>(a, stream);
+      else if (tile == GemmTile::rs_t256) launch_rs<256, false>(a, stream);
+      else launch_rs<128, false>(a, stream);
       break;
     case GemmTile::m256_4wg: launch<256, 128, kFp8, 1, 4>(a, stream); break;
     default: launch<128, 128, kFp8, 2, 2>(a, stream); break;

@@ -77,13 +77,14 @@ struct TileCoord {
   int group, m_tile, n_tile;
 };
 
-// Finds the tile of this CTA; false when the CTA has none. s_off: G+1 ints of scratch shared memory.
+// Finds tile number `target` (a CTA's blockIdx.x, or its cluster's index when CTAs pair up);
+// false when there is none. s_off: G+1 ints of scratch shared memory.
 template <int BM>
-__device__ inline bool find_tile(const GemmArgs& a, int* s_off, TileCoord& t) {
+__device__ inline bool find_tile(const GemmArgs& a, int* s_off, TileCoord& t, int target) {
   __shared__ int s_info[3];  // group, tile index inside the group, m-tiles of the group
   if (!a.offsets) {
     const int mt = (a.M + BM - 1) / BM;
-    t = {0, a.M, 0, int(blockIdx.x) % mt, int(blockIdx.x) / mt};
+    t = {0, a.M, 0, target % mt, target / mt};
     return true;
   }
   for (int i = threadIdx.x; i <= a.G; i += blockDim.x) s_off[i] = min(max(a.offsets[i], 0), a.M);
@@ -92,7 +93,7 @@ __device__ inline bool find_tile(const GemmArgs& a, int* s_off, TileCoord& t) {
   if (threadIdx.x < 32) {
     // Tiles are numbered group by group; inside a group n-tile major, m-tile minor (CTAs that run
     // together share the W tile in L2).
-    const int lane = threadIdx.x, target = blockIdx.x;
+    const int lane = threadIdx.x;
     int before = 0;  // m-tiles of the groups before this batch of 32
     for (int base = 0; base < a.G; base += 32) {
       const int g = base + lane;
@@ -156,7 +157,7 @@ __global__ void __launch_bounds__(128 * kWG, kCtas) gemm_kernel(const __grid_con
   uint8_t* const bq_s = smem + T::stage_bytes;            // [ahead+1][BN][64] bf16 (fp8 only)
 
   TileCoord t;
-  if (!find_tile<BM>(a, reinterpret_cast<int*>(smem), t)) return;
+  if (!find_tile<BM>(a, reinterpret_cast<int*>(smem), t, int(blockIdx.x))) return;
 
   const int tid = threadIdx.x;
   const int K = a.K, N = a.N, k_tiles = (K + kBK - 1) / kBK, k_blocks = K / kMxBlock;

@@ -21,6 +21,12 @@
 // capping every thread at 168 (launch fails above); a producer warpgroup with setmaxnreg built
 // with 168 too and ptxas serialized the wgmma for lack of registers. With 8 warps each thread may
 // use 255, and issuing 2 TMA copies per K step costs thread 0 almost nothing.
+// kPair: CTAs run in clusters of 2 that own the same tokens and neighbouring W tiles; each loads
+// half of the x tile and TMA multicasts it to both, so a CTA pulls 24 KB instead of 40 KB per K
+// step through L2 (the unpaired kernel needs ~40 B/clk per SM at full wgmma rate). A stage is
+// refilled only when the warps of both CTAs released it (remote mbarrier arrives). Measured
+// slower than unpaired tiles on a fresh H100 (0.65-0.95x, the pair runs in lock-step), so kept
+// only as a benchmarked variant (GemmTile::rs_t256_pair).
 // Grouped GEMMs share the dense tile lookup (find_tile: device offsets, no host sync); W is seen
 // as one [G*N, K] matrix, so a tile's rows past N belong to the next group and are not stored.
 #include <cuda.h>
@@ -34,8 +40,9 @@
 
 namespace mxmoe::w8a16 {
 
-template <int kBT>
+template <int kBT, bool kPair>
 struct RsTile {
+  static constexpr int cluster = kPair ? 2 : 1;
   static constexpr int BW = 128;        // W rows per tile: 2 warpgroups x 64
   static constexpr int threads = 256;   // 2 warpgroups
   static constexpr int x_bytes = kBT * kBK * 2;
@@ -48,15 +55,15 @@ struct RsTile {
 };
 
 struct RsArgs {
-  CUtensorMap x_map;  // x [M, K] bf16, box [kBT, 64], 128-byte swizzle
+  CUtensorMap x_map;  // x [M, K] bf16, box [kBT / cluster, 64], 128-byte swizzle
   CUtensorMap w_map;  // W [G*N, K] e4m3, box [128, 64], 64-byte swizzle
   GemmArgs g;         // y, bias, scales, offsets, sizes (x and w unused)
 };
 
-template <int kBT>
+template <int kBT, bool kPair>
 __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__ RsArgs args) {
 #if defined(MXMOE_HAS_WGMMA)
-  using T = RsTile<kBT>;
+  using T = RsTile<kBT, kPair>;
   constexpr int kStages = T::stages;
   const GemmArgs& a = args.g;
   extern __shared__ uint8_t smem_raw[];
@@ -66,27 +73,35 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
   uint64_t* const full = reinterpret_cast<uint64_t*>(smem + kStages * T::stage_bytes);  // [kStages]
   uint64_t* const empty = full + kStages;                                                // [kStages]
 
+  // Paired: the cluster shares tile number blockIdx.x / 2 (a.n_tiles counts W tile pairs);
+  // CTA `rank` takes W tile 2·n + rank (past N for odd tile counts: computed, never stored).
+  const uint32_t rank = kPair ? cluster_ctarank() : 0;
   TileCoord t;
-  if (!find_tile<kBT>(a, reinterpret_cast<int*>(smem), t)) return;
+  if (!find_tile<kBT>(a, reinterpret_cast<int*>(smem), t, int(blockIdx.x) / T::cluster)) return;
   const int k_tiles = (a.K + kBK - 1) / kBK;
-  const int row0 = t.m_begin + t.m_tile * kBT, col0 = t.n_tile * T::BW;
+  const int row0 = t.m_begin + t.m_tile * kBT, col0 = (t.n_tile * T::cluster + int(rank)) * T::BW;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 8);  // one arrive per warp
+      mbar_init(&empty[s], 8 * T::cluster);  // one arrive per warp of the cluster
     }
     mbar_fence_init();
   }
   fence_proxy_async();  // find_tile's scratch writes precede the TMA writes to the same bytes
-  __syncthreads();
+  if constexpr (kPair) cluster_sync();
+  else __syncthreads();
 
   // Thread 0: TMA of K step kt into its stage once every warp has released the stage's last use.
   const int w_row0 = t.group * a.N + col0;
   auto produce = [&](int kt) {
     const int s = kt % kStages;
     mbar_wait(&empty[s], ((kt / kStages) & 1) ^ 1);
-    mbar_arrive_expect_tx(&full[s], T::stage_bytes);
-    tma_load_2d(x_s + s * T::x_bytes, &args.x_map, kt * kBK, row0, &full[s]);
+    mbar_arrive_expect_tx(&full[s], T::stage_bytes);  // the peer's half of x lands here too
+    if constexpr (kPair)
+      tma_load_2d_multicast(x_s + s * T::x_bytes + int(rank) * (T::x_bytes / 2), &args.x_map, kt * kBK,
+                            row0 + int(rank) * (kBT / 2), &full[s], 0x3);
+    else
+      tma_load_2d(x_s + s * T::x_bytes, &args.x_map, kt * kBK, row0, &full[s]);
     tma_load_2d(w_s + s * T::w_bytes, &args.w_map, kt * kBK, w_row0, &full[s]);
   };
   if (threadIdx.x == 0)
@@ -160,7 +175,10 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
     if (any_wide) dequant.template operator()<true>(w_tile, 0, frag_lo);
     else dequant.template operator()<false>(w_tile, 0, frag_lo);
     mma(stage, 0, frag_lo);  // retires step kt-1: its stage can be refilled
-    if (kt > 0 && lane == 0) mbar_arrive(&empty[(kt - 1) % kStages]);
+    if (kt > 0 && lane == 0) {
+      mbar_arrive(&empty[(kt - 1) % kStages]);
+      if constexpr (kPair) mbar_arrive_cluster(&empty[(kt - 1) % kStages], rank ^ 1);
+    }
     if (any_wide) dequant.template operator()<true>(w_tile, 2, frag_hi);
     else dequant.template operator()<false>(w_tile, 2, frag_hi);
     mma(stage, 2, frag_hi);
@@ -205,6 +223,7 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
       }
     }
   }
+  if constexpr (kPair) cluster_sync();  // the peer may still arrive on this CTA's barriers
 #else
   __trap();  // wgmma/TMA pipeline needs sm_90a; the host refuses other GPUs before launching
 #endif

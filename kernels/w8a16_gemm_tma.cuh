@@ -1,6 +1,7 @@
 #pragma once
 // PTX wrappers for the TMA GEMM pipeline (kernels/w8a16_gemm_rs.cuh): mbarriers
-// (full/empty ring slots) and TMA tile loads (cp.async.bulk.tensor, completing on an mbarrier).
+// (full/empty ring slots, local or in a cluster peer), TMA tile loads (cp.async.bulk.tensor,
+// completing on an mbarrier; multicast to a cluster) and the cluster barrier.
 // Built with the sm_90a kernels that use them: defined under MXMOE_HAS_WGMMA.
 #include <cuda.h>
 
@@ -48,6 +49,25 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
     if (clock64() - start > (1ll << 35)) __trap();
 }
 
+// Arrives on the barrier at the same shared-memory offset in cluster CTA `cta` (release at
+// cluster scope: this thread's reads of the stage happen before the peer refills it).
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t cta) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(bar)), "r"(cta));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+}
+
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+// Every thread of every CTA of the cluster (barrier init before peers touch it; no CTA exits
+// while a peer may still arrive on its barriers).
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
 // TMA: the box at (c0 innermost, c1) of the 2-D tensor map -> shared memory, completing `bytes`
 // (the whole box, out-of-bounds parts zero-filled) on `bar`.
 __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
@@ -58,6 +78,15 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, i
       : "memory");
 }
 
+// The same box into shared memory (and onto the barrier) at the same offsets of every cluster CTA in `cta_mask`.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorMap* map, int c0, int c1,
+                                                      uint64_t* bar, uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, "
+      "%3}], [%4], %5;\n" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar)), "h"(cta_mask)
+      : "memory");
+}
 #endif  // MXMOE_HAS_WGMMA
 
 }  // namespace mxmoe::w8a16

@@ -27,8 +27,8 @@ using testing::rel_error;
 constexpr double kTol = 5e-3;
 // MXFP8 weights: every kernel (TMA / register-A tiles and the cp.async ones); bf16 weights
 // have only the cp.async kernel.
-const std::vector<GemmTile> kFp8Tiles = {GemmTile::automatic, GemmTile::rs_t256, GemmTile::rs_t128,
-                                         GemmTile::m256_4wg, GemmTile::n128_2cta};
+const std::vector<GemmTile> kFp8Tiles = {GemmTile::automatic, GemmTile::rs_t256_pair, GemmTile::rs_t256,
+                                         GemmTile::rs_t128, GemmTile::m256_4wg, GemmTile::n128_2cta};
 const std::vector<GemmTile> kBf16Tiles = {GemmTile::automatic, GemmTile::m256_4wg, GemmTile::n128_2cta};
 
 struct CpuMx {  // MXFP8 weight on the CPU (reference) and on the GPU (kernel)
@@ -90,6 +90,7 @@ void expect_rows_match(const Tensor& x_cpu, const W& w_cpu, const Tensor* bias_c
 
 const char* tile_name(GemmTile t) {
   switch (t) {
+    case GemmTile::rs_t256_pair: return "rs 256 tokens, CTA pairs";
     case GemmTile::rs_t256: return "rs 256 tokens";
     case GemmTile::rs_t128: return "rs 128 tokens";
     case GemmTile::m256_4wg: return "256x128 4wg";
