@@ -5,9 +5,7 @@
 //    are cycled so consecutive calls touch different experts (not L2-resident). Times: eager
 //    launches, and a CUDA graph of the 16 calls replayed (per call), as a decode step would run;
 //    also the two expert kernels alone (routing precomputed), the routing + permutation alone and
-//    the combine alone, to show each piece's share; for MXFP8 the expert kernels alone once more
-//    with each kernel forced (tile: weights through registers; bulk: bulk copies into a
-//    shared-memory ring, where it takes the shape), GB/s of copy on their bytes.
+//    the combine alone, to show each piece's share.
 //  router (T = 1, 8, MXFP8): the model's way, the router logits GEMM on cuBLASLt (bf16 weight, f32
 //    logits) then fused_moe, against fused_moe_with_router (the logits GEMV inside the routing
 //    launch), graph-replayed over 16 inputs x (so the routing and the experts read change); also
@@ -23,13 +21,11 @@
 #include <functional>
 #include <random>
 #include <set>
-#include <string>
 
 #include "apps/bench_util.h"
 #include "kernels/cublaslt_gemm.h"
 #include "kernels/fused_moe.h"
 #include "kernels/moe_decode.h"
-#include "kernels/moe_decode_bulk.h"
 #include "kernels/moe_permute.h"
 #include "kernels/w8a16_gemm.h"
 
@@ -117,12 +113,11 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
     const MoeWeights& w = mx ? ex.mx : ex.bf16;
     MoeWorkspace ws;
     auto call = [&](int i) { fused_moe(x, routes[size_t(i % kPatterns)].logits, w, routing, out, ws, stream); };
-    MoeDecodeTuning tuning;
     auto experts_only = [&](int i) {
       const MoePermutation& perm = perms[size_t(i % kPatterns)].perm;
       if (mx) {
-        moe_gate_up_decode(x, w.w13_mx, perm, m.top_k, act, stream, tuning);
-        moe_down_decode(act, w.w2_mx, perm, y, stream, tuning);
+        moe_gate_up_decode(x, w.w13_mx, perm, m.top_k, act, stream);
+        moe_down_decode(act, w.w2_mx, perm, y, stream);
       } else {
         moe_gate_up_decode(x, w.w13, perm, m.top_k, act, stream);
         moe_down_decode(act, w.w2, perm, y, stream);
@@ -132,24 +127,11 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
     const double graph_ms = bench::graph_ms_per_call(stream, kPatterns, call);
     const double experts_ms = bench::graph_ms_per_call(stream, kPatterns, experts_only);
     const double gbs = bytes[mx] / (graph_ms * 1e-3) / 1e9;
-    // Each expert kernel forced: "time (% of copy)", or "-" where it does not apply.
-    auto forced = [&](MoeExpertKernel kernel) {
-      const bool applies = kernel == MoeExpertKernel::tile ||
-                           (mx && moe_bulk_gate_up_fits(w.w13_mx) && moe_bulk_down_fits(w.w2_mx));
-      if (!mx || !applies) return std::string("-");
-      tuning.kernel = kernel;
-      const double ms = bench::graph_ms_per_call(stream, kPatterns, experts_only);
-      tuning.kernel = MoeExpertKernel::automatic;
-      char cell[64];
-      std::snprintf(cell, sizeof cell, "%.1f us (%.1f%%)", ms * 1e3, 100 * bytes[mx] / (ms * 1e-3) / 1e9 / copy_gbs);
-      return std::string(cell);
-    };
-    const std::string tile = forced(MoeExpertKernel::tile), bulk = forced(MoeExpertKernel::bulk);
     std::printf("| decode %-14s T=%-4lld | %-5s | %6.1f experts, %7.1f MB | %8.1f us | %8.1f us | %8.1f us | %6.0f GB/s "
-                "| %5.1f%% | %6.1f us | %6.1f us | %s | %s |\n",
+                "| %5.1f%% | %6.1f us | %6.1f us |\n",
                 m.name, (long long)tokens, mx ? "mxfp8" : "bf16", bytes[mx] / expert_bytes(m, mx), bytes[mx] / 1e6,
                 eager_ms * 1e3, graph_ms * 1e3, experts_ms * 1e3, gbs, 100 * gbs / copy_gbs, route_ms * 1e3,
-                combine_ms * 1e3, tile.c_str(), bulk.c_str());
+                combine_ms * 1e3);
   }
 }
 
@@ -239,8 +221,7 @@ int main() {
   std::printf("device copy bandwidth (read+write): %.0f GB/s\n\n", copy_gbs);
   const Model models[] = {{"Qwen3-30B-A3B", 128, 2048, 768, 8}, {"Mixtral-8x7B", 8, 4096, 14336, 2}};
   std::printf("| case | weights | experts read/call | eager | graph | expert kernels only (graph) | GB/s (graph) | of copy "
-              "| routing+permute alone (graph) | moe_combine alone (graph) | experts, tile kernel forced (of copy) "
-              "| experts, bulk kernel forced (of copy) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "| routing+permute alone (graph) | moe_combine alone (graph) |\n|---|---|---|---|---|---|---|---|---|---|\n");
   std::vector<Experts> experts;
   for (const Model& m : models) {
     experts.push_back(make_experts(m, stream));

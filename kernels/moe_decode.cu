@@ -5,13 +5,8 @@
 //   gate/up: a 16-row tile is 8 gate rows and the 8 matching up rows, so SiLU(gate)·up is formed in
 //            the accumulators; act [T·k, I] bf16.
 //   down:    16 rows of W2_e; y [T·k, H] f32 per pair.
-// MoeDecodeTuning::kernel = bulk sends MXFP8 weights to the bulk-copy kernels instead
-// (kernels/moe_decode_bulk.h; measured slower, see kernels/moe_decode.h).
 #include "kernels/moe_decode.h"
 
-#include <type_traits>
-
-#include "kernels/moe_decode_bulk.h"
 #include "kernels/w8a16_dot.cuh"
 
 namespace mxmoe {
@@ -180,7 +175,7 @@ int64_t jobs_for(int64_t experts, int64_t pairs, int64_t tiles) {
 
 template <int NT, class WT>
 void gate_up(const Tensor& x, const WT& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-             cudaStream_t stream, const MoeDecodeTuning& tuning) {
+             cudaStream_t stream, const DecodeTuning& tuning) {
   using W = decltype(rows_of(w13));
   const int64_t experts = shape_of(w13)[0], inter = shape_of(w13)[1] / 2, hidden = x.size(1), pairs = act.size(0);
   GateUp<W, NT> p;
@@ -198,7 +193,7 @@ void gate_up(const Tensor& x, const WT& w13, const MoePermutation& perm, int top
 
 template <int NT, class WT>
 void down(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream,
-          const MoeDecodeTuning& tuning) {
+          const DecodeTuning& tuning) {
   using W = decltype(rows_of(w2));
   const int64_t experts = shape_of(w2)[0], hidden = shape_of(w2)[1], inter = act.size(1), pairs = act.size(0);
   const int64_t tiles = (hidden + kTileRows - 1) / kTileRows;
@@ -214,18 +209,9 @@ void down(const Tensor& act, const WT& w2, const MoePermutation& perm, const Ten
   launch(p, jobs, stream);
 }
 
-// Whether the bulk kernel runs: only when asked for; `fits`: it takes these weights (MXFP8,
-// moe_bulk_*_fits), else asking is an Error.
-bool use_bulk(const MoeDecodeTuning& tuning, bool fits, const char* op) {
-  if (tuning.kernel != MoeExpertKernel::bulk) return false;
-  MXMOE_CHECK(fits, op,
-              ": the bulk expert kernel takes only MXFP8 weights of the shapes moe_bulk_*_fits accepts, on sm_90");
-  return true;
-}
-
 template <class WT>
 void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-                     cudaStream_t stream, const MoeDecodeTuning& tuning) {
+                     cudaStream_t stream, const DecodeTuning& tuning) {
   constexpr const char* op = "moe_gate_up_decode";
   check_weights(w13, op, "w13");
   const Shape& ws = shape_of(w13);
@@ -240,12 +226,6 @@ void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm,
   check_cuda_contiguous(act, op, "act");
   check_perm(perm, ws[0], pairs, op);
   if (pairs == 0 || ws[1] == 0) return;
-  if constexpr (std::is_same_v<WT, MxTensor>) {
-    if (use_bulk(tuning, moe_bulk_gate_up_fits(w13), op))
-      return moe_gate_up_bulk(x, w13, perm, top_k, act, stream, tuning.programmatic_launch);
-  } else {
-    use_bulk(tuning, false, op);
-  }
   // Token rows per pass: one 8-token mma tile when T <= 8 (an expert has at most T pairs under the
   // usual distinct top-k; more loop), else two.
   if (x.size(0) <= 8)
@@ -256,7 +236,7 @@ void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm,
 
 template <class WT>
 void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream,
-                  const MoeDecodeTuning& tuning) {
+                  const DecodeTuning& tuning) {
   constexpr const char* op = "moe_down_decode";
   check_weights(w2, op, "w2");
   const Shape& ws = shape_of(w2);
@@ -269,12 +249,6 @@ void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, c
   check_cuda_contiguous(y, op, "y");
   check_perm(perm, ws[0], pairs, op);
   if (pairs == 0 || ws[1] == 0) return;
-  if constexpr (std::is_same_v<WT, MxTensor>) {
-    if (use_bulk(tuning, moe_bulk_down_fits(w2), op))
-      return moe_down_bulk(act, w2, perm, y, stream, tuning.programmatic_launch);
-  } else {
-    use_bulk(tuning, false, op);
-  }
   // T is not known here; the pairs per expert are at most T = pairs / k <= pairs.
   if (pairs <= 8)
     down<1>(act, w2, perm, y, stream, tuning);
@@ -285,19 +259,19 @@ void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, c
 }  // namespace
 
 void moe_gate_up_decode(const Tensor& x, const MxTensor& w13, const MoePermutation& perm, int top_k,
-                        const Tensor& act, cudaStream_t stream, const MoeDecodeTuning& tuning) {
+                        const Tensor& act, cudaStream_t stream, const DecodeTuning& tuning) {
   gate_up_checked(x, w13, perm, top_k, act, stream, tuning);
 }
 void moe_gate_up_decode(const Tensor& x, const Tensor& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-                        cudaStream_t stream, const MoeDecodeTuning& tuning) {
+                        cudaStream_t stream, const DecodeTuning& tuning) {
   gate_up_checked(x, w13, perm, top_k, act, stream, tuning);
 }
 void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoePermutation& perm, const Tensor& y,
-                     cudaStream_t stream, const MoeDecodeTuning& tuning) {
+                     cudaStream_t stream, const DecodeTuning& tuning) {
   down_checked(act, w2, perm, y, stream, tuning);
 }
 void moe_down_decode(const Tensor& act, const Tensor& w2, const MoePermutation& perm, const Tensor& y,
-                     cudaStream_t stream, const MoeDecodeTuning& tuning) {
+                     cudaStream_t stream, const DecodeTuning& tuning) {
   down_checked(act, w2, perm, y, stream, tuning);
 }
 

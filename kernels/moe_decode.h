@@ -11,29 +11,12 @@
 
 namespace mxmoe {
 
-// Which expert kernel the MXFP8 decode path runs (bf16 weights always take the tile kernel).
-// Automatic is the tile kernel: the bulk one is correct but measured slower on H100 (bench-moe,
-// expert kernels alone, one run, copy 2990 GB/s): Qwen3-30B-A3B T=1 40.4 us (32% of copy) vs 24.8
-// (53%), T=8 200.7 vs 110.0 us; it stays selectable for the comparison and for further work.
-enum class MoeExpertKernel {
-  automatic,  // tile
-  tile,       // kernels/w8a16_dot.cuh: weights streamed through registers, 16-byte loads per lane
-  bulk,       // kernels/moe_decode_bulk.h: weights by bulk async copies into a shared-memory ring
-};
-
-// DecodeTuning (kernels/w8a16_gemv.h) plus the expert kernel; converts from a plain DecodeTuning.
-struct MoeDecodeTuning : DecodeTuning {
-  MoeDecodeTuning() = default;
-  MoeDecodeTuning(const DecodeTuning& d, MoeExpertKernel k = MoeExpertKernel::automatic) : DecodeTuning(d), kernel(k) {}
-  MoeExpertKernel kernel = MoeExpertKernel::automatic;
-};
-
 // act[p, I] = SiLU(x[p / k] · W13_e[0:I]ᵀ) ⊙ (x[p / k] · W13_e[I:2I]ᵀ) for every pair p of expert e.
 // x [T, H] bf16; w13 [E, 2I, H] (gate rows, then up rows); act [T*k, I] bf16.
 void moe_gate_up_decode(const Tensor& x, const MxTensor& w13, const MoePermutation& perm, int top_k,
-                        const Tensor& act, cudaStream_t stream, const MoeDecodeTuning& tuning = {});
+                        const Tensor& act, cudaStream_t stream, const DecodeTuning& tuning = {});
 void moe_gate_up_decode(const Tensor& x, const Tensor& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-                        cudaStream_t stream, const MoeDecodeTuning& tuning = {});  // bf16 weights
+                        cudaStream_t stream, const DecodeTuning& tuning = {});  // bf16 weights
 
 // The down kernels read `perm` before their programmatic-launch wait (to prefetch the experts'
 // weights): perm must not be written by the kernel launched right before them (in fused_moe the
@@ -41,9 +24,9 @@ void moe_gate_up_decode(const Tensor& x, const Tensor& w13, const MoePermutation
 // y[p, H] = act[p] · W2_eᵀ for every pair p of expert e. act [T*k, I] bf16; w2 [E, H, I]; y [T*k, H] f32
 // (the caller's combine sums a token's slots with the routing weights).
 void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoePermutation& perm, const Tensor& y,
-                     cudaStream_t stream, const MoeDecodeTuning& tuning = {});
+                     cudaStream_t stream, const DecodeTuning& tuning = {});
 void moe_down_decode(const Tensor& act, const Tensor& w2, const MoePermutation& perm, const Tensor& y,
-                     cudaStream_t stream, const MoeDecodeTuning& tuning = {});  // bf16 weights
+                     cudaStream_t stream, const DecodeTuning& tuning = {});  // bf16 weights
 
 // fused_moe (kernels/fused_moe.h) on the decode path with the router's logits GEMV in the routing
 // launch (moe_router_route_permute): router_logits = x · router_weightᵀ (bf16 products, fp32 sums)

@@ -1,8 +1,7 @@
 // moe_gate_up_decode / moe_down_decode against per-expert matmul_ref (double accumulation on the
 // exactly dequantized weights), on fresh random inputs and routings; outputs poisoned with NaN
-// first. The permutation is built on the CPU from top-k ids and uploaded. Both expert kernels (tile,
-// bulk) are run forced as well as by the automatic choice. Threshold: relative error <= 5e-3 (bf16
-// activations/act rounding; fp32 accumulation in any k order).
+// first. The permutation is built on the CPU from top-k ids and uploaded. Threshold: relative
+// error <= 5e-3.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,7 +9,6 @@
 #include <numeric>
 
 #include "kernels/moe_decode.h"
-#include "kernels/moe_decode_bulk.h"
 #include "tests/w8a16_test_util.h"
 
 namespace mxmoe::testing {
@@ -94,10 +92,10 @@ struct Shape4 {
 // Runs both kernels for one routing and checks them against the reference; w13 [E, 2I, H], w2 [E, H, I].
 template <class WT>
 void check(const Shape4& s, const WT& w13, const WT& w2, const WT& w13_gpu, const WT& w2_gpu, int64_t tokens, Route r,
-           std::mt19937_64& rng, const MoeDecodeTuning& tuning = {}) {
+           std::mt19937_64& rng, const DecodeTuning& tuning = {}) {
   SCOPED_TRACE(::testing::Message() << "E=" << s.experts << " k=" << s.top_k << " H=" << s.hidden << " I=" << s.inter
                                     << " T=" << tokens << " route=" << int(r) << " splits=" << tuning.splits
-                                    << " pdl=" << tuning.programmatic_launch << " kernel=" << int(tuning.kernel));
+                                    << " pdl=" << tuning.programmatic_launch);
   const int64_t pairs = tokens * s.top_k;
   const HostPerm h = make_perm(route(tokens, s.experts, s.top_k, r, rng), s.experts);
 
@@ -142,13 +140,12 @@ void check(const Shape4& s, const WT& w13, const WT& w2, const WT& w13_gpu, cons
 }
 
 template <class WT>
-void run_cases(const Shape4& s, const WT& w13, const WT& w2, std::mt19937_64& rng, const MoeDecodeTuning& tuning = {}) {
+void run_cases(const Shape4& s, const WT& w13, const WT& w2, std::mt19937_64& rng) {
   const WT w13_gpu = device_copy(w13), w2_gpu = device_copy(w2);
-  for (int64_t tokens : {1, 7, 16}) check(s, w13, w2, w13_gpu, w2_gpu, tokens, Route::random, rng, tuning);
-  check(s, w13, w2, w13_gpu, w2_gpu, 16, Route::one_takes_all, rng, tuning);
-  // One expert takes every pair (several passes over the same weights), the others none.
-  check(s, w13, w2, w13_gpu, w2_gpu, 7, Route::all_to_one, rng, tuning);
-  check(s, w13, w2, w13_gpu, w2_gpu, 16, Route::all_to_one, rng, tuning);
+  for (int64_t tokens : {1, 7, 16}) check(s, w13, w2, w13_gpu, w2_gpu, tokens, Route::random, rng);
+  check(s, w13, w2, w13_gpu, w2_gpu, 16, Route::one_takes_all, rng);
+  check(s, w13, w2, w13_gpu, w2_gpu, 7, Route::all_to_one, rng);
+  check(s, w13, w2, w13_gpu, w2_gpu, 16, Route::all_to_one, rng);
 }
 
 TEST(MoeDecode, Mxfp8) {
@@ -184,25 +181,7 @@ TEST(MoeDecode, ForcedSplits) {
     const MxTensor w13_gpu = device_copy(w13), w2_gpu = device_copy(w2);
     for (int splits : {1, 3, 4, 8, 16})
       for (bool pdl : {true, false})
-        for (int64_t tokens : {1, 16})
-          check(s, w13, w2, w13_gpu, w2_gpu, tokens, Route::random, rng, {{splits, pdl}, MoeExpertKernel::tile});
-  }
-}
-
-// Each expert kernel forced, on shapes the bulk kernel takes (Qwen3-30B-A3B; E=8 k=2 and E=60 k=4
-// with down's K = 1408, 44 scale bytes per row), the bulk one also without programmatic launch.
-TEST(MoeDecode, BulkAndTileKernels) {
-  MXMOE_REQUIRE_GPU();
-  std::mt19937_64 rng(fresh_seed());
-  for (const Shape4 s : {Shape4{128, 8, 2048, 768}, Shape4{8, 2, 1024, 1408}, Shape4{60, 4, 2048, 1408}}) {
-    const MxTensor w13 = random_mxfp8({s.experts, 2 * s.inter, s.hidden}, rng);
-    const MxTensor w2 = random_mxfp8({s.experts, s.hidden, s.inter}, rng);
-    const MxTensor w13_gpu = device_copy(w13), w2_gpu = device_copy(w2);
-    ASSERT_TRUE(moe_bulk_gate_up_fits(w13_gpu) && moe_bulk_down_fits(w2_gpu));
-    for (MoeExpertKernel kernel : {MoeExpertKernel::tile, MoeExpertKernel::bulk})
-      run_cases(s, w13, w2, rng, {{}, kernel});
-    for (int64_t tokens : {1, 16})
-      check(s, w13, w2, w13_gpu, w2_gpu, tokens, Route::random, rng, {{0, false}, MoeExpertKernel::bulk});
+        for (int64_t tokens : {1, 16}) check(s, w13, w2, w13_gpu, w2_gpu, tokens, Route::random, rng, {splits, pdl});
   }
 }
 
@@ -216,17 +195,6 @@ TEST(MoeDecode, BadInput) {
   EXPECT_THROW(moe_gate_up_decode(x, w13, h.perm, 3, Tensor::empty({6, 64}, DType::bf16, Device::cuda), nullptr), Error);
   EXPECT_THROW(moe_down_decode(Tensor::empty({4, 64}, DType::bf16, Device::cuda), w2, h.perm,
                                Tensor::empty({4, 64}, DType::bf16, Device::cuda), nullptr),
-               Error);
-  // The bulk kernel forced where it does not apply: bf16 weights, down's K = 14336 (a tile over the ring).
-  const Tensor bf16_w13 = Tensor::empty({8, 128, 64}, DType::bf16, Device::cuda);
-  const MoeDecodeTuning bulk{{}, MoeExpertKernel::bulk};
-  EXPECT_THROW(moe_gate_up_decode(x, bf16_w13, h.perm, 2, Tensor::empty({4, 64}, DType::bf16, Device::cuda), nullptr,
-                                  bulk),
-               Error);
-  const MxTensor long_w2 = mxfp8_empty({8, 64, 14336}, Device::cuda);
-  EXPECT_FALSE(moe_bulk_down_fits(long_w2));
-  EXPECT_THROW(moe_down_decode(Tensor::empty({4, 14336}, DType::bf16, Device::cuda), long_w2, h.perm,
-                               Tensor::empty({4, 64}, DType::f32, Device::cuda), nullptr, bulk),
                Error);
   const MoePermutation short_perm{h.perm.expert_offsets.slice(0, 8), h.perm.sorted_pairs, h.perm.active_experts,
                                   h.perm.num_active};
