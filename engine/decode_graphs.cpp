@@ -72,7 +72,14 @@ Tensor DecodeGraphs::run(const HostStep& step, cudaStream_t stream) {
   CudaGraph graph;
   {
     const StepArena::Capture capture(arena_);
-    graph = CudaGraph::capture(stream, [&] { forward(in, logits, stream); });
+    try {
+      graph = CudaGraph::capture(stream, [&] { forward(in, logits, stream); });
+    } catch (const std::exception&) {
+      // An allocation that overflowed got a placeholder address, which kernels take but a copy
+      // checks while being captured (the tensor-parallel logits gather copies): the capture is
+      // discarded either way. Any other failure is real.
+      if (!capture.overflowed()) throw;
+    }
     overflowed = capture.overflowed();
   }
   // Everything made during the capture must have been a temporary: a buffer kept from it would
