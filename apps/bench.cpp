@@ -5,6 +5,9 @@
 //   bench -m DIR [--load-format safetensors|dummy]
 //   options: --batch 1 --input-len 512 --output-len 256 --quantization mxfp8|bf16 --tp 1
 //            --no-graphs --seed 0 --json FILE
+//            --tp N: N GPUs of this host through the tensor-parallel runtime (engine/tensor_parallel.h);
+//            --communicator: at --tp 1 too, an NCCL communicator of one rank (the tensor-parallel code
+//            path on one GPU)
 //            --profile-step: at the end one more decode step runs inside an NVTX range
 //            "decode_step" (for `ncu --nvtx --nvtx-include decode_step/`, apps/bench_profile.py)
 //
@@ -20,6 +23,11 @@
 //  - prefill fraction of the bf16 compute speed of light: prefill flops (2 per active weight per
 //    token, the LM head for the sampled rows only, causal attention 2·T²·heads·head_dim per layer)
 //    / the cuBLASLt bf16 rate of an 8192³ GEMM / the prefill time.
+// Under tensor parallelism every GPU reads 1/tp of the step's bytes and does 1/tp of the flops (the
+// replicated routers and norms are small), so both fractions divide by tp GPUs' speed (copy and
+// cuBLASLt rates measured on GPU 0). The collectives' share: one all-reduce of the [batch, hidden]
+// bf16 residual costs `allreduce_us` (measured alone on the ranks' streams, graph-replayed), and a
+// decode step runs 2 per layer + 1 (models/decoder.h), plus the logits all-gather.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -38,6 +46,7 @@
 #include "engine/generator.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#include "engine/tensor_parallel.h"
 #include "kernels/cublaslt_gemm.h"
 #include "loader/weight_loader.h"
 #include "models/model.h"
@@ -50,13 +59,13 @@ struct Args {
   std::string model, config, load_format, quantization = "mxfp8", json;
   int batch = 1, input_len = 512, output_len = 256, tp = 1;
   uint64_t seed = 0;
-  bool graphs = true, profile_step = false;
+  bool graphs = true, profile_step = false, communicator = false;
 };
 
 constexpr const char* kUsage =
     "usage: bench (--config qwen3-30b-a3b|mixtral-8x7b|olmoe-1b-7b | -m DIR) [--load-format dummy|safetensors]\n"
-    "             [--batch N] [--input-len N] [--output-len N] [--quantization mxfp8|bf16] [--tp 1]\n"
-    "             [--no-graphs] [--seed N] [--json FILE] [--profile-step]\n";
+    "             [--batch N] [--input-len N] [--output-len N] [--quantization mxfp8|bf16] [--tp N]\n"
+    "             [--communicator] [--no-graphs] [--seed N] [--json FILE] [--profile-step]\n";
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -85,6 +94,7 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--tp") a.tp = count(1);
     else if (arg == "--seed") a.seed = uint64_t(count(0));
     else if (arg == "--no-graphs") a.graphs = false;
+    else if (arg == "--communicator") a.communicator = true;
     else if (arg == "--profile-step") a.profile_step = true;
     else if (arg == "-h" || arg == "--help") {
       std::fputs(kUsage, stdout);
@@ -96,7 +106,6 @@ Args parse_args(int argc, char** argv) {
   MXMOE_CHECK(a.model.empty() != a.config.empty(), "give exactly one of -m DIR and --config NAME\n", kUsage);
   if (a.load_format.empty()) a.load_format = a.config.empty() ? "safetensors" : "dummy";
   MXMOE_CHECK(a.config.empty() || a.load_format == "dummy", "--config has no checkpoint: use --load-format dummy");
-  MXMOE_CHECK(a.tp == 1, "--tp ", a.tp, ": tensor parallelism is not wired into bench yet (only --tp 1)");
   return a;
 }
 
@@ -161,28 +170,76 @@ Cost model_cost(const ModelConfig& c, const std::string& quantization) {
   return k;
 }
 
+// One rank's measurements, taken on its own thread (device set).
+struct RankTimes {
+  double step_only_ms = 0;  // back-to-back decode steps
+  double allreduce_us = 0;  // one all-reduce of the [batch, hidden] bf16 residual (0 without a communicator)
+};
+
+// Back-to-back decode steps through Generator::step, no sampling and no host sync between them:
+// the step time when the host keeps ahead of the GPU (the rest of a generated token's time is
+// sampling and its synchronization). Then, with --profile-step, one more inside an NVTX range.
+// Every rank runs the same steps, so they issue the same collectives.
+double time_decode_steps(TensorParallelRuntime::Rank& r, const std::vector<std::vector<int32_t>>& prompts,
+                         bool profile_step) {
+  Generator& generator = *r.generator;
+  KvCache& cache = *r.cache;
+  std::vector<int> seqs;
+  std::vector<int32_t> decode_rows;
+  for (const auto& p : prompts) {  // one prefill step per prompt
+    seqs.push_back(cache.add_sequence());
+    decode_rows.push_back(int32_t(decode_rows.size()));
+    generator.step(std::span<const int>(&seqs.back(), 1), {p}, {int32_t(p.size()) - 1});
+  }
+  const std::vector<std::vector<int32_t>> next(prompts.size(), std::vector<int32_t>{1});
+  for (int i = 0; i < 3; ++i) generator.step(seqs, next, decode_rows);  // warm-up, capture, replay
+  Event start, stop;
+  start.record(generator.stream());
+  for (int i = 0; i < kTimedSteps; ++i) generator.step(seqs, next, decode_rows);
+  stop.record(generator.stream());
+  stop.synchronize();
+  const double ms = stop.elapsed_since(start) / kTimedSteps;
+  if (profile_step && r.local == 0) nvtxRangePushA("decode_step");
+  if (profile_step) {
+    generator.step(seqs, next, decode_rows);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  if (profile_step && r.local == 0) nvtxRangePop();
+  for (int s : seqs) cache.free_sequence(s);
+  return ms;
+}
+
 int run(int argc, char** argv) {
   const Args args = parse_args(argc, argv);
   MXMOE_CHECK(cuda_available(), "bench needs a CUDA device");
   set_log_level(LogLevel::warn);
-  const int dev = current_device();
   const std::string source = args.config.empty() ? args.model : config_path(args.config, argv[0]);
   const ModelConfig config = load_model_config(source);
 
-  ModelOptions options;
-  options.quant.scheme = args.quantization;
-  options.device = Device::cuda;
-  reset_device_memory_peak(dev);
+  TensorParallelOptions options;
+  options.model_dir = source;  // a checkpoint directory, or (dummy weights) a config.json
+  options.load_format = parse_load_format(args.load_format);
+  options.model.quant.scheme = args.quantization;
+  options.model.device = Device::cuda;
+  options.load.quiet = true;
+  options.load.seed = args.seed;
+  const int64_t max_len = args.input_len + std::max(args.output_len, kTimedSteps + 8);
+  options.kv_cache.num_blocks =
+      int64_t(args.batch) * ((max_len + options.kv_cache.block_size - 1) / options.kv_cache.block_size + 1);
+  options.generator.cuda_graphs = args.graphs;
+  options.local_ranks = args.tp;
+  options.communicator_for_one_rank = args.communicator;
+  for (int d = 0; d < args.tp; ++d) reset_device_memory_peak(d);
   const auto load_start = std::chrono::steady_clock::now();
-  std::unique_ptr<CausalLM> model = make_causal_lm(config, options);
-  LoadOptions load;
-  load.quiet = true;
-  load.seed = args.seed;
-  load_weights(args.model, parse_load_format(args.load_format), model->loadables(), load);
+  TensorParallelRuntime runtime(options);
   const double load_seconds = seconds_since(load_start);
-  const double weights_gib = double(device_memory_stats(dev).in_use) / (1ull << 30);
+  const TensorParallelRuntime::Rank& rank0 = runtime.rank(0);
+  const double weights_gib =  // per GPU: what rank 0 holds besides its KV cache
+      double(device_memory_stats(0).in_use - rank0.cache->bytes_per_block() * size_t(rank0.cache->num_blocks())) /
+      (1ull << 30);
 
-  // References, in this process, before the KV cache takes the free memory.
+  // References on GPU 0, in this process (the main thread's device).
+  CUDA_CHECK(cudaSetDevice(0));
   Stream stream;
   const double copy_gbs = bench::copy_bandwidth_gbs(stream);
   double bf16_tflops = 0;
@@ -194,14 +251,6 @@ int run(int argc, char** argv) {
     bf16_tflops = 2.0 * double(n * n * n) / (ms * 1e-3) / 1e12;
   }
 
-  const int64_t max_len = args.input_len + std::max(args.output_len, kTimedSteps + 8);
-  KvCacheConfig kv = model->kv_cache_config();
-  kv.num_blocks = int64_t(args.batch) * ((max_len + kv.block_size - 1) / kv.block_size + 1);
-  KvCache cache(kv, Device::cuda);
-  GeneratorOptions gen_options;
-  gen_options.cuda_graphs = args.graphs;
-  Generator generator(*model, cache, gen_options);
-
   std::mt19937_64 rng(args.seed + 1);
   std::uniform_int_distribution<int32_t> token(0, int32_t(config.vocab_size - 1));
   std::vector<std::vector<int32_t>> prompts(size_t(args.batch), std::vector<int32_t>(size_t(args.input_len)));
@@ -210,11 +259,11 @@ int run(int argc, char** argv) {
   GenerationOptions gen;
   gen.sampling.temperature = 0;  // greedy
   gen.max_new_tokens = 4;        // warm-up: prefill + a bucket's eager step, capture and a replay
-  generator.generate(prompts, gen);
-  const GenerationStats before = generator.stats();
+  runtime.generate(prompts, gen);
+  const GenerationStats before = runtime.stats();
   gen.max_new_tokens = args.output_len;
-  const std::vector<Generation> out = generator.generate(prompts, gen);
-  const GenerationStats after = generator.stats();
+  const std::vector<Generation> out = runtime.generate(prompts, gen);
+  const GenerationStats after = runtime.stats();
   for (const Generation& g : out)
     MXMOE_CHECK(int(g.tokens.size()) == args.output_len, "a sequence stopped after ", g.tokens.size(), " tokens");
 
@@ -233,49 +282,36 @@ int run(int argc, char** argv) {
                           double(config.num_key_value_heads) * double(config.head_dim) * 2 * 2;
   const double step_bytes = cost.shared_bytes + double(cost.moe_layers) * experts_per_layer * cost.expert_bytes +
                             cost.lm_head_bytes + kv_bytes;
-  const double decode_sol = step_bytes / (step_ms * 1e-3) / (copy_gbs * 1e9);
+  const double decode_sol = step_bytes / (step_ms * 1e-3) / (args.tp * copy_gbs * 1e9);
   const double attn_flops = double(args.batch) * double(config.num_hidden_layers) * 2.0 *
                             double(config.num_attention_heads * config.head_dim) * double(args.input_len) *
                             double(args.input_len);  // causal QK^T + PV: 2·2·T²/2 per head dim
   const double prefill_flops = double(args.batch) * (double(args.input_len) * cost.flops_per_token + cost.lm_head_flops) +
                                attn_flops;
-  const double prefill_sol = prefill_flops / (bf16_tflops * 1e12) / prefill_s;
-  const double peak_gib = double(device_memory_stats(dev).peak) / (1ull << 30);
+  const double prefill_sol = prefill_flops / (args.tp * bf16_tflops * 1e12) / prefill_s;
 
-  // Back-to-back decode steps through Generator::step, no sampling and no host sync between them:
-  // the step time when the host keeps ahead of the GPU (the rest of a generated token's time is
-  // sampling and its synchronization). Then, with --profile-step, one more inside an NVTX range.
-  double step_only_ms = 0;
-  {
-    std::vector<int> seqs;
-    std::vector<int32_t> decode_rows;
-    for (const auto& p : prompts) {  // one prefill step per prompt
-      seqs.push_back(cache.add_sequence());
-      decode_rows.push_back(int32_t(decode_rows.size()));
-      generator.step(std::span<const int>(&seqs.back(), 1), {p}, {int32_t(p.size()) - 1});
+  std::vector<RankTimes> times(size_t(args.tp));
+  runtime.run_on_ranks([&](TensorParallelRuntime::Rank& r) {
+    RankTimes& t = times[size_t(r.local)];
+    t.step_only_ms = time_decode_steps(r, prompts, args.profile_step);
+    if (r.comm) {
+      const cudaStream_t s = r.generator->stream();
+      const Tensor x = bench::random_bf16({args.batch, config.hidden_size}, 3, 1.f, s);
+      t.allreduce_us = 1e3 * bench::median_ms(s, [&](int) { r.comm->all_reduce_sum(x, s); }, 5, 50);
     }
-    const std::vector<std::vector<int32_t>> next(prompts.size(), std::vector<int32_t>{1});
-    for (int i = 0; i < 3; ++i) generator.step(seqs, next, decode_rows);  // warm-up, capture, replay
-    Event start, stop;
-    start.record(generator.stream());
-    for (int i = 0; i < kTimedSteps; ++i) generator.step(seqs, next, decode_rows);
-    stop.record(generator.stream());
-    stop.synchronize();
-    step_only_ms = stop.elapsed_since(start) / kTimedSteps;
-    if (args.profile_step) {
-      nvtxRangePushA("decode_step");
-      generator.step(seqs, next, decode_rows);
-      CUDA_CHECK(cudaDeviceSynchronize());
-      nvtxRangePop();
-    }
-    for (int s : seqs) cache.free_sequence(s);
-  }
+  });
+  const double step_only_ms = times.front().step_only_ms, allreduce_us = times.front().allreduce_us;
+  const int allreduces_per_step = 2 * int(config.num_hidden_layers) + 1;
+  double peak_gib = 0;
+  for (int d = 0; d < args.tp; ++d) peak_gib = std::max(peak_gib, double(device_memory_stats(d).peak) / (1ull << 30));
 
   nlohmann::ordered_json j;
   j["model"] = config.model_type;
   j["source"] = source;
   j["load_format"] = args.load_format;
   j["quantization"] = args.quantization;
+  j["tp"] = args.tp;
+  j["communicator"] = args.communicator || args.tp > 1;
   j["cuda_graphs"] = args.graphs;
   j["batch"] = args.batch;
   j["input_len"] = args.input_len;
@@ -288,6 +324,9 @@ int run(int argc, char** argv) {
   j["decode_ms_per_step"] = step_ms;
   j["decode_tok_s"] = decode_tok_s;
   j["decode_step_only_ms"] = step_only_ms;
+  j["allreduce_us"] = allreduce_us;
+  j["allreduces_per_step"] = allreduces_per_step;
+  j["allreduce_ms_per_step"] = allreduce_us * allreduces_per_step / 1e3;
   j["graph_captures"] = after.graph_captures;
   j["graph_replays"] = after.graph_replays - before.graph_replays;
   j["copy_bandwidth_gbs"] = copy_gbs;
@@ -299,13 +338,14 @@ int run(int argc, char** argv) {
   j["prefill_tflops"] = prefill_flops / prefill_s / 1e12;
   j["prefill_bf16_sol_fraction"] = prefill_sol;
   std::printf(
-      "%s %s batch %d, %d+%d tokens, graphs %s: load %.2f s, weights %.2f GiB, peak %.2f GiB | TTFT %.1f ms, prefill "
+      "%s %s tp %d, batch %d, %d+%d tokens, graphs %s: load %.2f s, weights %.2f GiB, peak %.2f GiB | TTFT %.1f ms, prefill "
       "%.0f tok/s (%.1f TFLOP/s, %.1f%% of cuBLASLt bf16 %.0f) | decode %.3f ms/step, %.1f tok/s, %.1f%% of speed of "
-      "light (%.1f MB/step, %.2f experts/layer, copy %.0f GB/s); steps alone %.3f ms\n",
-      config.model_type.c_str(), args.quantization.c_str(), args.batch, args.input_len, args.output_len,
+      "light (%.1f MB/step, %.2f experts/layer, copy %.0f GB/s); steps alone %.3f ms; all-reduce %.1f us x %d "
+      "per step\n",
+      config.model_type.c_str(), args.quantization.c_str(), args.tp, args.batch, args.input_len, args.output_len,
       args.graphs ? "on" : "off", load_seconds, weights_gib, peak_gib, prefill_s * 1e3, prefill_tok_s,
       prefill_flops / prefill_s / 1e12, 100 * prefill_sol, bf16_tflops, step_ms, decode_tok_s, 100 * decode_sol,
-      step_bytes / 1e6, experts_per_layer, copy_gbs, step_only_ms);
+      step_bytes / 1e6, experts_per_layer, copy_gbs, step_only_ms, allreduce_us, allreduces_per_step);
   if (!args.json.empty()) {
     std::ofstream f(args.json);
     MXMOE_CHECK(f, "cannot write ", args.json);
