@@ -229,8 +229,7 @@ class DecoderLM final : public CausalLM {
       ops::add_rmsnorm(x, attn_out, w.weight(1), eps, n, stream);  // x += attention; n = norm(x)
       if (layer.experts) {
         Tensor router_logits = Tensor::empty({t, config_.num_experts}, DType::f32, dev);
-        layer.router->forward(n, router_logits, stream);
-        layer.experts->forward(n, router_logits, mlp, stream);
+        layer.experts->forward(n, *layer.router, router_logits, mlp, stream);  // router logits, then the experts
         if (layer.shared_gate_up) {
           const int64_t is = layer.shared_down->input_size_per_partition();
           Tensor gate_up = Tensor::empty({t, 2 * is}, DType::bf16, dev), act = Tensor::empty({t, is}, DType::bf16, dev);
