@@ -53,15 +53,25 @@ Tensor run_gpu(const Problem& p, const MoeWeights& dw, const MoeRouting& r, MoeP
   return out.to(Device::cpu);
 }
 
-class FusedMoeGpu : public ::testing::TestWithParam<Config> {};
+// Each test: a GPU (else skipped), a fresh seed, random expert weights of the parameter's
+// config on the CPU (w) and the GPU (dw), and its routing.
+class FusedMoeGpu : public ::testing::TestWithParam<Config> {
+ protected:
+  void SetUp() override {
+    MXMOE_REQUIRE_GPU();
+    c = GetParam();
+    w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
+    dw = testing::moe_weights_to(w, Device::cuda);
+    r = MoeRouting{c.top_k, c.renormalize};
+  }
+
+  Config c{};
+  std::mt19937_64 rng{testing::fresh_seed()};
+  MoeWeights w, dw;
+  MoeRouting r{};
+};
 
 TEST_P(FusedMoeGpu, MatchesReference) {
-  MXMOE_REQUIRE_GPU();
-  const Config c = GetParam();
-  std::mt19937_64 rng(testing::fresh_seed());
-  const MoeWeights w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
-  const MoeWeights dw = testing::moe_weights_to(w, Device::cuda);
-  const MoeRouting r{c.top_k, c.renormalize};
   MoeWorkspace ws;
   for (int64_t tokens : {1, 7, 64, 4096})
     for (Load load : {Load::random, Load::half_idle, Load::one_takes_all}) {
@@ -80,11 +90,6 @@ TEST_P(FusedMoeGpu, MatchesReference) {
 // Each rank holds I/ranks of the intermediate dimension; the sum of the rank outputs (what the
 // caller's all-reduce computes) equals the unsharded reference.
 TEST_P(FusedMoeGpu, TensorParallelShardsSum) {
-  MXMOE_REQUIRE_GPU();
-  const Config c = GetParam();
-  std::mt19937_64 rng(testing::fresh_seed());
-  const MoeWeights w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
-  const MoeRouting r{c.top_k, c.renormalize};
   MoeWorkspace ws;
   for (int64_t tokens : {7, 64}) {
     const Problem p = make_problem(tokens, c, w, Load::random, rng);
@@ -102,12 +107,6 @@ TEST_P(FusedMoeGpu, TensorParallelShardsSum) {
 
 // The whole call captured in a CUDA graph (no host sync inside, or capture fails) and replayed.
 TEST_P(FusedMoeGpu, CudaGraphReplay) {
-  MXMOE_REQUIRE_GPU();
-  const Config c = GetParam();
-  std::mt19937_64 rng(testing::fresh_seed());
-  const MoeWeights w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
-  const MoeWeights dw = testing::moe_weights_to(w, Device::cuda);
-  const MoeRouting r{c.top_k, c.renormalize};
   for (int64_t tokens : {7, 64}) {
     SCOPED_TRACE(cat("T=", tokens));
     const Problem p = make_problem(tokens, c, w, Load::random, rng);
@@ -137,12 +136,6 @@ TEST_P(FusedMoeGpu, CudaGraphReplay) {
 // finished routing, activations and inputs. Each call is checked against the reference on the
 // GPU's own input.
 TEST_P(FusedMoeGpu, ChainedDecodeCalls) {
-  MXMOE_REQUIRE_GPU();
-  const Config c = GetParam();
-  std::mt19937_64 rng(testing::fresh_seed());
-  const MoeWeights w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
-  const MoeWeights dw = testing::moe_weights_to(w, Device::cuda);
-  const MoeRouting r{c.top_k, c.renormalize};
   constexpr int kCalls = 4;
   for (int64_t tokens : {1, 16}) {
     SCOPED_TRACE(cat("T=", tokens));
@@ -177,12 +170,6 @@ TEST_P(FusedMoeGpu, ChainedDecodeCalls) {
 // kernel's block count resets itself). Each call: the logits it wrote against a double CPU dot
 // product (rel <= 1e-5), and its output against fused_moe_ref on its own input and those logits.
 TEST_P(FusedMoeGpu, WithRouterChainedAndReplayed) {
-  MXMOE_REQUIRE_GPU();
-  const Config c = GetParam();
-  std::mt19937_64 rng(testing::fresh_seed());
-  const MoeWeights w = testing::random_moe_weights(c.experts, kHidden, kInter, c.mxfp8, rng);
-  const MoeWeights dw = testing::moe_weights_to(w, Device::cuda);
-  const MoeRouting r{c.top_k, c.renormalize};
   const Tensor router = testing::random_tensor({c.experts, kHidden}, DType::bf16, rng, 0.1f);
   const Tensor d_router = router.to(Device::cuda);
   const std::vector<float> rv = to_f32_vector(router);
