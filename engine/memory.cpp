@@ -117,13 +117,15 @@ int current_device() {
   return device;
 }
 
-bool cuda_available() {
+int cuda_device_count() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {
     (void)cudaGetLastError();  // clear the sticky "no device" error
-    return false;
+    return 0;
   }
-  return count > 0;
+  return count;
 }
+
+bool cuda_available() { return cuda_device_count() > 0; }
 
 }  // namespace mxmoe

@@ -46,6 +46,7 @@ DeviceMemoryStats device_memory_stats(int device);
 void set_device_memory_limit(int device, size_t bytes);  // 0 removes the cap
 void reset_device_memory_peak(int device);
 int current_device();
-bool cuda_available();  // a usable GPU is present
+int cuda_device_count();  // visible GPUs; 0 without a device or driver
+bool cuda_available();    // a usable GPU is present
 
 }  // namespace mxmoe

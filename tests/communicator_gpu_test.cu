@@ -159,10 +159,7 @@ TEST(CommunicatorGpu, NcclCollectivesReplayInACudaGraph) {
 }
 
 TEST(CommunicatorGpu, NcclTwoGpus) {
-  MXMOE_REQUIRE_GPU();
-  int gpus = 0;
-  CUDA_CHECK(cudaGetDeviceCount(&gpus));
-  if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, this machine has " << gpus << ": the 2-rank NCCL path is untested here";
+  MXMOE_REQUIRE_GPUS(2);  // the 2-rank NCCL path is untested on one GPU
   std::mt19937_64 rng(fresh_seed());
   NcclGroup group({0, 1});
   for (DType dtype : {DType::f32, DType::bf16}) {

@@ -3,8 +3,6 @@
 // tp = 1 with an NCCL communicator of one rank: every step goes through TensorParallelRunner and its
 // collectives. tp = 2 needs two GPUs and skips otherwise. GPU batches round differently from a
 // batch of one, so tokens may part at a near-tie (kTieMargin logits), as in engine_gpu_test.
-#include <cuda_runtime.h>
-
 #include "engine_tp_util.h"
 
 using namespace mxmoe;
@@ -13,15 +11,6 @@ using namespace mxmoe::testing;
 namespace {
 
 constexpr double kTieMargin = 0.25;
-
-int visible_gpus() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
-}
-
-#define MXMOE_REQUIRE_GPUS(n)                                                                  \
-  MXMOE_REQUIRE_GPU();                                                                         \
-  if (visible_gpus() < (n)) GTEST_SKIP() << "needs " << (n) << " GPUs; " << visible_gpus() << " visible"
 
 const TpCase kDemoTp1Nccl{"demo_tp1_nccl", demo_model_dir(), "mxfp8", 1, Device::cuda};
 const TpCase kDemoTp2Nccl{"demo_tp2_nccl", demo_model_dir(), "mxfp8", 2, Device::cuda};

@@ -2,19 +2,12 @@
 // world of one rank still runs every collective through NCCL (identities) and must equal the run
 // without a communicator bit for bit, CUDA-graph decode steps included; with two GPUs, tp = 2 is
 // held to tp = 1 as the CPU test holds its simulated ranks (tests/model_golden_tp.h).
-#include <cuda_runtime.h>
-
 #include "model_golden_tp.h"
 
 using namespace mxmoe;
 using namespace mxmoe::testing;
 
 namespace {
-
-int visible_gpus() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
-}
 
 class TensorParallelGpu : public ::testing::TestWithParam<std::string> {};
 
@@ -44,15 +37,15 @@ TEST_P(TensorParallelGpu, NcclWorldOfOneEqualsNoCommunicator) {
 TEST_P(TensorParallelGpu, TwoGpusMatchOne) {
   MXMOE_REQUIRE_GPU();
   const std::string arch = GetParam();
-  if (visible_gpus() < 2) {
+  if (cuda_device_count() < 2) {
     try {  // the runtime refuses in one clear line
       TensorParallelRuntime rt(golden_tp_options(arch, "mxfp8", 2, Device::cuda));
-      ADD_FAILURE() << "tp = 2 on " << visible_gpus() << " GPU(s) did not fail";
+      ADD_FAILURE() << "tp = 2 on " << cuda_device_count() << " GPU(s) did not fail";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("over 2 GPUs per process, but 1 GPU(s) are visible"), std::string::npos)
           << e.what();
     }
-    GTEST_SKIP() << "tp = 2 needs 2 GPUs; " << visible_gpus() << " visible";
+    GTEST_SKIP() << "tp = 2 needs 2 GPUs; " << cuda_device_count() << " visible";
   }
   for (const char* scheme : {"bf16", "mxfp8"}) {
     GoldenModel ref = load_golden(arch, scheme, Device::cuda);

@@ -68,3 +68,9 @@ std::string error_of(F&& f) {
 
 #define MXMOE_REQUIRE_GPU() \
   if (!::mxmoe::cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+// Skips the test unless at least n GPUs are visible (multi-GPU tests on a one-GPU machine).
+#define MXMOE_REQUIRE_GPUS(n)                                                                                    \
+  MXMOE_REQUIRE_GPU();                                                                                         \
+  if (::mxmoe::cuda_device_count() < (n))                                                                      \
+  GTEST_SKIP() << "needs " << (n) << " GPUs; " << ::mxmoe::cuda_device_count() << " visible"
