@@ -26,6 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::converted;
+using testing::for_each_staging;
 using testing::fresh_seed;
 using testing::PoisonedSet;
 using testing::random_tensor;
@@ -258,27 +259,22 @@ TEST_F(LoaderGpuTest, ManyLayersThroughAnyStagingEqualTheCheckpointSlices) {
   const auto layer_set = [&](int l) {
     return std::make_unique<PoisonedSet>(cat("layer ", l), specs[size_t(l)], Device::cuda, DType::bf16, WeightSet::Mode::keep);
   };
-  for (size_t staging : {size_t(64 << 10) + 48, size_t(4) << 20})
-    for (int buffers : {1, 2, 4})
-      for (int threads : {1, 4}) {
-        options_.staging_bytes = staging;
-        options_.staging_buffers = buffers;
-        options_.copy_threads = threads;
-        std::vector<std::unique_ptr<PoisonedSet>> sets;
-        std::vector<Loadable*> layers;
-        for (int l = 0; l < kLayers; ++l) {
-          if (l == 2) continue;  // the Inf
-          sets.push_back(layer_set(l));
-          layers.push_back(sets.back().get());
-        }
-        load_weights(ckpt, layers, options_);
-        for (size_t i = 0; i < sets.size(); ++i)
-          for (int k = 0; k < kPerLayer; ++k) {
-            const int l = int(i) + (i >= 2);
-            EXPECT_TRUE(same_bytes(sets[i]->weight(size_t(k)), expected[size_t(l)][size_t(k)]))
-                << "layer " << l << " w" << k << ", staging " << staging << " x " << buffers << ", " << threads << " threads";
-          }
+  for_each_staging(options_, {size_t(64 << 10) + 48, size_t(4) << 20}, {1, 2, 4}, [&](const std::string& what) {
+    std::vector<std::unique_ptr<PoisonedSet>> sets;
+    std::vector<Loadable*> layers;
+    for (int l = 0; l < kLayers; ++l) {
+      if (l == 2) continue;  // the Inf
+      sets.push_back(layer_set(l));
+      layers.push_back(sets.back().get());
+    }
+    load_weights(ckpt, layers, options_);
+    for (size_t i = 0; i < sets.size(); ++i)
+      for (int k = 0; k < kPerLayer; ++k) {
+        const int l = int(i) + (i >= 2);
+        EXPECT_TRUE(same_bytes(sets[i]->weight(size_t(k)), expected[size_t(l)][size_t(k)]))
+            << "layer " << l << " w" << k << ", " << what;
       }
+  });
   std::vector<std::unique_ptr<PoisonedSet>> sets;
   std::vector<Loadable*> layers;
   for (int l = 0; l < kLayers; ++l) {

@@ -22,6 +22,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::converted;
+using testing::for_each_staging;
 using testing::fresh_seed;
 using testing::PoisonedSet;
 using testing::random_tensor;
@@ -130,28 +131,24 @@ TEST_F(LoaderTest, ManyLayersThroughAnyStagingEqualTheCheckpointSlices) {
       expected[size_t(l)].push_back(k > 0 ? t.narrow(shard.dim, shard.begin, shard.length) : t);
     }
   const Checkpoint ckpt = write(tensors);
-  for (size_t staging : {size_t(4096 + 48), size_t(1) << 20})  // tensors split over buffers; a layer per buffer
-    for (int buffers : {1, 2, 5})
-      for (int threads : {1, 4}) {
-        options_.staging_bytes = staging;
-        options_.staging_buffers = buffers;
-        options_.copy_threads = threads;
-        std::vector<std::unique_ptr<PoisonedSet>> sets;
-        std::vector<Loadable*> layers;
-        for (int l = 0; l < kLayers; ++l) {
-          sets.push_back(std::make_unique<PoisonedSet>(cat("layer ", l), specs[size_t(l)], Device::cpu,
-                                                       l % 2 ? DType::f32 : DType::bf16, WeightSet::Mode::keep));
-          layers.push_back(sets.back().get());
-        }
-        const LoadReport r = load_weights(ckpt, layers, options_);
-        EXPECT_EQ(r.tensors, size_t(kLayers * kPerLayer));
-        for (int l = 0; l < kLayers; ++l)
-          for (int k = 0; k < kPerLayer; ++k) {
-            const Tensor& want = expected[size_t(l)][size_t(k)];
-            expect_same_bytes(sets[size_t(l)]->weight(size_t(k)), converted(want, l % 2 ? DType::f32 : DType::bf16),
-                              cat("layer ", l, " w", k, ", staging ", staging, " x ", buffers, ", ", threads, " threads"));
-          }
+  // Staging of 4144 bytes splits tensors over buffers; 1 MiB holds a layer per buffer.
+  for_each_staging(options_, {size_t(4096 + 48), size_t(1) << 20}, {1, 2, 5}, [&](const std::string& what) {
+    std::vector<std::unique_ptr<PoisonedSet>> sets;
+    std::vector<Loadable*> layers;
+    for (int l = 0; l < kLayers; ++l) {
+      sets.push_back(std::make_unique<PoisonedSet>(cat("layer ", l), specs[size_t(l)], Device::cpu,
+                                                   l % 2 ? DType::f32 : DType::bf16, WeightSet::Mode::keep));
+      layers.push_back(sets.back().get());
+    }
+    const LoadReport r = load_weights(ckpt, layers, options_);
+    EXPECT_EQ(r.tensors, size_t(kLayers * kPerLayer));
+    for (int l = 0; l < kLayers; ++l)
+      for (int k = 0; k < kPerLayer; ++k) {
+        const Tensor& want = expected[size_t(l)][size_t(k)];
+        expect_same_bytes(sets[size_t(l)]->weight(size_t(k)), converted(want, l % 2 ? DType::f32 : DType::bf16),
+                          cat("layer ", l, " w", k, ", ", what));
       }
+  });
 }
 
 // An error in a later layer (NaN/Inf in a weight, a layer that cannot begin) while the gatherer
