@@ -199,12 +199,12 @@ double time_decode_steps(TensorParallelRuntime::Rank& r, const std::vector<std::
   stop.record(generator.stream());
   stop.synchronize();
   const double ms = stop.elapsed_since(start) / kTimedSteps;
-  if (profile_step && r.local == 0) nvtxRangePushA("decode_step");
   if (profile_step) {
+    if (r.local == 0) nvtxRangePushA("decode_step");
     generator.step(seqs, next, decode_rows);
     CUDA_CHECK(cudaDeviceSynchronize());
+    if (r.local == 0) nvtxRangePop();
   }
-  if (profile_step && r.local == 0) nvtxRangePop();
   for (int s : seqs) cache.free_sequence(s);
   return ms;
 }
