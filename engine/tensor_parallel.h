@@ -33,6 +33,10 @@
 // the ncclUniqueId over TCP (engine/tcp_bootstrap.h). on_token then runs in every process (on its
 // first local rank) and must decide the same way in all of them: a function of the tokens, like
 // stop strings; print from one process only.
+//
+// Two runtimes over the same GPUs (in one process or several) must not work at the same time, nor
+// one be built while the other works: NCCL kernels of two communicators on one GPU wait for their
+// peers and can deadlock (NCCL's rule for concurrent communicators). One Engine holds one runtime.
 #include <functional>
 #include <memory>
 #include <mutex>

@@ -131,9 +131,13 @@ inline void check_preemption_on_every_rank(const TpCase& c, double tie_margin) {
     states.push_back(s.scheduler->submit(r));
   }
   ASSERT_GE(requests.size(), 6u);
+  // Every request ends before the reference runs: two NCCL worlds over the same GPUs must not have
+  // collectives in flight at once (NCCL's rule for concurrent communicators; they can deadlock).
+  std::vector<Result> results;
+  for (const auto& state : states) results.push_back(wait(state));
   int preempted = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
-    const Result r = wait(states[i]);
+    const Result& r = results[i];
     ASSERT_EQ(r.finish, FinishReason::length) << r.error;
     const std::vector<int32_t> want =
         tp_reference(c).generate(requests[i].prompt, {.temperature = 0.f}, requests[i].max_new_tokens, true);
