@@ -1,8 +1,11 @@
 #include "engine/nccl_communicator.h"
 
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "engine/cuda_check.h"
+#include "engine/device_guard.h"
 #include "engine/error.h"
 #include "engine/log.h"
 
@@ -11,18 +14,6 @@ namespace mxmoe {
 namespace {
 
 static_assert(sizeof(ncclUniqueId) == kBootstrapBlobBytes);
-
-// Restores the calling thread's current device on scope exit.
-class DeviceGuard {
- public:
-  DeviceGuard() { CUDA_CHECK(cudaGetDevice(&prev_)); }
-  ~DeviceGuard() { cudaSetDevice(prev_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int prev_ = 0;
-};
 
 // `what()` builds the description only on failure (collectives are on the hot path).
 template <class What>
@@ -81,6 +72,7 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::abort() {
+  if (peer_) peer_->abort();
   if (aborted_.exchange(true)) return;
   if (const ncclResult_t r = ncclCommAbort(comm_); r != ncclSuccess)
     log_warn("NCCL ncclCommAbort (rank ", rank_, ") failed: ", ncclGetErrorString(r));
@@ -96,6 +88,7 @@ void NcclCommunicator::all_reduce_sum(const Tensor& x, cudaStream_t stream) {
   check_device_tensor(x, "all_reduce_sum", "x");
   const ncclDataType_t type = nccl_type(x.dtype());
   if (x.numel() == 0) return;
+  if (peer_ && x.nbytes() <= size_t(peer_->slot_bytes())) return peer_->all_reduce_sum(rank_, x, stream);
   nccl_check(ncclAllReduce(x.data(), x.data(), size_t(x.numel()), type, ncclSum, comm_, stream), comm_, [&] {
     return cat("all_reduce_sum of ", dtype_name(x.dtype()), " ", shape_str(x.shape()), " on rank ", rank_, " of ", size_,
                " (GPU ", device_, ")");
@@ -123,6 +116,8 @@ NcclGroup::NcclGroup(const ncclUniqueId& id, int world_size, int first_rank, con
   const int n = int(devices.size());
   MXMOE_CHECK(n >= 1 && first_rank >= 0 && first_rank + n <= world_size, "NCCL group: ranks ", first_rank, "..",
               first_rank + n - 1, " do not fit in world size ", world_size);
+  const std::string_view mode = std::getenv("MXMOE_ALL_REDUCE") ? std::getenv("MXMOE_ALL_REDUCE") : "peer";
+  MXMOE_CHECK(mode == "peer" || mode == "nccl", "MXMOE_ALL_REDUCE=", mode, " is not peer or nccl");
   const auto what = [&] { return cat("communicator init (ranks ", first_rank, "..", first_rank + n - 1, " of ", world_size, ")"); };
   DeviceGuard guard;
   std::vector<ncclComm_t> comms(size_t(n), nullptr);
@@ -137,6 +132,11 @@ NcclGroup::NcclGroup(const ncclUniqueId& id, int world_size, int first_rank, con
   for (int i = 0; i < n; ++i)
     comms_.push_back(std::unique_ptr<NcclCommunicator>(
         new NcclCommunicator(comms[size_t(i)], first_rank + i, world_size, devices[size_t(i)])));
+  if (n == world_size && mode == "peer") peer_ = PeerAllReduce::create(devices);
+  if (peer_) {
+    for (const auto& c : comms_) c->peer_ = peer_.get();
+    log_info("all-reduce: one-shot over peer access up to ", peer_->slot_bytes(), " bytes on ", n, " GPUs, NCCL above");
+  }
 }
 
 NcclGroup::NcclGroup(const std::vector<int>& devices) : NcclGroup(nccl_unique_id(), int(devices.size()), 0, devices) {}

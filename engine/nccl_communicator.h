@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/communicator.h"
+#include "engine/peer_all_reduce.h"
 #include "engine/tcp_bootstrap.h"
 
 namespace mxmoe {
@@ -37,14 +38,17 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t handle() const { return comm_; }
 
   // Device tensors on this rank's GPU; `stream` must belong to that GPU. all_reduce_sum: bf16 or
-  // f32 (NCCL's reduction order: results agree across ranks but are not the CPU communicator's
-  // rank-order sum bit for bit). all_gather: any dtype; in place when `in` is out's rank slice.
+  // f32; results agree across ranks. Up to the peer slot size, in a group that holds the whole
+  // world with peer access (NcclGroup), the one-shot peer kernel sums in rank order (the CPU
+  // communicator's order); above it, NCCL's order. all_gather: any dtype; in place when `in` is
+  // out's rank slice.
   void all_reduce_sum(const Tensor& x, cudaStream_t stream) override;
   void all_gather(const Tensor& in, const Tensor& out, cudaStream_t stream) override;
 
   // ncclCommAbort: NCCL kernels of this communicator already enqueued on the GPU exit, so a rank
   // waiting for a peer that failed between two collectives is released; later collectives throw.
   // May be called from another thread than the one using the communicator.
+  // Releases this rank's peer all-reduce kernels too (and the group's other ranks').
   void abort();
 
  private:
@@ -56,12 +60,16 @@ class NcclCommunicator final : public Communicator {
 
   ncclComm_t comm_ = nullptr;
   int rank_, size_, device_;
+  PeerAllReduce* peer_ = nullptr;  // the group's, for small all-reduces; null: NCCL for all
   std::atomic<bool> aborted_{false};  // then comm_ is freed and never used again
 };
 
 // The communicators of one process's GPUs, created together in one NCCL group (one thread may
 // create several) and finalized together on destruction (sequential ncclCommDestroy of several
-// communicators from one thread could otherwise wait on each other).
+// communicators from one thread could otherwise wait on each other). When the group is the whole
+// world (one process, two or more GPUs, every pair with peer access), all-reduces up to
+// PeerAllReduce::kDefaultSlotBytes take the one-shot peer kernel (0.7x of NCCL's time on a decode
+// step's vectors); MXMOE_ALL_REDUCE=nccl keeps NCCL for every size (peer, the default, or nccl).
 class NcclGroup {
  public:
   // Ranks first_rank .. first_rank + devices.size() - 1 of world_size, rank first_rank + i on devices[i].
@@ -75,8 +83,10 @@ class NcclGroup {
   int local_size() const { return int(comms_.size()); }
   NcclCommunicator& local(int i) const { return *comms_.at(size_t(i)); }  // the rank on devices[i]
   void abort();  // every local rank's abort(): one failing rank releases the others
+  bool peer_all_reduce() const { return peer_ != nullptr; }
 
  private:
+  std::unique_ptr<PeerAllReduce> peer_;  // before comms_: they point to it
   std::vector<std::unique_ptr<NcclCommunicator>> comms_;
 };
 

@@ -12,11 +12,13 @@
 #include "engine/error.h"
 #include "engine/nccl_communicator.h"
 #include "engine/stream.h"
+#include "multi_gpu_util.h"
 #include "test_util.h"
 
 using namespace mxmoe;
 using mxmoe::testing::error_of;
 using mxmoe::testing::fresh_seed;
+using mxmoe::testing::on_each_gpu;
 using mxmoe::testing::random_tensor;
 using mxmoe::testing::same_bytes;
 using namespace std::chrono_literals;
@@ -177,23 +179,16 @@ TEST(CommunicatorGpu, NcclTwoGpus) {
     from_f32_vector(sum, expect);
 
     std::vector<Tensor> reduced(2), gathered(2);
-    std::vector<std::string> errors(2);
-    std::vector<std::thread> ranks;
-    for (int r = 0; r < 2; ++r)
-      ranks.emplace_back([&, r] {  // one thread per GPU, as the runtime does
-        errors[size_t(r)] = error_of([&] {
-          CUDA_CHECK(cudaSetDevice(r));
-          Stream stream;
-          const Tensor x = xs[size_t(r)].to(Device::cuda), in = ins[size_t(r)].to(Device::cuda);
-          const Tensor out = poisoned_gpu({10, 9}, dtype);
-          group.local(r).all_reduce_sum(x, stream);
-          group.local(r).all_gather(in, out, stream);
-          stream.synchronize();
-          reduced[size_t(r)] = x.to(Device::cpu);
-          gathered[size_t(r)] = out.to(Device::cpu);
-        });
-      });
-    for (auto& t : ranks) t.join();
+    const std::vector<std::string> errors = on_each_gpu(2, [&](int r) {
+      Stream stream;
+      const Tensor x = xs[size_t(r)].to(Device::cuda), in = ins[size_t(r)].to(Device::cuda);
+      const Tensor out = poisoned_gpu({10, 9}, dtype);
+      group.local(r).all_reduce_sum(x, stream);
+      group.local(r).all_gather(in, out, stream);
+      stream.synchronize();
+      reduced[size_t(r)] = x.to(Device::cpu);
+      gathered[size_t(r)] = out.to(Device::cpu);
+    });
     for (int r = 0; r < 2; ++r) {
       SCOPED_TRACE(cat("rank ", r));
       ASSERT_EQ(errors[size_t(r)], "(no error)");
