@@ -116,7 +116,8 @@ NcclGroup::NcclGroup(const ncclUniqueId& id, int world_size, int first_rank, con
   const int n = int(devices.size());
   MXMOE_CHECK(n >= 1 && first_rank >= 0 && first_rank + n <= world_size, "NCCL group: ranks ", first_rank, "..",
               first_rank + n - 1, " do not fit in world size ", world_size);
-  const std::string_view mode = std::getenv("MXMOE_ALL_REDUCE") ? std::getenv("MXMOE_ALL_REDUCE") : "peer";
+  const char* env = std::getenv("MXMOE_ALL_REDUCE");
+  const std::string_view mode = env ? env : "peer";
   MXMOE_CHECK(mode == "peer" || mode == "nccl", "MXMOE_ALL_REDUCE=", mode, " is not peer or nccl");
   const auto what = [&] { return cat("communicator init (ranks ", first_rank, "..", first_rank + n - 1, " of ", world_size, ")"); };
   DeviceGuard guard;

@@ -88,8 +88,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();  // every thread's pushes before the flags
 
-  // 2. Thread p < world raises this block's flag on peer p, then waits for p's flag here. One warp
-  // fences at system scope, not every thread: a fence per warp serializes on the SM.
+  // 2. Thread p < world raises this block's flag on peer p, then waits for p's flag here. Only these
+  // threads fence at system scope: the barrier above orders the block's pushes before their release.
   if (const int p = threadIdx.x; p < r.world && p != r.rank) {
     __threadfence_system();
     store_release_sys(r.flags[p] + blockIdx.x * r.world + r.rank, epoch);
