@@ -1,10 +1,8 @@
 // Host side of the W8A16 / bf16 tensor-core GEMMs: argument checks, tile choice, launch. The
-// kernels: kernels/w8a16_gemm_rs.cuh (MXFP8: TMA pipeline + register-A wgmma, the default; one
-// tile per CTA, or persistent CTAs)
+// kernels: kernels/w8a16_gemm_rs.cuh (MXFP8: TMA pipeline + register-A wgmma, the default)
 // and kernels/w8a16_gemm_kernel.cuh (bf16 weights; MXFP8 kept as a measured comparison).
 #include "kernels/w8a16_gemm.h"
 
-#include <algorithm>
 #include <array>
 #include <mutex>
 
@@ -73,8 +71,7 @@ void check_offsets(const Tensor& offsets, int64_t groups, const char* op) {
 // too, ~256 rows per expert), by 1.2-1.7x even where 128-token tiles fill the waves better: they
 // halve the dequant work and the x traffic per flop. CTA pairs sharing x by multicast ran at
 // 0.65-0.95x of unpaired tiles (a run on a busy machine had them ahead): not chosen. 128-token
-// tiles only when one tile covers all rows. The persistent forms (rs_p256, rs_p256_tails, rs_p128)
-// have not run on a GPU yet: opt-in until the GPU tests and bench-gemm have compared them.
+// tiles only when one tile covers all rows.
 GemmTile pick_fp8(int64_t m) { return m <= 128 ? GemmTile::rs_t128 : GemmTile::rs_t256; }
 // bf16 weights (the cp.async kernel), measured on H100 (bench-gemm): 256 x 128 tiles with 4
 // warpgroups when there are many rows per group, else 128 x 128 tiles with two CTAs per SM.
@@ -144,26 +141,6 @@ void launch_rs(const GemmArgs& g, cudaStream_t stream) {
   CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
 }
 
-// The persistent register-A kernel: x in boxes of 64 tokens, one CTA per SM at most (fewer when
-// there are fewer tiles), the group table in shared memory.
-template <int kBT, bool kTails>
-void launch_persistent(const GemmArgs& g, cudaStream_t stream) {
-  using T = w8a16::PersistentTile<kBT>;
-  constexpr auto kernel = w8a16::rs_persistent_kernel<kBT, kTails>;
-  allow_smem<kernel>(T::smem_bytes(T::max_groups));
-  MXMOE_CHECK(g.G <= T::max_groups, "grouped GEMM: ", g.G, " groups, at most ", T::max_groups, " supported");
-  w8a16::RsArgs args{};
-  const uint64_t k = uint64_t(g.K);
-  args.x_map = w8a16::make_tensor_map({g.x, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, uint64_t(g.M), 2 * k, w8a16::kBK,
-                                       uint32_t(T::box_rows), CU_TENSOR_MAP_SWIZZLE_128B});
-  args.w_map = w8a16::make_tensor_map({g.w, CU_TENSOR_MAP_DATA_TYPE_UINT8, k, uint64_t(g.G) * uint64_t(g.N), k,
-                                       w8a16::kBK, uint32_t(T::BW), CU_TENSOR_MAP_SWIZZLE_64B});
-  args.g = g;
-  const unsigned grid = std::min(grid_size(args.g, kBT, T::BW), unsigned(gpu_info().sm_count));
-  kernel<<<grid, T::threads, T::smem_bytes(g.G), stream>>>(args);
-  CUDA_CHECK_LAUNCH();
-}
-
 template <bool kFp8>
 void dispatch(const GemmArgs& a, GemmTile tile, cudaStream_t stream) {
   switch (tile) {
@@ -174,14 +151,6 @@ void dispatch(const GemmArgs& a, GemmTile tile, cudaStream_t stream) {
       if (tile == GemmTile::rs_t256_pair) launch_rs<256, true>(a, stream);
       else if (tile == GemmTile::rs_t256) launch_rs<256, false>(a, stream);
       else launch_rs<128, false>(a, stream);
-      break;
-    case GemmTile::rs_p256:
-    case GemmTile::rs_p256_tails:
-    case GemmTile::rs_p128:
-      MXMOE_CHECK(kFp8, "GEMM tiles rs_* need MXFP8 weights (bf16 weights: m256_4wg or n128_2cta)");
-      if (tile == GemmTile::rs_p256) launch_persistent<256, false>(a, stream);
-      else if (tile == GemmTile::rs_p256_tails) launch_persistent<256, true>(a, stream);
-      else launch_persistent<128, true>(a, stream);
       break;
     case GemmTile::m256_4wg: launch<256, 128, kFp8, 1, 4>(a, stream); break;
     default: launch<128, 128, kFp8, 2, 2>(a, stream); break;

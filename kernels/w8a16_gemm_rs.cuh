@@ -36,7 +36,6 @@
 
 #include "kernels/w8a16_gemm_dequant.cuh"
 #include "kernels/w8a16_gemm_kernel.cuh"
-#include "kernels/w8a16_gemm_schedule.cuh"
 #include "kernels/w8a16_gemm_tma.cuh"
 
 namespace mxmoe::w8a16 {
@@ -60,44 +59,6 @@ struct RsArgs {
   CUtensorMap w_map;  // W [G*N, K] e4m3, box [128, 64], 64-byte swizzle
   GemmArgs g;         // y, bias, scales, offsets, sizes (x and w unused)
 };
-
-// Epilogue: acc[4nb + 2h + e] is yᵀ(W row r + 8h, token 8nb + 2·(lane%4) + e) of the tile at
-// (row0 tokens, col0 W rows); rows >= m_end and columns >= N are not stored. Lanes g and g^1
-// (lane ^ 4) swap one value so each stores a bf16x2 pair of neighbouring y columns: even g the
-// pair (n, n+1) of token 2t, odd g the pair (n-1, n) of token 2t+1.
-template <int kBT>
-__device__ __forceinline__ void store_tile(const GemmArgs& a, const float (&acc)[kBT / 2], int row0, int m_end,
-                                           int col0, int r, int lane) {
-  const bool odd = (lane / 4) & 1;
-  const int n_pair = col0 + r - (odd ? 1 : 0);  // first column of this thread's pair (row r; +8 for h = 1)
-  const bool pairs = (a.N & 1) == 0;             // bf16x2 stores stay 4-byte aligned
-  float bias[2][2] = {};
-  if (a.bias)
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-        if (n_pair + 8 * h + e < a.N) bias[h][e] = __bfloat162float(a.bias[n_pair + 8 * h + e]);
-#pragma unroll
-  for (int nb = 0; nb < kBT / 8; ++nb) {
-    const int row = row0 + 8 * nb + 2 * (lane % 4) + (odd ? 1 : 0);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float mine0 = acc[4 * nb + 2 * h], mine1 = acc[4 * nb + 2 * h + 1];
-      const float other = __shfl_xor_sync(~0u, odd ? mine0 : mine1, 4);
-      const float v0 = (odd ? other : mine0) + bias[h][0], v1 = (odd ? mine1 : other) + bias[h][1];
-      const int col = n_pair + 8 * h;
-      if (row >= m_end || col >= a.N) continue;
-      __nv_bfloat16* out = a.y + size_t(row) * a.N + col;
-      if (pairs) {
-        *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1);
-      } else {
-        out[0] = __float2bfloat16_rn(v0);
-        if (col + 1 < a.N) out[1] = __float2bfloat16_rn(v1);
-      }
-    }
-  }
-}
 
 template <int kBT, bool kPair>
 __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__ RsArgs args) {
@@ -230,202 +191,39 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
   wgmma_wait<0>();
   fence_operands(acc);
 
-  store_tile<kBT>(a, acc, row0, t.m_end, col0, r, lane);
-  if constexpr (kPair) cluster_sync();  // the peer may still arrive on this CTA's barriers
-#else
-  __trap();  // wgmma/TMA pipeline needs sm_90a; the host refuses other GPUs before launching
-#endif
-}
-
-// Persistent form (grid <= SM count): a CTA walks tiles blockIdx.x, blockIdx.x + gridDim.x, ...
-// (kernels/w8a16_gemm_schedule.cuh) through one ring whose K steps are numbered across tiles,
-// so thread 0 loads the next tile's first stages while this one finishes and stores its
-// epilogue, and the ring never drains between tiles. x arrives in boxes of 64 tokens, only as
-// many as the tile has rows. kTails: a tile with fewer rows than kBT (the last of a group or of
-// M) runs the narrowest wgmma N in {64, 128, 192, 256} that covers them, so a MoE group's last
-// tile costs tensor time in proportion to its rows.
-template <int kBT>
-struct PersistentTile {
-  static constexpr int BW = 128;
-  static constexpr int threads = 256;
-  static constexpr int box_rows = 64;                    // x tokens per TMA box
-  static constexpr int box_bytes = box_rows * kBK * 2;
-  static constexpr int x_bytes = kBT * kBK * 2;
-  static constexpr int w_bytes = BW * kBK;
-  static constexpr int stage_bytes = x_bytes + w_bytes;
-  static constexpr int smem_limit = 232448;             // 227 KiB per CTA
-  static constexpr int fit = (smem_limit - 1024 - 256 - 8 * 129) / stage_bytes;  // room for 128 groups at least
-  static constexpr int stages = fit < 8 ? fit : 8;
-  static_assert(stages >= 3, "tile too large for the pipeline");
-  static constexpr int base_bytes = stages * stage_bytes + 1024 + 256;  // + the group table, 2 (G+1) ints
-  static constexpr int max_groups = (smem_limit - base_bytes) / 8 - 1;
-  static constexpr int smem_bytes(int groups) { return base_bytes + 8 * (groups + 1); }
-};
-
-template <int kBT, bool kTails>
-__global__ void __launch_bounds__(256, 1) rs_persistent_kernel(const __grid_constant__ RsArgs args) {
-#if defined(MXMOE_HAS_WGMMA)
-  using T = PersistentTile<kBT>;
-  constexpr int kStages = T::stages;
-  const GemmArgs& a = args.g;
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint8_t* const x_s = smem;                              // [kStages][kBT][64] bf16, swizzled
-  uint8_t* const w_s = smem + kStages * T::x_bytes;       // [kStages][128][64] e4m3, swizzled
-  uint64_t* const full = reinterpret_cast<uint64_t*>(smem + kStages * T::stage_bytes);  // [kStages]
-  uint64_t* const empty = full + kStages;                                                // [kStages]
-  int* const table = reinterpret_cast<int*>(smem + kStages * T::stage_bytes + 256);      // [2 (G+1)]
-
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 8);  // one arrive per warp
-    }
-    mbar_fence_init();
-  }
-  TileSchedule<kBT> sched;
-  sched.init(a, table);  // its barrier also publishes the mbarrier init
-  const int k_tiles = (a.K + kBK - 1) / kBK, k_blocks = a.K / kMxBlock;
-  const int first = int(blockIdx.x), stride = int(gridDim.x);
-  const int my_tiles = first < sched.total ? (sched.total - first + stride - 1) / stride : 0;
-  const int my_steps = my_tiles * k_tiles;  // K steps of all this CTA's tiles, numbered j = tile · k_tiles + kt
-
-  // Thread 0: TMA of step j into its stage once every warp has released the stage's last use.
-  int p_tile = -1, p_row0 = 0, p_w_row0 = 0, p_boxes = 0;  // the tile of the last step produced
-  auto produce = [&](int j) {
-    if (j >= my_steps) return;
-    const int i = j / k_tiles, kt = j - i * k_tiles;
-    if (i != p_tile) {
-      const TileCoord c = sched.at(first + i * stride);
-      p_tile = i;
-      p_row0 = c.m_begin + c.m_tile * kBT;
-      p_w_row0 = c.group * a.N + c.n_tile * T::BW;
-      p_boxes = (min(kBT, c.m_end - p_row0) + T::box_rows - 1) / T::box_rows;
-    }
-    const int s = j % kStages;
-    mbar_wait(&empty[s], ((j / kStages) & 1) ^ 1);
-    mbar_arrive_expect_tx(&full[s], p_boxes * T::box_bytes + T::w_bytes);
-    for (int b = 0; b < p_boxes; ++b)
-      tma_load_2d(x_s + s * T::x_bytes + b * T::box_bytes, &args.x_map, kt * kBK, p_row0 + b * T::box_rows, &full[s]);
-    tma_load_2d(w_s + s * T::w_bytes, &args.w_map, kt * kBK, p_w_row0, &full[s]);
-  };
-  if (threadIdx.x == 0)
-    for (int j = 0; j < kStages; ++j) produce(j);  // empty stages: no wait
-
-  // Warpgroup cw owns tile W rows [64cw, 64cw + 64); this thread's A rows are
-  // r and r + 8 (r = 64cw + 16·warp + lane/4), its k pairs 2·(lane%4) (+8) of each k16 step.
-  const int cw = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int r = 64 * cw + 16 * warp + lane / 4;
-  const uint32_t sel = spread_selector(uint32_t(lane % 4));
-  // 64-byte swizzle: 16-byte chunk c of tile row r sits at chunk c ^ ((r / 2) % 4) (the same for r + 8).
-  const int swz = (r / 2) % 4;
-
-  // Scale bytes of rows r, r+8 of a tile for the two 32-blocks of a K step; 127 (1.0) where the
-  // row, block or tile is out of range (its fp8 bytes are zero fill or never stored).
-  struct ScaleRows {
-    const uint8_t* p[2];
-    bool ok[2];
-  };
-  auto scale_rows = [&](int i) {
-    ScaleRows sr{{a.scales, a.scales}, {false, false}};
-    if (i >= my_tiles) return sr;
-    const TileCoord c = sched.at(first + i * stride);
+  // Epilogue: acc[4nb + 2h + e] is yᵀ(W row r + 8h, token 8nb + 2·(lane%4) + e). Lanes g and g^1
+  // (lane ^ 4) swap one value so each stores a bf16x2 pair of neighbouring y columns: even g the
+  // pair (n, n+1) of token 2t, odd g the pair (n-1, n) of token 2t+1.
+  const bool odd = (lane / 4) & 1;
+  const int n_pair = col0 + r - (odd ? 1 : 0);  // first column of this thread's pair (row r; +8 for h = 1)
+  const bool pairs = (a.N & 1) == 0;             // bf16x2 stores stay 4-byte aligned
+  float bias[2][2] = {};
+  if (a.bias)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        if (n_pair + 8 * h + e < a.N) bias[h][e] = __bfloat162float(a.bias[n_pair + 8 * h + e]);
+#pragma unroll
+  for (int nb = 0; nb < kBT / 8; ++nb) {
+    const int row = row0 + 8 * nb + 2 * (lane % 4) + (odd ? 1 : 0);
+#pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int n = c.n_tile * T::BW + r + 8 * h;
-      sr.ok[h] = n < a.N;
-      sr.p[h] = a.scales + (size_t(c.group) * a.N + size_t(sr.ok[h] ? n : 0)) * k_blocks;
+      const float mine0 = acc[4 * nb + 2 * h], mine1 = acc[4 * nb + 2 * h + 1];
+      const float other = __shfl_xor_sync(~0u, odd ? mine0 : mine1, 4);
+      const float v0 = (odd ? other : mine0) + bias[h][0], v1 = (odd ? mine1 : other) + bias[h][1];
+      const int col = n_pair + 8 * h;
+      if (row >= t.m_end || col >= a.N) continue;
+      __nv_bfloat16* out = a.y + size_t(row) * a.N + col;
+      if (pairs) {
+        *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1);
+      } else {
+        out[0] = __float2bfloat16_rn(v0);
+        if (col + 1 < a.N) out[1] = __float2bfloat16_rn(v1);
+      }
     }
-    return sr;
-  };
-  auto load_scales = [&](const ScaleRows& sr, int kt, uint32_t (&s)[4]) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {  // i = 2·row + block
-      const int kb = 2 * kt + (i & 1);
-      s[i] = sr.ok[i >> 1] && kb < k_blocks ? __ldg(sr.p[i >> 1] + kb) : 127u;
-    }
-  };
-
-  float acc[kBT / 2];
-  const uint64_t x_desc0 = smem_desc(x_s);
-  // A fragments of k16 steps 0-1 / 2-3 of a K step: each half is one wgmma group, so a half's
-  // registers are rewritten only after wgmma_wait has retired the group that read them.
-  uint32_t frag_lo[2][4], frag_hi[2][4];
-  uint32_t scales[4], scales_next[4];  // K steps kt and kt + 1 (the next tile's first steps at the end)
-  ScaleRows cur = scale_rows(0), next{};
-
-  auto dequant = [&]<bool kWide>(const uint8_t* w_tile, int kk0, uint32_t (&frag)[2][4]) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int kk = kk0 + i, chunk = (kk ^ swz) * 16;
-      const uint4 row0 = *reinterpret_cast<const uint4*>(w_tile + r * 64 + chunk);
-      const uint4 row1 = *reinterpret_cast<const uint4*>(w_tile + (r + 8) * 64 + chunk);
-      dequant_fragment<kWide>(row0, row1, sel, scale_factor<kWide>(scales[kk / 2]),
-                              scale_factor<kWide>(scales[2 + kk / 2]), frag[i]);
-    }
-  };
-  // Issues k16 steps kk0, kk0+1 on stage `stage` with wgmma N = kN (the first kN tokens), then
-  // retires the group before them.
-  auto mma = [&]<int kN>(int stage, int kk0, const uint32_t (&frag)[2][4]) {
-    const uint64_t x_desc = x_desc0 + uint64_t((stage * T::x_bytes) >> 4) + 2 * kk0;  // +32 bytes per k16
-    float (&d)[kN / 2] = *reinterpret_cast<float (*)[kN / 2]>(&acc[0]);
-    fence_operands(acc);
-    wgmma_fence();
-#pragma unroll
-    for (int i = 0; i < 2; ++i) wgmma_bf16_rs<kN>(d, frag[i], x_desc + 2 * i);
-    wgmma_commit();
-    wgmma_wait<1>();
-    fence_operands(acc);
-  };
-  int j = 0;  // this CTA's K step
-  // The K loop of one tile at wgmma N = kN.
-  auto mainloop = [&]<int kN>() {
-    for (int kt = 0; kt < k_tiles; ++kt, ++j) {
-      const int stage = j % kStages;
-      mbar_wait(&full[stage], (j / kStages) & 1);
-      const uint8_t* w_tile = w_s + stage * T::w_bytes;
-      const bool wide = scales[0] > kMaxFastScale || scales[1] > kMaxFastScale || scales[2] > kMaxFastScale ||
-                        scales[3] > kMaxFastScale;
-      const bool any_wide = __any_sync(~0u, wide);
-      if (any_wide) dequant.template operator()<true>(w_tile, 0, frag_lo);
-      else dequant.template operator()<false>(w_tile, 0, frag_lo);
-      mma.template operator()<kN>(stage, 0, frag_lo);  // retires step j-1: its stage can be refilled
-      if (kt > 0 && lane == 0) mbar_arrive(&empty[(j - 1) % kStages]);
-      if (any_wide) dequant.template operator()<true>(w_tile, 2, frag_hi);
-      else dequant.template operator()<false>(w_tile, 2, frag_hi);
-      mma.template operator()<kN>(stage, 2, frag_hi);
-      // Refill step j-1's stage (released by this warpgroup; the other one is about as far).
-      if (threadIdx.x == 0 && j > 0) produce(j - 1 + kStages);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) scales[i] = scales_next[i];
-      if (kt + 2 < k_tiles) load_scales(cur, kt + 2, scales_next);
-      else load_scales(next, kt + 2 - k_tiles, scales_next);
-    }
-    wgmma_wait<0>();
-    fence_operands(acc);
-    if (lane == 0) mbar_arrive(&empty[(j - 1) % kStages]);
-  };
-
-  for (int i = 0; i < my_tiles; ++i) {
-    const TileCoord t = sched.at(first + i * stride);
-    const int row0 = t.m_begin + t.m_tile * kBT, col0 = t.n_tile * T::BW, rows = min(kBT, t.m_end - row0);
-    if (i > 0) cur = next;
-    next = scale_rows(i + 1);
-    if (i == 0 || k_tiles == 1) {  // else the last two steps of the tile before loaded them
-      load_scales(cur, 0, scales);
-      load_scales(cur, 1, scales_next);
-    }
-#pragma unroll
-    for (int e = 0; e < kBT / 2; ++e) acc[e] = 0.f;
-    if constexpr (kTails) {
-      if (rows <= 64) mainloop.template operator()<64>();
-      else if (rows <= 128 || kBT == 128) mainloop.template operator()<128>();
-      else if (rows <= 192) mainloop.template operator()<(kBT > 128 ? 192 : 128)>();
-      else mainloop.template operator()<kBT>();
-    } else {
-      mainloop.template operator()<kBT>();
-    }
-    store_tile<kBT>(a, acc, row0, t.m_end, col0, r, lane);
   }
+  if constexpr (kPair) cluster_sync();  // the peer may still arrive on this CTA's barriers
 #else
   __trap();  // wgmma/TMA pipeline needs sm_90a; the host refuses other GPUs before launching
 #endif

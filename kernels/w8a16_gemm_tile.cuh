@@ -10,26 +10,11 @@ namespace mxmoe {
 //  rs_t256: 256 tokens (y rows) x 128 W rows (y columns) per CTA, 5 stages.
 //  rs_t256_pair: the same in clusters of 2 CTAs that share the x tile (TMA multicast; slower).
 //  rs_t128: 128 x 128, 8 stages: half the tile, for small groups and finer waves.
-//  rs_p256: the persistent form (grid <= SM count, the next tile's loads overlap this tile's
-//    last steps and epilogue), 256 tokens per tile.
-//  rs_p256_tails: rs_p256 where a tile with fewer rows runs the narrowest wgmma N in {64, 128,
-//    192, 256} covering them (a MoE group's last tile).
-//  rs_p128: the persistent form with 128-token tiles, tails too (64 or 128).
 // The all-threads cp.async kernel (kernels/w8a16_gemm_kernel.cuh; MXFP8 and bf16 weights):
 //  m256_4wg: 256 x 128 tiles of y, one CTA of 4 warpgroups per SM, 4-8 pipeline stages.
 //  n128_2cta: 128 x 128 tiles, two CTAs of 2 warpgroups per SM (3 stages): finer waves.
 // (Measured and dropped: 128x128 / 128x256 / 256x128 with one CTA of 2 warpgroups, all slower.)
-enum class GemmTile : int {
-  automatic,
-  rs_t256_pair,
-  rs_t256,
-  rs_t128,
-  rs_p256,
-  rs_p256_tails,
-  rs_p128,
-  m256_4wg,
-  n128_2cta
-};
+enum class GemmTile : int { automatic, rs_t256_pair, rs_t256, rs_t128, m256_4wg, n128_2cta };
 
 void w8a16_gemm(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, cudaStream_t stream,
                 GemmTile tile);

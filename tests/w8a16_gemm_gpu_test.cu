@@ -13,7 +13,6 @@
 #include "engine/error.h"
 #include "engine/stream.h"
 #include "kernels/w8a16_gemm.h"
-#include "kernels/w8a16_gemm_schedule.cuh"
 #include "kernels/w8a16_gemm_tile.cuh"
 #include "tests/test_util.h"
 #include "tests/w8a16_test_util.h"
@@ -28,9 +27,8 @@ using testing::rel_error;
 constexpr double kTol = 5e-3;
 // MXFP8 weights: every kernel (TMA / register-A tiles and the cp.async ones); bf16 weights
 // have only the cp.async kernel.
-const std::vector<GemmTile> kFp8Tiles = {GemmTile::automatic, GemmTile::rs_t256_pair,  GemmTile::rs_t256,
-                                         GemmTile::rs_t128,   GemmTile::rs_p256,       GemmTile::rs_p256_tails,
-                                         GemmTile::rs_p128,   GemmTile::m256_4wg,      GemmTile::n128_2cta};
+const std::vector<GemmTile> kFp8Tiles = {GemmTile::automatic, GemmTile::rs_t256_pair, GemmTile::rs_t256,
+                                         GemmTile::rs_t128, GemmTile::m256_4wg, GemmTile::n128_2cta};
 const std::vector<GemmTile> kBf16Tiles = {GemmTile::automatic, GemmTile::m256_4wg, GemmTile::n128_2cta};
 
 struct CpuMx {  // MXFP8 weight on the CPU (reference) and on the GPU (kernel)
@@ -95,9 +93,6 @@ const char* tile_name(GemmTile t) {
     case GemmTile::rs_t256_pair: return "rs 256 tokens, CTA pairs";
     case GemmTile::rs_t256: return "rs 256 tokens";
     case GemmTile::rs_t128: return "rs 128 tokens";
-    case GemmTile::rs_p256: return "rs persistent 256 tokens";
-    case GemmTile::rs_p256_tails: return "rs persistent 256 tokens, narrow tails";
-    case GemmTile::rs_p128: return "rs persistent 128 tokens";
     case GemmTile::m256_4wg: return "256x128 4wg";
     case GemmTile::n128_2cta: return "128x128 2cta";
     default: return "auto";
@@ -115,12 +110,9 @@ TEST(W8A16Gemm, DenseMatchesReference) {
   Stream stream;
   // N tails (200, 197 odd, 136, 392, 5128 = 5120 + 8: not multiples of 128), K tails (96, 160,
   // 224, 1056, 2080: 32 x odd), M from a single row to several tiles with a partial one (257, 333).
-  // More tiles than SMs (persistent CTAs walk several) with 1 and 2 K steps per tile, last tiles
-  // of 4 and 146 rows (the narrow-tail wgmma widths 64 and 192; 333 gives 128).
-  const DenseCase cases[] = {{1, 200, 96, true},       {3, 200, 96, false},     {16, 5128, 160, true},
-                             {128, 256, 2048, false},  {200, 197, 64, true},    {300, 384, 32, false},
-                             {333, 136, 224, true},    {257, 392, 1056, false}, {2048, 5128, 2080, true},
-                             {4100, 1096, 64, true},   {2450, 2056, 96, false}};
+  const DenseCase cases[] = {{1, 200, 96, true},      {3, 200, 96, false},    {16, 5128, 160, true},
+                             {128, 256, 2048, false}, {200, 197, 64, true},   {300, 384, 32, false},
+                             {333, 136, 224, true},   {257, 392, 1056, false}, {2048, 5128, 2080, true}};
   for (const DenseCase& c : cases) {
     const Tensor x = random_tensor({c.m, c.k}, DType::bf16, rng);
     const Tensor bias = random_tensor({c.n}, DType::bf16, rng);
@@ -176,8 +168,7 @@ struct GroupedCase {
 
 const GroupedCase kGroupedCases[] = {
     {1000, 8, 200, 96, "uneven"}, {1000, 8, 200, 96, "one"}, {1, 8, 264, 64, "uneven"},
-    {4096, 128, 264, 160, "uneven"}, {4096, 128, 136, 64, "one"}, {3000, 8, 1536, 2048, "uneven"},
-    {6000, 64, 392, 64, "uneven"}};  // more tiles than SMs at one K step per tile
+    {4096, 128, 264, 160, "uneven"}, {4096, 128, 136, 64, "one"}, {3000, 8, 1536, 2048, "uneven"}};
 
 // Runs `gemm(x, offsets, y, tile)` for every grouped case and tile and checks each group's rows
 // against matmul_ref with that group's weight (weight(g) gives the CPU reference weight).
@@ -235,41 +226,6 @@ TEST(W8A16Gemm, Bf16GroupedMatchesReference) {
       },
       [](const Tensor& x, const Bf16GroupWeight& w, const Tensor& off, const Tensor& y, cudaStream_t st,
          GemmTile tile) { bf16_grouped_gemm(x, w.gpu, off, y, st, tile); });
-}
-
-// The persistent kernel's tile numbering (kernels/w8a16_gemm_schedule.cuh), checked on the host
-// (no GPU needed): with the group table the kernel builds (row offsets, m-tiles before each group),
-// tile numbers 0..total-1 are every m-tile x n-tile of the non-empty groups exactly once, group by
-// group, n-tile major, m-tile minor, each with its group's rows.
-TEST(W8A16Gemm, PersistentScheduleCoversEveryTileOnce) {
-  std::mt19937_64 rng(fresh_seed());
-  constexpr int kBT = 256;
-  for (const char* mode : {"uneven", "one"})
-    for (const int64_t groups : {1, 2, 7, 33, 128}) {
-      const int64_t m = std::uniform_int_distribution<int64_t>(1, 6000)(rng);
-      const int n_tiles = int(std::uniform_int_distribution<int>(1, 5)(rng));
-      std::vector<int> off = group_offsets(m, groups, mode, rng);
-      std::vector<int> before(size_t(groups) + 1, 0);
-      for (size_t g = 0; g < size_t(groups); ++g) before[g + 1] = before[g] + (off[g + 1] - off[g] + kBT - 1) / kBT;
-      w8a16::TileSchedule<kBT> s;
-      s.off = off.data();
-      s.before = before.data();
-      s.G = int(groups);
-      s.M = int(m);
-      s.n_tiles = n_tiles;
-      s.total = before.back() * n_tiles;
-      int tile = 0;
-      for (int g = 0; g < int(groups); ++g)
-        for (int n = 0; n < n_tiles; ++n)
-          for (int mt = 0; mt < before[size_t(g) + 1] - before[size_t(g)]; ++mt, ++tile) {
-            const w8a16::TileCoord c = s.at(tile);
-            ASSERT_TRUE(c.group == g && c.n_tile == n && c.m_tile == mt && c.m_begin == off[size_t(g)] &&
-                        c.m_end == off[size_t(g) + 1])
-                << mode << " G=" << groups << " M=" << m << " tile " << tile << ": got group " << c.group << " n "
-                << c.n_tile << " m " << c.m_tile << ", want " << g << " " << n << " " << mt;
-          }
-      EXPECT_EQ(tile, s.total);
-    }
 }
 
 // The grouped GEMM reads offsets on the device, so it can be captured once and replayed after the
