@@ -14,7 +14,7 @@
 #include "kernels/moe_permute.h"
 #include "kernels/moe_routing.h"
 #include "kernels/moe_routing.cuh"
-#include "kernels/w8a16_dot.cuh"
+#include "kernels/pdl.cuh"
 
 namespace mxmoe {
 
@@ -194,8 +194,8 @@ RoutePermuteOut route_permute_out(const Tensor& topk_ids, const Tensor& topk_wei
 __global__ void __launch_bounds__(kScanThreads)
     route_permute_kernel(const float* __restrict__ logits, int n_tokens, int n_experts, int top_k, bool renormalize,
                          RoutePermuteOut o) {
-  w8a16::grid_dependency_wait();
-  w8a16::launch_dependents();
+  grid_dependency_wait();
+  launch_dependents();
   route_permute_block(logits, n_tokens, n_experts, top_k, renormalize, o.ids, o.weights, o.offsets, o.sorted_pairs,
                       o.active, o.num_active, o.pair_rows);
 }
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kScanThreads)
     const int v = v0 + j * kRouterVecsPerPass;
     wv[j] = row < n_experts && v < vecs ? __ldcs(wrow + v) : make_uint4(0, 0, 0, 0);
   }
-  w8a16::grid_dependency_wait();
+  grid_dependency_wait();
   float acc[kRouterTokens] = {};
   // x through L1 (plain loads, after the wait as in the tile kernels): the block's 4 rows read the
   // same vectors of x, so 3 of 4 reads hit L1 (through L2 alone, T=8 H=4096 read 256 KB per block).
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(kScanThreads)
   // The next kernel may launch now, while this block routes: the other blocks have counted
   // themselves and leave, so its blocks spread over every SM but this one. (Allowed right after the
   // wait, it could fill only the SMs free then, 100 of 132 at Qwen3's 32 blocks of 1024 threads.)
-  w8a16::launch_dependents();
+  launch_dependents();
   __threadfence();
   if (threadIdx.x == 0) *blocks_done = 0;  // every block has counted: ready for the next launch
   route_permute_block(logits, n_tokens, n_experts, top_k, renormalize, o.ids, o.weights, o.offsets, o.sorted_pairs,
@@ -431,17 +431,9 @@ void moe_route_permute(const Tensor& logits, int top_k, bool renormalize, const 
   }
   check_moe_route_args(logits, top_k, topk_ids, topk_weights, Device::cuda, "moe_route_permute");
   check_buffers(out, n_pairs, "moe_route_permute");
-  cudaLaunchAttribute pdl;
-  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(1);
-  cfg.blockDim = dim3(kScanThreads);
-  cfg.stream = stream;
-  cfg.attrs = &pdl;
-  cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, route_permute_kernel, logits.data_as<const float>(), int(logits.size(0)),
-                                int(logits.size(1)), top_k, renormalize, route_permute_out(topk_ids, topk_weights, out)));
+  launch_pdl(route_permute_kernel, dim3(1), dim3(kScanThreads), 0, stream, logits.data_as<const float>(),
+             int(logits.size(0)), int(logits.size(1)), top_k, renormalize,
+             route_permute_out(topk_ids, topk_weights, out));
 }
 
 bool moe_router_fusable(int64_t n_tokens, int64_t n_experts, int64_t hidden, int top_k) {
@@ -469,20 +461,11 @@ void moe_router_route_permute(const Tensor& x, const Tensor& router_weight, cons
   MXMOE_CHECK(moe_router_fusable(n_tokens, n_experts, hidden, top_k), op, ": T = ", n_tokens, ", E = ", n_experts,
               ", H = ", hidden, ", k = ", top_k, " is not fusable (T <= ", kMoeRouterMaxTokens, ", T·E <= ",
               kStagedLogits, ", H a multiple of 8)");
-  cudaLaunchAttribute pdl;
-  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows));
-  cfg.blockDim = dim3(kScanThreads);
-  cfg.stream = stream;
-  cfg.attrs = &pdl;
-  cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, router_route_permute_kernel, x.data_as<const uint4>(),
-                                router_weight.data_as<const uint4>(), int(hidden), router_logits.data_as<float>(),
-                                int(n_tokens), int(n_experts), top_k, renormalize,
-                                route_permute_out(topk_ids, topk_weights, out),
-                                reinterpret_cast<unsigned*>(out.blocks_done.data_as<int32_t>())));
+  launch_pdl(router_route_permute_kernel, dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows)),
+             dim3(kScanThreads), 0, stream, x.data_as<const uint4>(), router_weight.data_as<const uint4>(),
+             int(hidden), router_logits.data_as<float>(), int(n_tokens), int(n_experts), top_k, renormalize,
+             route_permute_out(topk_ids, topk_weights, out),
+             reinterpret_cast<unsigned*>(out.blocks_done.data_as<int32_t>()));
 }
 
 void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream) {

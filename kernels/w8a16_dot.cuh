@@ -43,6 +43,7 @@
 #include "engine/gpu_info.h"
 #include "engine/memory.h"
 #include "kernels/mxfp8_format.h"
+#include "kernels/pdl.cuh"
 #include "kernels/w8a16_gemv.h"
 
 namespace mxmoe::w8a16 {
@@ -176,18 +177,6 @@ struct Job {
   int tokens;  // token rows (dense: M; MoE: the expert's pairs)
   int first;   // MoE: index of the expert's first pair in sorted_pairs
 };
-
-// PDL controls; no-ops when the kernel was launched without the attribute.
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 
 // A problem P provides:
 //   using Weights (Fp8Rows / Bf16Rows); static constexpr int kNTiles (8-token mma tiles, 1 or 2);

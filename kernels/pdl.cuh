@@ -1,0 +1,48 @@
+#pragma once
+// Programmatic dependent launch (PDL), shared by every kernel of the decode step.
+//
+// A kernel launched with launch_pdl may start while the previous kernel on the stream is still
+// running, so its launch latency and prologue hide under its predecessor's tail. The contract:
+//  - before grid_dependency_wait() a kernel reads only what no earlier kernel of the step writes
+//    (weights, constants); the wait returns once the previous kernel has finished and its
+//    writes are visible;
+//  - launch_dependents() comes after the wait (never before), so when a kernel starts, every
+//    kernel before its predecessor has finished: it may read their outputs before its own wait.
+// Both are no-ops in a kernel launched without the attribute, and below sm_90.
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "engine/cuda_check.h"
+
+namespace mxmoe {
+
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization.
+template <class... Params, class... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute pdl{};
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = &pdl;
+  cfg.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace mxmoe
