@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "engine/env.h"
 #include "engine/error.h"
 #include "engine/ops.h"
 
@@ -32,8 +33,8 @@ Generator::Generator(CausalLM& model, KvCache& cache, const GeneratorOptions& op
   if (device_ != Device::cuda) return;
   stream_ = std::make_unique<Stream>();
   arena_ = StepArena::create(current_device());
-  const char* env = std::getenv("MXMOE_CUDA_GRAPHS");  // "0": the plain eager steps, for debugging
-  if (options.max_graph_batch > 0 && model.config().rope.type != RopeType::dynamic && !(env && std::string(env) == "0"))
+  // MXMOE_CUDA_GRAPHS=0: the plain eager steps, for debugging.
+  if (options.max_graph_batch > 0 && model.config().rope.type != RopeType::dynamic && env_flag("MXMOE_CUDA_GRAPHS", true))
     graphs_ = std::make_unique<DecodeGraphs>(model, cache, *arena_, uploader_, options.max_graph_batch,
                                              options.cuda_graphs, seen_tokens_);
 }
