@@ -230,13 +230,6 @@ int64_t LinearLayer::output_size_per_partition() const {
   return std::accumulate(output_partition_sizes_.begin(), output_partition_sizes_.end(), int64_t(0));
 }
 
-std::vector<L2Range> LinearLayer::weight_ranges() const {
-  const auto range = [](const Tensor& t) { return L2Range{t.data(), t.nbytes()}; };
-  if (weight_mx.elems.defined()) return {range(weight_mx.elems), range(weight_mx.scales)};
-  if (weight.defined()) return {range(weight)};
-  return {};
-}
-
 bool LinearLayer::adds_bias() const {
   return config_.bias && !(config_.parallel == LinearParallel::row && config_.tp_rank > 0);
 }

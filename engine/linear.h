@@ -13,7 +13,6 @@
 #include "engine/loadable.h"
 #include "engine/quant_method.h"
 #include "engine/registry.h"
-#include "kernels/l2_prefetch.h"
 #include "kernels/mxfp8.h"
 
 namespace mxmoe {
@@ -52,8 +51,6 @@ class LinearLayer : public Loadable {
   int64_t output_size_per_partition() const;
   LinearMethod& method() { return *method_; }
   std::string backend() const { return method_->backend(); }
-  // The weight bytes a forward reads (MXFP8: elements and scales; bf16: the weight), for l2_prefetch.
-  std::vector<L2Range> weight_ranges() const;
 
   // Loadable
   std::string loadable_name() const override { return config_.name; }

@@ -3,13 +3,10 @@
 #include <cmath>
 #include <map>
 
-#include "engine/env.h"
 #include "engine/error.h"
-#include "engine/l2_prefetcher.h"
 #include "engine/linear.h"
 #include "engine/ops.h"
 #include "kernels/rope.h"
-#include "kernels/w8a16_gemv.h"
 #include "loader/weight_set.h"
 
 namespace mxmoe {
@@ -78,8 +75,6 @@ class DecoderLM final : public CausalLM {
         shards_(make_shards(config, options.comm)),
         rope_(config.rope),
         inv_freq_(Tensor::empty({config.head_dim / 2}, DType::f32, options.device)) {
-    if (options.device == Device::cuda && env_flag("MXMOE_L2_PREFETCH", true))
-      prefetcher_ = std::make_unique<L2Prefetcher>();
     const int64_t h = config.hidden_size, hd = config.head_dim, nq = config.num_attention_heads,
                   nkv = config.num_key_value_heads, v = config.vocab_size;
     const Device dev = options.device;
@@ -208,9 +203,6 @@ class DecoderLM final : public CausalLM {
                                                            DType::u8, dev)
                                            : Tensor();
 
-    // Decode-size steps: the weights of o_proj come into L2 during rope + attention, those of the
-    // next layer's qkv during the norm and the MoE routing (kernels/l2_prefetch.h).
-    L2Prefetcher* const prefetch = t <= kGemvMaxM ? prefetcher_.get() : nullptr;
     ops::embedding(in.token_ids, embed_->weight(0), shards_.vocab_begin, x, stream);  // zeros outside this rank's rows
     all_reduce(x, stream);
     for (size_t l = 0; l < layers_.size(); ++l) {
@@ -222,7 +214,6 @@ class DecoderLM final : public CausalLM {
         ops::add_rmsnorm(x, mlp, w.weight(0), eps, n, stream);  // x += mlp; n = norm(x)
       layer.qkv->forward(n, qkv, stream);
       if (layer.kv) layer.kv->forward(n, kv, stream);
-      if (prefetch) prefetch->issue(layer.o_proj->weight_ranges(), stream);
       if (spec_.qk_norm == QkNorm::full) {
         norm_across_ranks(q2d, w.weight(2), 1, eps, stream);
         norm_across_ranks(k2d, w.weight(3), shards_.kv_replicas(), eps, stream);
@@ -234,7 +225,6 @@ class DecoderLM final : public CausalLM {
                                  cache.v(int(l)), stream);
       ops::paged_attention(q, cache.k(int(l)), cache.v(int(l)), in.attention, scale, workspace, attn, stream);
       layer.o_proj->forward(attn.view({t, nq * hd}), attn_out, stream);
-      if (prefetch && l + 1 < layers_.size()) prefetch->issue(layers_[l + 1].qkv->weight_ranges(), stream);
       all_reduce(attn_out, stream);
       ops::add_rmsnorm(x, attn_out, w.weight(1), eps, n, stream);  // x += attention; n = norm(x)
       if (layer.experts) {
@@ -263,7 +253,6 @@ class DecoderLM final : public CausalLM {
     const int64_t r = in.logit_rows.size(0);
     Tensor rows = Tensor::empty({r, h}, DType::bf16, dev);
     ops::embedding(in.logit_rows, n, 0, rows, stream);  // gather the rows whose logits are wanted
-    if (prefetch) prefetch->join(stream);
     if (!options_.comm) {
       lm_head_->forward(rows, logits, stream);
       return;
@@ -347,7 +336,6 @@ class DecoderLM final : public CausalLM {
   std::unique_ptr<WeightSet> embed_, final_norm_;
   std::vector<DecoderLayer> layers_;
   std::unique_ptr<LinearLayer> lm_head_;
-  std::unique_ptr<L2Prefetcher> prefetcher_;  // null: CPU, or MXMOE_L2_PREFETCH=0
 };
 
 }  // namespace
