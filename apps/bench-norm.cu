@@ -2,10 +2,13 @@
 // per-head QK-norm on the q and k views of a fused QKV row (Qwen3: [T, 32 + 4 heads, 128] of
 // [T, 40·128]). Microseconds per call from CUDA-graph replays of back-to-back calls, as the decode
 // graphs run them (activations L2-resident); for the large T rows, GB/s of bytes moved against
-// the device copy bandwidth measured in the same run.
+// the device copy bandwidth measured in the same run. Last, the decode shapes with programmatic
+// dependent launch on and off (kernels/pdl_switch.h), graphs of back-to-back calls: the time one
+// launch gap costs.
 #include <cstdio>
 
 #include "apps/bench_util.h"
+#include "kernels/pdl_switch.h"
 #include "kernels/rmsnorm.h"
 
 using namespace mxmoe;
@@ -51,5 +54,26 @@ int main() {
     });
     report("q_norm + k_norm (2 calls)", t, kHd, 2.0 * t * (kQ + kKv) * kHd * 2, ms, copy_gbs);
   }
+  const bool pdl_default = pdl_enabled();
+  std::printf("\n| op | T | row | PDL on | PDL off | saved per call |\n|---|---|---|---|---|---|\n");
+  for (const int64_t h : {2048, 4096}) {
+    for (const int64_t t : {1, 8}) {
+      const Tensor x = bench::random_bf16({t, h}, seed++, 1.f, stream), w = bench::random_bf16({h}, seed++, 0.1f, stream);
+      const Tensor res = bench::random_bf16({t, h}, seed++, 1.f, stream);
+      const Tensor out = Tensor::empty({t, h}, DType::bf16, Device::cuda);
+      const auto compare = [&](const char* what, auto&& call) {
+        double ms[2];
+        for (const bool on : {true, false}) {
+          set_pdl_enabled(on);
+          ms[on ? 0 : 1] = bench::graph_ms_per_call(stream, kCalls, [&](int) { call(); });
+        }
+        std::printf("| %s | %lld | %lld | %.2f us | %.2f us | %.2f us |\n", what, (long long)t, (long long)h,
+                    ms[0] * 1e3, ms[1] * 1e3, (ms[1] - ms[0]) * 1e3);
+      };
+      compare("rmsnorm", [&] { rmsnorm(x, w, 1e-6f, out, stream); });
+      compare("add_rmsnorm", [&] { add_rmsnorm(res, x, w, 1e-6f, out, stream); });
+    }
+  }
+  set_pdl_enabled(pdl_default);
   return 0;
 }

@@ -1,7 +1,8 @@
-// SiLU-gated activation: one thread per 8 outputs, 16-byte loads and stores.
-#include "engine/cuda_check.h"
+// SiLU-gated activation: one thread per 8 outputs, 16-byte loads and stores. Launched with
+// programmatic dependent launch (kernels/pdl.cuh): the input is an activation, read after the wait.
 #include "kernels/activation.h"
 #include "kernels/bf16_vec.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/token_rows.h"
 
 namespace mxmoe {
@@ -13,6 +14,8 @@ __global__ void silu_mul_kernel(const __nv_bfloat16* gate_up, int64_t in_stride,
   const int64_t chunks = inter / 8;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= tokens * chunks) return;
+  grid_dependency_wait();
+  launch_dependents();
   const int64_t t = idx / chunks, i = (idx % chunks) * 8;
   float g[8], u[8];
   load_bf16x8(gate_up + t * in_stride + i, g);
@@ -33,9 +36,8 @@ void silu_mul(const Tensor& gate_up, const Tensor& out, cudaStream_t stream) {
   const int64_t work = g.tokens * (inter / 8);
   if (work == 0) return;
   constexpr int kThreads = 256;
-  silu_mul_kernel<<<unsigned((work + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-      gate_up.data_as<const __nv_bfloat16>(), g.stride, out.data_as<__nv_bfloat16>(), o.stride, g.tokens, inter);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(silu_mul_kernel, dim3(unsigned((work + kThreads - 1) / kThreads)), dim3(kThreads), 0, stream,
+             gate_up.data_as<const __nv_bfloat16>(), g.stride, out.data_as<__nv_bfloat16>(), o.stride, g.tokens, inter);
 }
 
 }  // namespace mxmoe

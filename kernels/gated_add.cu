@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "engine/cuda_check.h"
 #include "kernels/gated_add.h"
+#include "kernels/pdl.cuh"
 
 namespace mxmoe {
 
@@ -11,6 +11,8 @@ namespace {
 
 __global__ void gated_add_kernel(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,
                                  const float* __restrict__ gate, int64_t h, int64_t total) {
+  grid_dependency_wait();  // programmatic dependent launch: every input is an activation
+  launch_dependents();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = __bfloat162float(__float2bfloat16_rn(gate[i / h]));
     const float s = __bfloat162float(__float2bfloat16_rn(1.f / (1.f + expf(-g))));
@@ -26,9 +28,8 @@ void add_sigmoid_gated(const Tensor& out, const Tensor& x, const Tensor& gate, c
   const int64_t total = out.numel();
   if (total == 0) return;
   const int blocks = int(std::min<int64_t>((total + 255) / 256, 4096));
-  gated_add_kernel<<<blocks, 256, 0, stream>>>(out.data_as<__nv_bfloat16>(), x.data_as<const __nv_bfloat16>(),
-                                               gate.data_as<const float>(), out.size(1), total);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(gated_add_kernel, dim3(blocks), dim3(256), 0, stream, out.data_as<__nv_bfloat16>(),
+             x.data_as<const __nv_bfloat16>(), gate.data_as<const float>(), out.size(1), total);
 }
 
 }  // namespace mxmoe

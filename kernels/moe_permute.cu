@@ -288,9 +288,14 @@ __global__ void __launch_bounds__(kScanThreads)
                       o.active, o.num_active, o.pair_rows);
 }
 
+// The data movement kernels below are launched with programmatic dependent launch: every input
+// is an activation (or the routing), read after the wait.
+
 // One thread per 8 bf16 (16 bytes) of xs.
 __global__ void gather_kernel(const uint4* __restrict__ x, const int32_t* __restrict__ sorted_pairs, int top_k,
                               int64_t vecs_per_row, int64_t total, uint4* __restrict__ xs) {
+  grid_dependency_wait();
+  launch_dependents();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = i / vecs_per_row, col = i % vecs_per_row;
     xs[i] = x[int64_t(sorted_pairs[row] / top_k) * vecs_per_row + col];
@@ -302,6 +307,8 @@ __device__ float silu(float g) { return g / (1.f + expf(-g)); }
 // One thread per 8 outputs.
 __global__ void silu_mul_kernel(const uint4* __restrict__ h, int64_t vecs_per_half, int64_t total,
                                 uint4* __restrict__ act) {
+  grid_dependency_wait();
+  launch_dependents();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = i / vecs_per_half, col = i % vecs_per_half;
     union { uint4 raw; __nv_bfloat162 v[4]; } gate, up, out;
@@ -336,6 +343,8 @@ __global__ void combine_kernel(const Y* __restrict__ y, const float* __restrict_
                                const int32_t* __restrict__ rows, int top_k, int64_t hidden, int64_t total,
                                __nv_bfloat16* __restrict__ out) {
   const int64_t vecs_per_row = hidden / 8;
+  grid_dependency_wait();
+  launch_dependents();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / vecs_per_row, col = (i % vecs_per_row) * 8;
     float acc[8] = {};
@@ -478,10 +487,8 @@ void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, con
               " pairs for ", m);
   const int64_t total = m * hidden / 8;
   if (total == 0) return;
-  gather_kernel<<<grid_for(total), kThreads, 0, stream>>>(x.data_as<const uint4>(),
-                                                          perm.sorted_pairs.data_as<const int32_t>(), top_k,
-                                                          hidden / 8, total, xs.data_as<uint4>());
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(gather_kernel, dim3(grid_for(total)), dim3(kThreads), 0, stream, x.data_as<const uint4>(),
+             perm.sorted_pairs.data_as<const int32_t>(), top_k, hidden / 8, total, xs.data_as<uint4>());
 }
 
 void moe_silu_mul(const Tensor& h, const Tensor& act, cudaStream_t stream) {
@@ -493,9 +500,8 @@ void moe_silu_mul(const Tensor& h, const Tensor& act, cudaStream_t stream) {
   check_rows(act, m, inter, "moe_silu_mul", "act");
   const int64_t total = m * inter / 8;
   if (total == 0) return;
-  silu_mul_kernel<<<grid_for(total), kThreads, 0, stream>>>(h.data_as<const uint4>(), inter / 8, total,
-                                                            act.data_as<uint4>());
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(silu_mul_kernel, dim3(grid_for(total)), dim3(kThreads), 0, stream, h.data_as<const uint4>(), inter / 8,
+             total, act.data_as<uint4>());
 }
 
 void moe_combine(const Tensor& y, const Tensor& weights, const Tensor* rows, int top_k, const Tensor& out,
@@ -516,14 +522,13 @@ void moe_combine(const Tensor& y, const Tensor& weights, const Tensor* rows, int
   const int64_t total = n_tokens * hidden / 8;
   if (total == 0) return;
   const int32_t* r = rows ? rows->data_as<const int32_t>() : nullptr;
+  const dim3 grid(grid_for(total)), block(kThreads);
   if (y.dtype() == DType::f32)
-    combine_kernel<<<grid_for(total), kThreads, 0, stream>>>(y.data_as<const float>(), weights.data_as<const float>(),
-                                                             r, top_k, hidden, total, out.data_as<__nv_bfloat16>());
+    launch_pdl(combine_kernel<float>, grid, block, 0, stream, y.data_as<const float>(), weights.data_as<const float>(),
+               r, top_k, hidden, total, out.data_as<__nv_bfloat16>());
   else
-    combine_kernel<<<grid_for(total), kThreads, 0, stream>>>(y.data_as<const __nv_bfloat16>(),
-                                                             weights.data_as<const float>(), r, top_k, hidden, total,
-                                                             out.data_as<__nv_bfloat16>());
-  CUDA_CHECK_LAUNCH();
+    launch_pdl(combine_kernel<__nv_bfloat16>, grid, block, 0, stream, y.data_as<const __nv_bfloat16>(),
+               weights.data_as<const float>(), r, top_k, hidden, total, out.data_as<__nv_bfloat16>());
 }
 
 }  // namespace mxmoe

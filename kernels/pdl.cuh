@@ -9,11 +9,13 @@
 //  - launch_dependents() comes after the wait (never before), so when a kernel starts, every
 //    kernel before its predecessor has finished: it may read their outputs before its own wait.
 // Both are no-ops in a kernel launched without the attribute, and below sm_90.
+// MXMOE_PDL=0 in the environment turns the attribute off for every launch_pdl (kernels/pdl_switch.h).
 #include <cuda_runtime.h>
 
 #include <utility>
 
 #include "engine/cuda_check.h"
+#include "kernels/pdl_switch.h"
 
 namespace mxmoe {
 
@@ -29,7 +31,8 @@ __device__ __forceinline__ void launch_dependents() {
 #endif
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization.
+// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization (unless
+// pdl_enabled() is off).
 template <class... Params, class... Args>
 void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
   cudaLaunchAttribute pdl{};
@@ -41,7 +44,7 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, c
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = &pdl;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 

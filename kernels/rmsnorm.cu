@@ -5,13 +5,15 @@
 // spread each row over up to a whole CTA with a block reduction, so the little work there is
 // runs as wide as possible; many rows (prefill, or the per-head QK-norm's T·heads short rows)
 // give a row a warp or less, with up to 8 vectors per thread.
+// Launched with programmatic dependent launch (kernels/pdl.cuh): the weight is the only input
+// read before the wait.
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <bit>
 
-#include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
+#include "kernels/pdl.cuh"
 #include "kernels/rmsnorm.h"
 #include "kernels/token_rows.h"
 
@@ -67,13 +69,18 @@ rmsnorm_kernel(const __nv_bfloat16* x, __nv_bfloat16* residual, const __nv_bfloa
   __nv_bfloat16* rr = residual ? residual + t * s.r_stride + c : nullptr;
   __nv_bfloat16* orow = out + t * s.out_stride + c;
   // Thread j owns vectors j, j + tpr, ...: each tpr-thread step reads one contiguous span.
+  // The weight is static: its loads fly before the wait, under the previous kernel's tail (PDL).
   Bf16x8 v[kVecs], wv[kVecs], r[kVecs];
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k)
+    if (active && (j + k * tpr) * 8 < s.d) wv[k].raw = load16(w + (j + k * tpr) * 8);
+  grid_dependency_wait();
+  launch_dependents();
 #pragma unroll
   for (int k = 0; k < kVecs; ++k) {
     const int i = (j + k * tpr) * 8;
     if (active && i < s.d) {
       v[k].raw = load16(xr + i);
-      wv[k].raw = load16(w + i);
       if (rr) r[k].raw = load16(rr + i);
     }
   }
@@ -127,8 +134,7 @@ void launch_vecs(const __nv_bfloat16* x, __nv_bfloat16* residual, const __nv_bfl
                  __nv_bfloat16* out, const NormRows& s, cudaStream_t stream) {
   const int tpr = 1 << s.tpr_shift, block = std::max(tpr, kMinBlock);
   const int64_t rows_per_block = block / tpr, blocks = (s.rows + rows_per_block - 1) / rows_per_block;
-  rmsnorm_kernel<kVecs><<<unsigned(blocks), block, 0, stream>>>(x, residual, w, eps, out, s);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(rmsnorm_kernel<kVecs>, dim3(unsigned(blocks)), dim3(block), 0, stream, x, residual, w, eps, out, s);
 }
 
 void check_aligned(const char* op, const Tensor& t, const TokenRows& r) {

@@ -14,7 +14,9 @@
 // sum rounded to bf16 first as Hugging Face does (it adds two bf16 tensors).
 // residual [T, D] is updated in place; out [T, D].
 //
-// All CUDA entry points are asynchronous on `stream` and capturable in a CUDA graph.
+// All CUDA entry points are asynchronous on `stream` and capturable in a CUDA graph. They launch
+// with programmatic dependent launch (kernels/pdl.cuh) and read `weight` before waiting for the
+// previous kernel on the stream: that kernel must not write it (weights are static).
 #include <cuda_runtime.h>
 
 #include "engine/tensor.h"

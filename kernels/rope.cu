@@ -7,6 +7,7 @@
 #include "engine/cuda_check.h"
 #include "kernels/bf16_vec.cuh"
 #include "kernels/attention.h"  // check_kv_write_args
+#include "kernels/pdl.cuh"
 #include "kernels/rope.h"
 #include "kernels/token_rows.h"
 
@@ -73,9 +74,15 @@ __global__ void __launch_bounds__(256) qk_norm_rope_kv_write_kernel(FusedArgs a)
   __nv_bfloat16* x = is_q ? a.q + t * a.q_stride + int64_t(h) * HD : a.k + t * a.k_stride + int64_t(kvh) * HD;
   const __nv_bfloat16* src = is_v ? a.v + t * a.v_stride + int64_t(kvh) * HD : x;
   const __nv_bfloat16* norm = is_q ? a.q_norm : a.k_norm;
+  // Before the wait (PDL): only the static norm weight and frequencies.
   union { uint4 raw; __nv_bfloat162 pair[4]; } u{}, w{};
-  if (active) u.raw = *reinterpret_cast<const uint4*>(src + 8 * j);
   if (active && norm && !is_v) w.raw = *reinterpret_cast<const uint4*>(norm + 8 * j);
+  float freq[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) freq[e] = a.inv_freq[(8 * j + e) % kHalf];
+  grid_dependency_wait();
+  launch_dependents();
+  if (active) u.raw = *reinterpret_cast<const uint4*>(src + 8 * j);
   const int64_t slot = active && !is_q ? a.slots[t] : -1;
   const float pos = active ? float(a.positions[t]) : 0.f;
   float f[8];
@@ -110,7 +117,7 @@ __global__ void __launch_bounds__(256) qk_norm_rope_kv_write_kernel(FusedArgs a)
   for (int e = 0; e < 8; ++e) {
     const float partner = __shfl_xor_sync(0xffffffffu, f[e], G / 2);
     float s, c;
-    sincosf(pos * a.inv_freq[(8 * j + e) % kHalf], &s, &c);
+    sincosf(pos * freq[e], &s, &c);
     c = round_bf16(c * a.scaling);
     s = round_bf16(s * a.scaling);
     r[e] = round_bf16(f[e] * c) + round_bf16((lower ? -partner : partner) * s);
@@ -134,8 +141,8 @@ template <int HD>
 void launch_fused(const FusedArgs& a, cudaStream_t stream) {
   constexpr int kThreads = 256;
   const int64_t threads = a.tokens * (a.q_heads + 2 * a.kv_heads) * (HD / 8);
-  qk_norm_rope_kv_write_kernel<HD><<<unsigned((threads + kThreads - 1) / kThreads), kThreads, 0, stream>>>(a);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(qk_norm_rope_kv_write_kernel<HD>, dim3(unsigned((threads + kThreads - 1) / kThreads)), dim3(kThreads), 0,
+             stream, a);
 }
 
 }  // namespace

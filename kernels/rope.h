@@ -55,7 +55,9 @@ void rope_ref(const Tensor& q, const Tensor& k, const Tensor& positions, const T
 //   rope on q and k (as rope above), then k and v stored at cache slots[t] (as kv_cache_write).
 // q and k are updated in place (k too, so the result equals the separate calls). q_norm, k_norm:
 // bf16 [head_dim] on the GPU, or both nullptr for no QK-norm. head_dim ∈ {64, 128, 256}. CUDA only
-// (the CPU backend runs the separate reference ops).
+// (the CPU backend runs the separate reference ops). Launched with programmatic dependent launch
+// (kernels/pdl.cuh): q_norm, k_norm and inv_freq are read before waiting for the previous kernel
+// on the stream, which must not write them.
 void qk_norm_rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* q_norm, const Tensor* k_norm,
                            float eps, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
                            const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache, cudaStream_t stream);
