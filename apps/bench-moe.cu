@@ -135,6 +135,28 @@ void bench_decode(const Model& m, const Experts& ex, int64_t tokens, double copy
   }
 }
 
+// Where the decode path (GEMV-like, each active expert read once per 16 pairs) stops beating the
+// prefill path (gather + grouped tensor-core GEMMs): fused_moe per call with each path forced, MXFP8.
+void bench_crossover(const Model& m, const Experts& ex, int64_t tokens, cudaStream_t stream) {
+  constexpr int kPatterns = 8;
+  std::mt19937_64 rng(uint64_t(tokens) * 104729 + uint64_t(m.experts));
+  std::vector<Routed> routes;
+  for (int i = 0; i < kPatterns; ++i) routes.push_back(random_routing(m, tokens, rng));
+  const Tensor x = bench::random_bf16({tokens, m.hidden}, 5, 1.f, stream);
+  Tensor out = Tensor::empty({tokens, m.hidden}, DType::bf16, Device::cuda);
+  const MoeRouting routing{m.top_k, true};
+  double ms[2];
+  for (int path = 0; path < 2; ++path) {
+    MoeWorkspace ws;
+    ms[path] = bench::graph_ms_per_call(stream, kPatterns, [&](int i) {
+      fused_moe(x, routes[size_t(i % kPatterns)].logits, ex.mx, routing, out, ws, stream,
+                path == 0 ? MoePath::decode : MoePath::prefill);
+    });
+  }
+  std::printf("| %-14s | %5lld | %6.1f | %9.1f us | %9.1f us | %5.2fx |\n", m.name, (long long)tokens,
+              double(tokens * m.top_k) / double(m.experts), ms[0] * 1e3, ms[1] * 1e3, ms[1] / ms[0]);
+}
+
 // Router logits GEMM + fused_moe (as the decoder calls them) against fused_moe_with_router.
 void bench_router(const Model& m, const Experts& ex, int64_t tokens, cudaStream_t stream) {
   constexpr int kInputs = 16;
@@ -232,6 +254,10 @@ int main() {
               "|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < 2; ++i)
     for (int64_t t : {1, 8}) bench_router(models[i], experts[i], t, stream);
+  std::printf("\n| shape (MXFP8) | T | pairs/expert | decode path | prefill path | decode speedup |\n"
+              "|---|---|---|---|---|---|\n");
+  for (size_t i = 0; i < 2; ++i)
+    for (int64_t t : {16, 32, 64, 128, 256}) bench_crossover(models[i], experts[i], t, stream);
   std::printf("\n| case | weights | time | MoE | grouped GEMMs only | reference | ratio |\n|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < 2; ++i) bench_prefill(models[i], experts[i], 4096, stream);
   return 0;

@@ -103,7 +103,7 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
   moe_route_permute(router_logits, k, routing.renormalize, rb.ids, weights, pb, stream);
   const MoePermutation& perm = pb.perm;
 
-  if (path == MoePath::decode || (path == MoePath::automatic && s.tokens <= kMoeDecodeMaxTokens))
+  if (path == MoePath::decode || (path == MoePath::automatic && moe_prefers_decode(s.tokens, k, s.experts)))
     return decode_experts(x, w, s, k, perm, weights, out, ws, stream);
   const Tensor act = Impl::take(ws.act, {pairs, s.inter}, DType::bf16);
   // Expert-ordered rows: row r is pair sorted_pairs[r]; the grouped GEMMs use expert_offsets.
