@@ -89,7 +89,8 @@ class Bf16LinearMethod final : public LinearMethod {
 // ---------------------------------------------------------------------------------------------
 // MXFP8: quantized at load (fp8 e4m3 + one e8m0 scale per 32 inputs), then one of
 //   cublaslt-block-scaled  sm_100+: activations quantized on the fly, both operands scaled by cuBLASLt
-//   w8a16                  sm_90: our weight-only kernels, GEMV for M <= 16, tensor-core GEMM above
+//   w8a16                  sm_90: our weight-only kernels, GEMV for M <= 16; above, our tensor-core GEMM
+//                          or dequantize + cuBLASLt bf16, whichever dequant_gemm_is_faster predicts
 //   dequant-cublaslt       any GPU: dequantize W to bf16 scratch + cuBLASLt bf16 (slow fallback)
 //   reference              CPU tensors
 
@@ -132,8 +133,11 @@ class Mxfp8LinearMethod final : public LinearMethod {
   void apply(LinearLayer& layer, const Tensor& x, const Tensor* bias, const Tensor& out,
              cudaStream_t stream) override {
     if (backend_ == "w8a16") {
-      if (x.size(0) <= kGemvMaxM)
+      const int64_t m = x.size(0), n = out.size(1), k = x.size(1);
+      if (m <= kGemvMaxM)
         w8a16_gemv(x, layer.weight_mx, bias, out, stream);
+      else if (dequant_gemm_is_faster(m, n, k, gpu_info().sm_count))
+        dequant_gemm(x, layer.weight_mx, bias, out, stream);
       else
         w8a16_gemm(x, layer.weight_mx, bias, out, stream);
     } else if (backend_ == "cublaslt-block-scaled") {
