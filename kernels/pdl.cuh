@@ -9,7 +9,8 @@
 //  - launch_dependents() comes after the wait (never before), so when a kernel starts, every
 //    kernel before its predecessor has finished: it may read their outputs before its own wait.
 // Both are no-ops in a kernel launched without the attribute, and below sm_90.
-// MXMOE_PDL=0 in the environment turns the attribute off for every launch_pdl (kernels/pdl_switch.h).
+// MXMOE_PDL=0 in the environment turns the attribute off for every launch_pdl and the W8A16
+// decode kernels (kernels/pdl_switch.h).
 #include <cuda_runtime.h>
 
 #include <utility>

@@ -1,28 +1,19 @@
 #pragma once
 // The process-wide switch of programmatic dependent launch (kernels/pdl.cuh), host code only so
-// that CPU code and tests can include it. The environment variable MXMOE_PDL=0 makes launch_pdl
-// launch without the attribute (every kernel then waits for its predecessor to finish, as a plain
-// launch), so one benchmark can compare the decode step with and without PDL; unset or 1: on.
+// that CPU code and tests can include it. The environment variable MXMOE_PDL=0 makes every PDL
+// launch a plain one (each kernel then waits for its predecessor to finish), so one benchmark
+// can compare the decode step with and without PDL; unset or 1: on (engine/env.h).
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 
-#include "engine/error.h"
+#include "engine/env.h"
 
 namespace mxmoe {
-
-// The value of MXMOE_PDL (nullptr: unset) as a switch; anything but unset, "0" or "1" is an Error.
-inline bool parse_pdl_switch(const char* value) {
-  if (value == nullptr || std::strcmp(value, "1") == 0) return true;
-  if (std::strcmp(value, "0") == 0) return false;
-  fail("environment variable MXMOE_PDL=", value, " is not valid (0: launch without PDL, 1: with PDL)");
-}
 
 namespace detail {
 // Read from the environment once, at the first call (thread-safe static initialization; a bad
 // value throws and is read again at the next call).
 inline std::atomic<bool>& pdl_flag() {
-  static std::atomic<bool> flag(parse_pdl_switch(std::getenv("MXMOE_PDL")));
+  static std::atomic<bool> flag(env_flag("MXMOE_PDL", true));
   return flag;
 }
 }  // namespace detail

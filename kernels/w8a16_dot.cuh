@@ -333,7 +333,7 @@ cudaLaunchConfig_t launch_config(unsigned blocks, int splits, size_t smem, bool 
     a.val.clusterDim.y = 1;
     a.val.clusterDim.z = 1;
   }
-  if (pdl) {
+  if (pdl && pdl_enabled()) {
     cudaLaunchAttribute& a = attrs[cfg.numAttrs++];
     a.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     a.val.programmaticStreamSerializationAllowed = 1;

@@ -1,5 +1,5 @@
 // GPU router and permutation kernels against the CPU reference / exact expectations: routing ids
-// exact and weights within 1e-6; the permutation equal to a stable sort by expert with all its
+// exact and weights within kWeightTol; the permutation equal to a stable sort by expert with all its
 // invariants; gather, SiLU·up and combine against plain CPU loops. Outputs are poisoned first.
 #include <cuda_runtime.h>
 
@@ -17,6 +17,10 @@
 
 namespace mxmoe {
 namespace {
+
+// Routing weights (fp32, <= 1): the GPU's softmax over up to 128 logits may differ from the
+// host's in a few tens of ulp (1.37e-6 seen at 0.8929, T=16, E=128); 4e-6 is ~60 ulp at 1.
+constexpr double kWeightTol = 4e-6;
 
 using testing::Load;
 
@@ -44,7 +48,7 @@ TEST(MoeRoutingGpu, MatchesReference) {
         moe_route(logits.to(Device::cuda), k, renorm, d_ids, d_w, nullptr);
         ASSERT_EQ(ints(d_ids), ints(ids));
         const std::vector<float> got = to_f32_vector(d_w.to(Device::cpu)), want = to_f32_vector(w);
-        for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-6) << "pair " << i;
+        for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], kWeightTol) << "pair " << i;
       }
 }
 
@@ -138,7 +142,7 @@ TEST(MoePermuteGpu, RoutePermuteMatchesReference) {
         const std::vector<int32_t> want = ints(ids);
         ASSERT_EQ(ints(d_ids), want);
         const std::vector<float> got_w = to_f32_vector(d_w.to(Device::cpu)), want_w = to_f32_vector(w);
-        for (size_t i = 0; i < got_w.size(); ++i) ASSERT_NEAR(got_w[i], want_w[i], 1e-6) << "pair " << i;
+        for (size_t i = 0; i < got_w.size(); ++i) ASSERT_NEAR(got_w[i], want_w[i], kWeightTol) << "pair " << i;
         check_permutation(want, e, b);
       }
 }
@@ -212,7 +216,7 @@ TEST(MoePermuteGpu, RouterRoutePermuteMatchesReference) {
           const std::vector<int32_t> want = ints(ids);
           ASSERT_EQ(ints(d_ids), want) << "call " << call;
           const std::vector<float> got_w = to_f32_vector(d_wt.to(Device::cpu)), want_w = to_f32_vector(wt);
-          for (size_t i = 0; i < got_w.size(); ++i) ASSERT_NEAR(got_w[i], want_w[i], 1e-6) << "pair " << i;
+          for (size_t i = 0; i < got_w.size(); ++i) ASSERT_NEAR(got_w[i], want_w[i], kWeightTol) << "pair " << i;
           check_permutation(want, e, b);
           EXPECT_EQ(ints(b.blocks_done), std::vector<int32_t>{0});
         }
