@@ -9,7 +9,13 @@
 // cores (see attention_kernel), the value sum from CUDA cores. Each warp keeps an online softmax
 // (max and sum in the exp2 domain, fp32 accumulators), the CTA merges its four warps through
 // shared memory, and a split either writes the output directly (one split) or a partial
-// (normalized output, max, sum) that attention_combine_kernel merges.
+// (normalized output, max, sum) to the workspace. attention_combine_kernel merges the partials
+// (merge_partials) by default; in the one-launch forms (DecodeLaunch) the last split CTA of a
+// (token, KV head) to finish merges those of its query heads instead, in two levels past 8
+// splits, found with per-device counters. attention_kernel waits for its predecessor before
+// reading anything (kernels/pdl.cuh), so DecodeLaunch::fused_pdl may launch it with PDL. The
+// prefill kernel and the KV write (off the decode path, which writes the cache in
+// qk_norm_rope_kv_write) are plain launches.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -17,11 +23,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
 #include "kernels/attention.h"
 #include "kernels/attention_prefill.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/token_rows.h"
 #include "kernels/w8a16_dot.cuh"  // mma_bf16 (the m16n8k16 wrapper the W8A16 kernels use)
 
@@ -38,12 +46,44 @@ constexpr int kThreads = kWarps * 32;
 // splits are that short so the grid spreads over the GPU (1 sequence x 4 KV heads at 1024
 // tokens: 64 CTAs), rather than a few CTAs walking long key ranges one dependent step at a time.
 constexpr int kMinSplitTokens = 64;
-constexpr int kMaxSplits = 128;  // partials one combine CTA merges
+constexpr int kMaxSplits = 128;
+// The fused merge runs in two levels so that no CTA reads more than ~16 partials per head: the
+// last split of each run of kMergeRun splits merges the run into its first slot, the last run
+// merger merges the runs (one level when there is one run).
+constexpr int kMergeRun = 8;
+constexpr int kMaxRuns = kMaxSplits / kMergeRun;
+// (token, KV head) pairs of a fused split call: one set of counters each. The automatic split
+// count gives more than one split only below 4 · SM count pairs (paged_attention_splits).
+constexpr int kMaxSplitPairs = 2048;
 constexpr float kLog2e = 1.4426950408889634f;
 // Queries per sequence (on average) from which the prefill kernel's 64-row tiles are used well
 // enough (>= 25% of their rows at a single sequence) to beat re-reading K/V once per query.
 constexpr int64_t kPrefillMinQueries = 16;
 
+// Merge counters of (token t, KV head h) = pair t · n_kv_heads + h: [pair][0] counts the merged
+// runs, [pair][1 + r] the splits of run r that have written their partial. Zero when the module
+// loads (one array per device) and put back to zero by the CTA that completes each count, so
+// every call (a CUDA graph replay too) starts from zero without a memset. Calls on one stream use
+// them one after another (a PDL launch touches them only after its dependency wait); the header
+// says that split calls on one device must not run concurrently.
+__device__ unsigned split_counters[kMaxSplitPairs][1 + kMaxRuns];
+
+// Whether this CTA is the last of `total` to count on `counter` (then it resets it): the classic
+// threadfence reduction. The CTA's global stores before it are visible to the last CTA after it.
+__device__ __forceinline__ bool last_to_count(unsigned& counter, int total) {
+  __shared__ bool last;
+  __syncthreads();  // every store of the CTA is issued (and its shared memory is free again)
+  if (threadIdx.x == 0) {
+    __threadfence();  // this CTA's stores before its count
+    last = atomicAdd(&counter, 1u) == unsigned(total - 1);
+    if (last) {
+      counter = 0;      // all have counted: ready for the next call
+      __threadfence();  // the others' stores are read after their counts
+    }
+  }
+  __syncthreads();
+  return last;
+}
 
 // Two packed bf16 -> two floats (a bf16 is the top half of an f32).
 __device__ __forceinline__ float lo_f32(uint32_t w) { return __uint_as_float(w << 16); }
@@ -69,6 +109,99 @@ __device__ __forceinline__ void load_words(const __nv_bfloat16* p, uint32_t (&w)
   }
 }
 
+// Merges `count` partials of (token t, head h0 + g) for g < heads, from split slots first,
+// first + stride, ...: o = Σ_i w_i · o_i / Σ_i w_i with w_i = sum_i · 2^(max_i − max); empty
+// partials weigh 0. Into out (bf16) if to_out, else into slot `first` as a partial (o, max, sum)
+// itself. All threads of the CTA take part (whole warps; heads · HD / 4 <= VPT · blockDim).
+// Latency-bound: one warp per head reads the (max, sum) pairs at once; each thread owns VPT float4
+// outputs and keeps 16 float4 in flight. Plain loads (no __ldcg: its strong loads are not
+// reordered, which leaves ~3 in flight): last_to_count's fence orders them after the writers'.
+// weight: shared [heads, count rounded up to 16 / VPT] (zeros past count); mx, sum: shared [heads].
+template <int HD, int VPT>
+__device__ void merge_partials(const Args& a, int t, int h0, int heads, int first, int stride, int count, bool to_out,
+                               float* weight, float* mx, float* sum) {
+  constexpr int kPerLane = kMaxSplits / 32, kUnroll = 16 / VPT;
+  const int n = a.num_splits, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int padded = (count + kUnroll - 1) / kUnroll * kUnroll;  // weights per head
+  for (int g = warp; g < heads; g += blockDim.x / 32) {
+    const float2* ml = reinterpret_cast<const float2*>(a.part_ml) + (int64_t(t) * a.n_heads + h0 + g) * n + first;
+    float2 v[kPerLane];
+    float m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int j = lane + 32 * i;
+      v[i] = j < count ? ml[int64_t(j) * stride] : make_float2(-INFINITY, 0.f);
+      m = fmaxf(m, v[i].x);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float total = 0.f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int j = lane + 32 * i;
+      const float w = v[i].x == -INFINITY ? 0.f : v[i].y * exp2f(v[i].x - m);
+      if (j < padded) weight[g * padded + j] = w;
+      total += w;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
+    if (lane == 0) {
+      mx[g] = m;
+      sum[g] = total;
+    }
+  }
+  __syncthreads();  // the weights; and slot `first` may be overwritten below
+  constexpr int kVecs = HD / 4;  // float4 per head
+  float4 acc[VPT];
+  const float4* part[VPT];
+#pragma unroll
+  for (int j = 0; j < VPT; ++j) {
+    const int vi = min(int(threadIdx.x + j * blockDim.x), heads * kVecs - 1);  // clamped: a few redundant loads
+    part[j] = reinterpret_cast<const float4*>(a.part_o) + ((int64_t(t) * a.n_heads + h0 + vi / kVecs) * n + first) * kVecs +
+              vi % kVecs;
+    acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  for (int i0 = 0; i0 < count; i0 += kUnroll) {
+    float4 x[VPT][kUnroll];
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        x[j][u] = part[j][int64_t(min(i0 + u, count - 1)) * stride * kVecs];  // weight 0 past count
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      const int g = min(int(threadIdx.x + j * blockDim.x), heads * kVecs - 1) / kVecs;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const float w = weight[g * padded + i0 + u];
+        acc[j].x = fmaf(w, x[j][u].x, acc[j].x);
+        acc[j].y = fmaf(w, x[j][u].y, acc[j].y);
+        acc[j].z = fmaf(w, x[j][u].z, acc[j].z);
+        acc[j].w = fmaf(w, x[j][u].w, acc[j].w);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < VPT; ++j) {
+    const int vi = threadIdx.x + j * blockDim.x;
+    if (vi >= heads * kVecs) continue;
+    const int g = vi / kVecs, d = vi % kVecs * 4;
+    const float r = sum[g] > 0.f ? 1.f / sum[g] : 0.f;  // a run of empty splits stays empty
+    const float4 o = make_float4(acc[j].x * r, acc[j].y * r, acc[j].z * r, acc[j].w * r);
+    if (to_out) {
+      __nv_bfloat16* dst = a.out + int64_t(t) * a.out_stride + int64_t(h0 + g) * HD + d;
+      reinterpret_cast<__nv_bfloat162*>(dst)[0] = __floats2bfloat162_rn(o.x, o.y);
+      reinterpret_cast<__nv_bfloat162*>(dst)[1] = __floats2bfloat162_rn(o.z, o.w);
+    } else {
+      const int64_t p = (int64_t(t) * a.n_heads + h0 + g) * n + first;
+      reinterpret_cast<float4*>(a.part_o + p * HD + d)[0] = o;
+      if (d == 0) reinterpret_cast<float2*>(a.part_ml)[p] = make_float2(mx[g], sum[g]);
+    }
+  }
+}
+
 // Scores on tensor cores, values on CUDA cores. Per warp step of kKeys keys:
 //   S[GP x kKeys] = Q[GP x HD] · K^T with mma.m16n8k16 (query heads are the M rows, padded to
 //   16; keys are N). The head dimension is consumed in a permuted order — quad thread c owns the
@@ -77,8 +210,10 @@ __device__ __forceinline__ void load_words(const __nv_bfloat16* p, uint32_t (&w)
 //   Online softmax on the S fragments (a row lives in one quad), P to shared memory.
 //   O[GP x HD] += P · V on CUDA cores: lane owns dims DPL·lane.., reads each V row coalesced and
 //   the probabilities as shared-memory broadcasts.
+//   More than one split: the CTA writes its partial; with `merge`, the last split CTA of (t, kvh)
+//   then merges them into the output (the classic threadfence reduction).
 template <int HD, int GP>
-__global__ void __launch_bounds__(kThreads) attention_kernel(Args a) {
+__global__ void __launch_bounds__(kThreads) attention_kernel(Args a, bool merge) {
   constexpr int kKeys = 16;       // keys per warp step: two MMA n-tiles
   constexpr int CH = HD / 32;     // 16-byte chunks of a row per quad thread
   constexpr int DPL = HD / 32;    // output dims per lane
@@ -93,6 +228,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a) {
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, c = lane % 4;
   const int group = a.group;
+  grid_dependency_wait();  // q, the cache, the step's metadata and the counters come from earlier kernels
+  launch_dependents();
   const int seq = last_at_most(a.num_seqs, t, [&](int i) { return a.cu_seqlens[i]; });
   const int q_len = a.cu_seqlens[seq + 1] - a.cu_seqlens[seq];
   const int ctx = a.seq_lens[seq] - q_len + (t - a.cu_seqlens[seq]) + 1;  // keys 0..ctx-1 are visible
@@ -269,82 +406,56 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a) {
       }
     }
   }
+  if (a.num_splits == 1 || !merge) return;
+  // The last split of each run merges the run, the last run merger the runs (weights and max/sum
+  // in the shared memory of the warps' states, free by then).
+  constexpr int VPT = GP * HD / 4 / kThreads;
+  unsigned* counters = split_counters[t * a.n_kv_heads + kvh];
+  const int run = split / kMergeRun, runs = (a.num_splits + kMergeRun - 1) / kMergeRun, first = run * kMergeRun;
+  if (!last_to_count(counters[1 + run], min(kMergeRun, a.num_splits - first))) return;
+  if (runs == 1) return merge_partials<HD, VPT>(a, t, kvh * group, group, 0, 1, a.num_splits, true, sm_o, sm_m, sm_l);
+  merge_partials<HD, VPT>(a, t, kvh * group, group, first, 1, min(kMergeRun, a.num_splits - first), false, sm_o, sm_m,
+                          sm_l);
+  if (!last_to_count(counters[0], runs)) return;
+  merge_partials<HD, VPT>(a, t, kvh * group, group, 0, kMergeRun, runs, true, sm_o, sm_m, sm_l);
 }
 
-// Sum (or max) over the CTA's threads, returned to every thread; `red` holds one value per warp.
-template <bool kMax>
-__device__ __forceinline__ float block_reduce(float v, float* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float u = __shfl_xor_sync(0xffffffffu, v, o);
-    v = kMax ? fmaxf(v, u) : v + u;
-  }
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  v = red[0];
-  for (unsigned w = 1; w < blockDim.x / 32; ++w) v = kMax ? fmaxf(v, red[w]) : v + red[w];
-  __syncthreads();  // red is reused by the next reduction
-  return v;
-}
-
-// out[t, h] = Σ_s w_s · o_s / Σ_s w_s with w_s = sum_s · 2^(max_s − max); empty splits weigh 0.
-// Latency-bound at decode (a few KB per head): the splits' (max, sum) pairs are read by all
-// threads at once, and each thread keeps 8 partial outputs in flight.
+// The separate merge (DecodeLaunch::two_kernels, plain launches): one CTA of HD threads per
+// (token, query head), after attention_kernel. (The minimum of 1 CTA per SM lets ptxas keep all
+// 16 loads in flight; otherwise it trades them for registers.)
 template <int HD>
-__global__ void __launch_bounds__(HD) attention_combine_kernel(Args a) {
-  constexpr int kPerThread = (kMaxSplits + HD - 1) / HD;
-  __shared__ float weight[kMaxSplits];
-  __shared__ float red[HD / 32];
-  const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-  const int64_t p0 = (int64_t(t) * a.n_heads + h) * a.num_splits;
-  float m[kPerThread], l[kPerThread], mx = -INFINITY;
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int s = d + i * HD;
-    m[i] = s < a.num_splits ? a.part_ml[2 * (p0 + s)] : -INFINITY;
-    l[i] = s < a.num_splits ? a.part_ml[2 * (p0 + s) + 1] : 0.f;
-    mx = fmaxf(mx, m[i]);
-  }
-  mx = block_reduce<true>(mx, red);
-  float sum = 0.f;
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int s = d + i * HD;
-    const float w = m[i] == -INFINITY ? 0.f : l[i] * exp2f(m[i] - mx);
-    if (s < a.num_splits) weight[s] = w;
-    sum += w;
-  }
-  sum = block_reduce<false>(sum, red);  // its barriers also publish `weight`
-  float o = 0.f;
-  for (int s0 = 0; s0 < a.num_splits; s0 += 8) {
-    float v[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = s0 + i < a.num_splits ? a.part_o[(p0 + s0 + i) * HD + d] : 0.f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) o = s0 + i < a.num_splits ? fmaf(weight[s0 + i], v[i], o) : o;
-  }
-  a.out[int64_t(t) * a.out_stride + int64_t(h) * HD + d] = __float2bfloat16(o / sum);
+__global__ void __launch_bounds__(HD, 1) attention_combine_kernel(Args a) {
+  __shared__ float weight[kMaxSplits], mx[1], sum[1];
+  merge_partials<HD, 1>(a, blockIdx.x, blockIdx.y, 1, 0, 1, a.num_splits, true, weight, mx, sum);
 }
 
 int64_t split_target() { return 4 * int64_t(gpu_info().sm_count); }  // CTAs that fill the GPU a few times
 
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch if `pdl`.
+template <class... Params, class... As>
+void launch_kernel(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   As&&... args) {
+  if (pdl) return launch_pdl(kernel, grid, block, smem, stream, std::forward<As>(args)...);
+  kernel<<<grid, block, smem, stream>>>(std::forward<As>(args)...);
+  CUDA_CHECK_LAUNCH();
+}
+
 template <int HD, int GP>
-void launch(const Args& a, int64_t tokens, cudaStream_t stream) {
+void launch(const Args& a, int64_t tokens, DecodeLaunch how, cudaStream_t stream) {
   const size_t smem = sizeof(float) * (kWarps * GP * HD + 3 * kWarps * GP + kWarps * GP * 16);
   const dim3 grid(unsigned(tokens), unsigned(a.n_kv_heads), unsigned(a.num_splits));
-  attention_kernel<HD, GP><<<grid, kThreads, smem, stream>>>(a);
-  CUDA_CHECK_LAUNCH();
-  if (a.num_splits > 1) {
-    attention_combine_kernel<HD><<<dim3(unsigned(tokens), unsigned(a.n_heads)), HD, 0, stream>>>(a);
-    CUDA_CHECK_LAUNCH();
+  const bool pdl = how == DecodeLaunch::fused_pdl, two = how == DecodeLaunch::two_kernels;
+  launch_kernel(pdl, attention_kernel<HD, GP>, grid, kThreads, smem, stream, a, !two);
+  if (two && a.num_splits > 1) {
+    launch_kernel(false, attention_combine_kernel<HD>, dim3(unsigned(tokens), unsigned(a.n_heads)), HD, 0, stream, a);
   }
 }
 
 template <int HD>
-void launch_group(const Args& a, int64_t tokens, cudaStream_t stream) {
-  if (a.group <= 8) return launch<HD, 8>(a, tokens, stream);
+void launch_group(const Args& a, int64_t tokens, DecodeLaunch how, cudaStream_t stream) {
+  if (a.group <= 8) return launch<HD, 8>(a, tokens, how, stream);
   if constexpr (HD <= 128) {
-    if (a.group <= 16) return launch<HD, 16>(a, tokens, stream);
+    if (a.group <= 16) return launch<HD, 16>(a, tokens, how, stream);
   }
   fail("paged_attention: ", a.group, " query heads per KV head with head_dim ", HD, " are not supported (at most ",
        HD <= 128 ? 16 : 8, ")");
@@ -418,8 +529,8 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
           ? scale > 0.f && paged_attention_kernel(s.tokens, s.num_seqs, s.n_heads) == AttentionKernel::prefill
           : tuning.kernel == AttentionKernel::prefill;
   MXMOE_CHECK(!prefill || scale > 0.f, "paged_attention: the prefill kernel needs a positive scale, got ", scale);
-  MXMOE_CHECK(!prefill || (reinterpret_cast<uintptr_t>(out.data()) % 4 == 0 && orows.stride % 2 == 0),
-              "paged_attention: out rows must be 4-byte aligned for the prefill kernel");
+  MXMOE_CHECK(reinterpret_cast<uintptr_t>(out.data()) % 4 == 0 && orows.stride % 2 == 0,
+              "paged_attention: out rows must be 4-byte aligned");  // bf16 pairs are stored
   const int splits = prefill ? 1
                      : tuning.splits > 0 ? tuning.splits
                                          : paged_attention_splits(s.tokens, s.n_kv_heads, batch.max_seq_len);
@@ -436,10 +547,13 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
          s.n_heads, s.n_kv_heads, s.n_heads / s.n_kv_heads, std::countr_zero(unsigned(s.block_size)),
          int((batch.max_seq_len + splits - 1) / splits + 15) / 16 * 16, splits, scale * kLog2e};
   if (prefill) return attention_detail::launch_prefill(a, s.head_dim, s.tokens, tuning.prefill_rows, stream);
+  MXMOE_CHECK(splits == 1 || tuning.launch == DecodeLaunch::two_kernels || s.tokens * s.n_kv_heads <= kMaxSplitPairs,
+              "paged_attention: ", splits, " splits for ", s.tokens, " tokens x ", s.n_kv_heads,
+              " KV heads: the merging launch takes at most ", kMaxSplitPairs, " (token, KV head) pairs");
   switch (s.head_dim) {
-    case 64: return launch_group<64>(a, s.tokens, stream);
-    case 128: return launch_group<128>(a, s.tokens, stream);
-    case 256: return launch_group<256>(a, s.tokens, stream);
+    case 64: return launch_group<64>(a, s.tokens, tuning.launch, stream);
+    case 128: return launch_group<128>(a, s.tokens, tuning.launch, stream);
+    case 256: return launch_group<256>(a, s.tokens, tuning.launch, stream);
   }
 }
 

@@ -21,7 +21,8 @@
 // Batches with many queries per sequence run a FlashAttention-2-style kernel (tiles of 128 queries,
 // 64 at head_dim 256, x 64 keys per query head, no workspace); the others one CTA per (query token, KV head, split).
 // Long contexts are split along the keys (flash-decoding): each split keeps a partial softmax
-// (max, sum, normalized output) in `workspace` and a second kernel combines them. Splits are as
+// (max, sum, normalized output) in `workspace` and a second kernel merges them (DecodeLaunch
+// below has the one-launch forms, measured slower at batch 1). Splits are as
 // short as 64 keys when T · n_kv_heads is small (decode of a few sequences), so the grid still
 // fills the GPU; at most 128 of them. The split count depends only on T, n_kv_heads and max_seq_len (a host-side bound on seq_lens, e.g. the longest
 // sequence of the batch): nothing is read back from the device, so the call can be captured in a
@@ -49,13 +50,30 @@ enum class AttentionKernel : uint8_t {
   prefill,    // one CTA per (64 or 128 queries of a sequence, query head), 64-key tiles on tensor cores
 };
 
+// How the per-token kernel runs when a context is split along the keys (bench-attention times them
+// side by side). In the one-launch forms the last split CTA to finish for a (query token, KV
+// head) merges (in two levels past 8 splits); it finds out through counters per (token, KV head)
+// that live on the device (not in the workspace, which need not start zeroed) and are back at
+// zero after every call, so such calls on one device must not run concurrently (calls on one
+// stream never do; each device has its own counters). On the H100 the merge at the tail of the
+// grid cost more than the second launch it saves: batch 1 x 4 KV heads at 512 tokens 9.9 µs with
+// PDL vs 9.2 µs in two kernels, 12.3 vs 9.3 µs at 640 tokens in a 1024 bucket (bench-attention,
+// same run), hence the default.
+enum class DecodeLaunch : uint8_t {
+  two_kernels,  // the split kernel, then a kernel merging the splits; plain launches (the default)
+  fused,        // one launch that merges the splits
+  fused_pdl,    // the same with programmatic dependent launch (kernels/pdl.cuh)
+};
+
 // Benchmarks and tests: force the number of key splits (1..128; 0: chosen from T, n_kv_heads and
-// max_seq_len as above; the per-token kernel only), the kernel, or the prefill kernel's query rows
-// per CTA (64, or 128 at head_dim <= 128; 0: 128 where allowed).
+// max_seq_len as above; the per-token kernel only; more than one split in a fused launch takes at
+// most 2048 tokens x KV heads), the kernel, the prefill kernel's query rows per CTA (64, or 128 at
+// head_dim <= 128; 0: 128 where allowed), or the per-token kernel's launch form.
 struct AttentionTuning {
   int splits = 0;
   AttentionKernel kernel = AttentionKernel::automatic;
   int prefill_rows = 0;
+  DecodeLaunch launch = DecodeLaunch::two_kernels;
 };
 
 // The kernel paged_attention runs for T = num_tokens queries in S = num_seqs sequences: prefill

@@ -1,12 +1,15 @@
 // Paged attention and the KV-cache write on the GPU vs the CPU reference, on fresh random caches
 // with scattered blocks: prefill batches with cached prefixes, decode batches up to 33k tokens
 // (split along the keys), every supported head_dim and several GQA groups, both kernels (the
-// tensor-core prefill kernel forced on every shape kind, mixed decode + prefill batches), and a
-// CUDA-graph capture (no host synchronization inside).
+// tensor-core prefill kernel forced on every shape kind, mixed decode + prefill batches), CUDA-graph
+// captures (no host synchronization inside), and the split merge in one launch called again and
+// again (its counters go back to zero) in every launch form.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <vector>
 
 #include "attention_test_util.h"
 #include "engine/error.h"
@@ -27,7 +30,9 @@ const char* kernel_name(AttentionKernel k) {
   return k == AttentionKernel::prefill ? "prefill" : k == AttentionKernel::per_token ? "per_token" : "automatic";
 }
 
-void poison(const Tensor& t) { CUDA_CHECK(cudaMemset(t.data(), 0xFF, t.nbytes())); }  // bf16 NaN
+void poison(const Tensor& t, cudaStream_t stream) {  // bf16 NaN
+  CUDA_CHECK(cudaMemsetAsync(t.data(), 0xFF, t.nbytes(), stream));
+}
 
 // New K/V rows for every query token, written at the token's slot (CPU and GPU caches).
 void write_new_rows(std::mt19937_64& rng, const PagedProblem& p, const Case& c, Tensor& k_gpu, Tensor& v_gpu,
@@ -49,9 +54,17 @@ void write_new_rows(std::mt19937_64& rng, const PagedProblem& p, const Case& c, 
   kv_cache_write(kd, vd, sd, k_gpu, v_gpu, stream);
 }
 
+const char* launch_name(DecodeLaunch l) {
+  return l == DecodeLaunch::fused_pdl ? "fused_pdl" : l == DecodeLaunch::fused ? "fused" : "two_kernels";
+}
+
+// Every tuning on one problem, each `calls` times in a row and then `replays` times from a CUDA
+// graph of one call, the output poisoned before each (a split merge that did not happen leaves
+// NaN): the merging launches find their counters back at zero after every call.
 // max_seq_len: the host bound the split count is sized by (0: the longest sequence); a CUDA
 // graph's context bucket makes it larger, leaving splits with no keys.
-void run_case(const Case& c, const AttentionTuning& tuning = {}, int64_t max_seq_len = 0) {
+void run_tunings(const Case& c, const std::vector<AttentionTuning>& tunings, int64_t max_seq_len = 0, int calls = 1,
+                 int replays = 0) {
   std::mt19937_64 rng(fresh_seed());
   Stream stream;
   PagedProblem p = make_paged_problem(rng, c.seq_lens, c.q_lens, c.n_heads, c.n_kv_heads, c.head_dim, c.block_size);
@@ -70,25 +83,59 @@ void run_case(const Case& c, const AttentionTuning& tuning = {}, int64_t max_seq
   const AttentionBatch batch = batch_to(host, Device::cuda);
   const Tensor q = p.q.to(Device::cuda);
   Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda);
-  Tensor ws = Tensor::empty(
-      {int64_t(paged_attention_workspace_bytes(p.q.size(0), c.n_heads, c.n_kv_heads, c.head_dim, tuning))}, DType::u8,
-      Device::cuda);
-  poison(out);
-  poison(ws);
-  const float scale = 1.f / std::sqrt(float(c.head_dim));
-  paged_attention(q, k_gpu, v_gpu, batch, scale, ws, out, stream, tuning);
+  size_t ws_bytes = 0;
+  for (const AttentionTuning& tuning : tunings) {
+    ws_bytes = std::max(ws_bytes, paged_attention_workspace_bytes(p.q.size(0), c.n_heads, c.n_kv_heads, c.head_dim, tuning));
+  }
+  Tensor ws = Tensor::empty({int64_t(ws_bytes)}, DType::u8, Device::cuda);
+  poison(ws, stream);
   stream.synchronize();
   EXPECT_EQ(rel_error(k_gpu, p.k_cache), 0.0) << "kv_cache_write K";
   EXPECT_EQ(rel_error(v_gpu, p.v_cache), 0.0) << "kv_cache_write V";
   Tensor ref = Tensor::empty(p.q.shape(), DType::bf16, Device::cpu);
+  const float scale = 1.f / std::sqrt(float(c.head_dim));
   paged_attention_ref(p.q, p.k_cache, p.v_cache, p.batch, scale, ref);
-  const double err = rel_error(out, ref);
-  EXPECT_LT(err, 5e-3) << c.n_heads << "/" << c.n_kv_heads << " heads, head_dim " << c.head_dim << ", splits "
-                       << tuning.splits << ", kernel " << kernel_name(tuning.kernel) << ", max_seq_len "
-                       << batch.max_seq_len;
-  std::printf("attention %d/%d heads hd %d bs %d, %lld queries, max len %lld, splits %d, kernel %s: rel error %.2e\n",
-              c.n_heads, c.n_kv_heads, c.head_dim, c.block_size, (long long)p.q.size(0), (long long)batch.max_seq_len,
-              tuning.splits, kernel_name(tuning.kernel), err);
+  for (const AttentionTuning& tuning : tunings) {
+    const auto check = [&](const char* how, int i) {
+      stream.synchronize();
+      const double err = rel_error(out, ref);
+      EXPECT_LT(err, 5e-3) << c.n_heads << "/" << c.n_kv_heads << " heads, head_dim " << c.head_dim << ", "
+                           << p.q.size(0) << " queries, splits " << tuning.splits << ", kernel "
+                           << kernel_name(tuning.kernel) << ", launch " << launch_name(tuning.launch)
+                           << ", max_seq_len " << batch.max_seq_len << ", " << how << " " << i;
+      if (i == 0) {
+        std::printf("attention %d/%d heads hd %d bs %d, %lld queries, max len %lld, splits %d (chosen %d), kernel %s, "
+                    "launch %s, %s: rel error %.2e\n",
+                    c.n_heads, c.n_kv_heads, c.head_dim, c.block_size, (long long)p.q.size(0),
+                    (long long)batch.max_seq_len, tuning.splits,
+                    paged_attention_splits(p.q.size(0), c.n_kv_heads, batch.max_seq_len), kernel_name(tuning.kernel),
+                    launch_name(tuning.launch), how, err);
+      }
+    };
+    for (int i = 0; i < calls; ++i) {
+      poison(out, stream);
+      paged_attention(q, k_gpu, v_gpu, batch, scale, ws, out, stream, tuning);
+      check("call", i);
+    }
+    if (replays == 0) continue;
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    paged_attention(q, k_gpu, v_gpu, batch, scale, ws, out, stream, tuning);
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int i = 0; i < replays; ++i) {
+      poison(out, stream);
+      CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      check("replay", i);
+    }
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+}
+
+void run_case(const Case& c, const AttentionTuning& tuning = {}, int64_t max_seq_len = 0) {
+  run_tunings(c, {tuning}, max_seq_len);
 }
 
 }  // namespace
@@ -174,7 +221,10 @@ TEST(AttentionGpu, DecodeInAContextBucketWithEmptySplits) {
 
 TEST(AttentionGpu, EveryForcedSplitCountMatches) {
   MXMOE_REQUIRE_GPU();
-  for (const int splits : {1, 2, 7, 16, 64, 100, 128}) run_case({32, 4, 128, 16, {2000, 37}, {1, 1}}, {splits});
+  for (const int splits : {1, 2, 7, 9, 16, 64, 100, 128}) {  // one and two merge levels, partial last runs
+    run_tunings({32, 4, 128, 16, {2000, 37}, {1, 1}},
+                {{splits}, {splits, AttentionKernel::automatic, 0, DecodeLaunch::fused_pdl}});
+  }
   run_case({16, 2, 256, 16, {900}, {3}}, {128});  // combine at head_dim 256 (fewer threads than splits)
   run_case({14, 2, 64, 32, {5000}, {1}}, {128});   // and at 64
   std::mt19937_64 rng(fresh_seed());
@@ -191,28 +241,51 @@ TEST(AttentionGpu, LongPrefillChunkAgainstLongCache) {
 
 TEST(AttentionGpu, CapturedInACudaGraph) {
   MXMOE_REQUIRE_GPU();
+  run_tunings({32, 4, 128, 16, {3000, 70}, {1, 1}}, {{}, {0, AttentionKernel::automatic, 0, DecodeLaunch::fused_pdl}}, 0,
+              0, 3);
+}
+
+// Decode with many splits per (token, KV head), every launch form against the reference: one and
+// three sequences, 4 and 8 KV heads, contexts from 1 key (one split with keys, the rest empty in a
+// 4096 bucket) to 33000; three calls in a row and three CUDA graph replays each, so a counter left
+// behind by a merge would show as an unwritten (NaN) output in the next call.
+TEST(AttentionGpu, DecodeMergesSplitsInOneLaunch) {
+  MXMOE_REQUIRE_GPU();
+  const std::vector<AttentionTuning> launches = {
+      {0, AttentionKernel::automatic, 0, DecodeLaunch::fused_pdl},
+      {0, AttentionKernel::automatic, 0, DecodeLaunch::fused},
+      {0, AttentionKernel::automatic, 0, DecodeLaunch::two_kernels}};
+  for (const int kv : {4, 8}) {
+    for (const int ctx : {1, 65, 512, 4096, 33000}) {
+      run_tunings({32, kv, 128, 16, {ctx}, {1}}, launches, 0, 3, 3);
+      run_tunings({32, kv, 128, 16, {ctx, ctx / 2 + 1, 17}, {1, 1, 1}}, launches, 0, 3, 3);
+    }
+    run_tunings({32, kv, 128, 16, {1, 300}, {1, 1}}, launches, 4096, 2, 2);  // empty splits in a bucket
+  }
+  run_tunings({14, 2, 64, 32, {5000, 77}, {1, 1}}, launches, 0, 2, 2);   // head_dim 64, group 7
+  run_tunings({16, 2, 256, 16, {3000}, {1}}, launches, 0, 2, 2);         // head_dim 256, group 8
+  run_tunings({16, 1, 128, 16, {9000, 5}, {1, 1}}, launches, 0, 2, 2);   // group 16
+  run_tunings({32, 4, 128, 16, {2000, 37}, {1, 1}},
+              {{128, AttentionKernel::automatic, 0, DecodeLaunch::fused_pdl},
+               {128, AttentionKernel::automatic, 0, DecodeLaunch::two_kernels}},
+              0, 2, 2);  // the most splits; 37 keys leave most of them empty
+  run_tunings({32, 4, 128, 16, {700, 90}, {4, 3}}, launches, 0, 2, 2);  // short chunks: several queries per sequence
+}
+
+// A forced split count over more (token, KV head) pairs than the merging launch has counters is
+// an Error there and runs in the two-kernel form.
+TEST(AttentionGpu, TooManySplitPairsForTheMergingLaunch) {
+  MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(fresh_seed());
-  const Case c{32, 4, 128, 16, {3000, 70}, {1, 1}};
-  const PagedProblem p = make_paged_problem(rng, c.seq_lens, c.q_lens, c.n_heads, c.n_kv_heads, c.head_dim, c.block_size);
-  const Tensor k_gpu = p.k_cache.to(Device::cuda), v_gpu = p.v_cache.to(Device::cuda), q = p.q.to(Device::cuda);
-  const AttentionBatch batch = batch_to(p.batch, Device::cuda);
+  const PagedProblem p = make_paged_problem(rng, {300}, {300}, 8, 8, 64, 16, false);  // 2400 pairs
+  const Tensor k = p.k_cache.to(Device::cuda), v = p.v_cache.to(Device::cuda), q = p.q.to(Device::cuda);
   Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda);
-  Tensor ws = Tensor::empty({int64_t(paged_attention_workspace_bytes(2, 32, 4, 128))}, DType::u8, Device::cuda);
-  poison(out);
-  Stream stream;
-  cudaGraph_t graph;
-  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  paged_attention(q, k_gpu, v_gpu, batch, 0.088f, ws, out, stream);
-  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec;
-  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  CUDA_CHECK(cudaGraphLaunch(exec, stream));
-  stream.synchronize();
-  Tensor ref = Tensor::empty(p.q.shape(), DType::bf16, Device::cpu);
-  paged_attention_ref(p.q, p.k_cache, p.v_cache, p.batch, 0.088f, ref);
-  EXPECT_LT(rel_error(out, ref), 5e-3);
-  CUDA_CHECK(cudaGraphExecDestroy(exec));
-  CUDA_CHECK(cudaGraphDestroy(graph));
+  const AttentionTuning fused{2, AttentionKernel::per_token, 0, DecodeLaunch::fused_pdl}, two{2, AttentionKernel::per_token};
+  Tensor ws = Tensor::empty({int64_t(paged_attention_workspace_bytes(300, 8, 8, 64, fused))}, DType::u8, Device::cuda);
+  const AttentionBatch batch = batch_to(p.batch, Device::cuda);
+  EXPECT_THROW(paged_attention(q, k, v, batch, 0.1f, ws, out, nullptr, fused), Error);
+  paged_attention(q, k, v, batch, 0.1f, ws, out, nullptr, two);
+  CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 TEST(AttentionGpu, TooSmallWorkspaceIsAClearError) {
