@@ -257,7 +257,7 @@ int main() {
   std::printf("\n| shape (MXFP8) | T | pairs/expert | decode path | prefill path | decode speedup |\n"
               "|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < 2; ++i)
-    for (int64_t t : {16, 32, 64, 128, 256}) bench_crossover(models[i], experts[i], t, stream);
+    for (int64_t t : {16, 32, 64, 128, 256, 512}) bench_crossover(models[i], experts[i], t, stream);
   std::printf("\n| case | weights | time | MoE | grouped GEMMs only | reference | ratio |\n|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < 2; ++i) bench_prefill(models[i], experts[i], 4096, stream);
   return 0;

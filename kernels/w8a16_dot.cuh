@@ -179,7 +179,7 @@ struct Job {
 };
 
 // A problem P provides:
-//   using Weights (Fp8Rows / Bf16Rows); static constexpr int kNTiles (8-token mma tiles, 1 or 2);
+//   using Weights (Fp8Rows / Bf16Rows); static constexpr int kNTiles (8-token mma tiles: 1, 2 or 4);
 //   static constexpr bool kRouted: MoE experts (PDL only where the grid fits at once);
 //   static constexpr bool kJobsBeforeWait: job() and row() may run before the PDL wait (they read
 //     nothing the previous kernel writes);
