@@ -2,13 +2,12 @@
 // and Mixtral heads (32 / 8), block size 16. GB/s of K/V bytes read, as a fraction of the device
 // copy bandwidth measured in the same run (decode is bandwidth-bound at long contexts; at short
 // ones and batch 1 it is latency-bound and the time per call is what counts).
-// Each shape runs the chosen split count in every launch form (DecodeLaunch): the split kernel
-// then a merging kernel (the default; GB/s and the copy fraction are of this form), one merging
-// launch, and that launch with programmatic dependent launch; and the last with a
-// 4-byte-per-pair memset node before each call, what zeroing merge counters kept in the
-// workspace would cost each call. Calls follow each other in the graph, so PDL overlaps one
-// call's launch with the previous call's tail, as it would with the neighbouring kernels of a
-// decode step. Batch 1 sweeps forced split counts (default form).
+// Each shape runs the chosen split count in both launch forms (DecodeLaunch): the split kernel
+// then a merging kernel (the default; GB/s and the copy fraction are of this form), with and
+// without programmatic dependent launch (set_pdl_enabled), and one merging launch (with PDL).
+// Calls follow each other in the graph, so PDL overlaps one call's launch with the previous
+// call's tail, as it would with the neighbouring kernels of a decode step. Batch 1 sweeps forced
+// split counts (default form).
 // The decode graphs size the split by a power-of-two context bucket, so "640 in 1024" is the
 // bench's decode (512 prompt + 256 new tokens) as it runs there.
 // Blocks are scattered in random order and the cache is rotated over enough copies to exceed L2;
@@ -26,6 +25,7 @@
 #include "apps/bench_util.h"
 #include "kernels/attention.h"
 #include "kernels/cublaslt_gemm.h"
+#include "kernels/pdl_switch.h"
 
 using namespace mxmoe;
 
@@ -36,7 +36,6 @@ constexpr int kHeads = 32, kHeadDim = 128, kBlock = 16;
 struct Setup {
   int kv_heads = 0;
   Tensor k_cache, v_cache, q, out, workspace;
-  Tensor counters;  // u8 [tokens · kv_heads · 4]: what a per-call counter memset would clear
   std::vector<AttentionBatch> batches;  // one per cache copy
 };
 
@@ -67,16 +66,13 @@ Setup make_setup(int kv_heads, int batch, int ctx, int64_t bucket, int q_len, in
   const AttentionTuning most{128};  // room for any forced split count
   s.workspace = Tensor::empty(
       {int64_t(paged_attention_workspace_bytes(tokens, kHeads, kv_heads, kHeadDim, most))}, DType::u8, Device::cuda);
-  s.counters = Tensor::empty({tokens * kv_heads * 4}, DType::u8, Device::cuda);
   CUDA_CHECK(cudaDeviceSynchronize());  // the fills ran on the legacy stream
   return s;
 }
 
-// Milliseconds per call, from a CUDA graph of 16 calls rotating over the cache copies; with
-// `memset`, a memset node of the counters' size before each call.
-double time_ms(Setup& s, cudaStream_t stream, const AttentionTuning& tuning = {}, bool memset = false) {
+// Milliseconds per call, from a CUDA graph of 16 calls rotating over the cache copies.
+double time_ms(Setup& s, cudaStream_t stream, const AttentionTuning& tuning = {}) {
   return bench::graph_ms_per_call(stream, 16, [&](int i) {
-    if (memset) CUDA_CHECK(cudaMemsetAsync(s.counters.data(), 0, s.counters.nbytes(), stream));
     paged_attention(s.q, s.k_cache, s.v_cache, s.batches[size_t(i) % s.batches.size()], 1.f / std::sqrt(float(kHeadDim)),
                     s.workspace, s.out, stream, tuning);
   });
@@ -109,24 +105,26 @@ int main() {
   const double copy_gbs = bench::copy_bandwidth_gbs(stream);
   std::printf("device copy bandwidth (read+write): %.0f GB/s\n\n", copy_gbs);
   std::printf("decode attention, 32 query heads, head_dim 128, bf16 paged KV (block 16)\n");
-  std::printf("| kv heads | batch | context | K/V bytes | splits | two kernels | one launch | one launch + PDL | "
-              "+ memset node | two kernels / one launch + PDL | GB/s | of copy BW |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  const bool pdl_default = pdl_enabled();
+  std::printf("| kv heads | batch | context | K/V bytes | splits | two kernels, no PDL | two kernels | one launch | "
+              "GB/s | of copy BW |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
   for (const int kv : {4, 8}) {
     for (const int batch : {1, 8, 64}) {
       for (const auto& [ctx, bucket] : std::vector<std::pair<int, int>>{{512, 512}, {640, 1024}, {1024, 1024}, {4096, 4096}, {32768, 32768}}) {
         const double kv_bytes = 2.0 * batch * ctx * kv * kHeadDim * 2;
         Setup s = make_setup(kv, batch, ctx, bucket, 1, copies_for(kv_bytes), rng);
-        AttentionTuning two, fused, pdl;
+        AttentionTuning two, fused;
         two.launch = DecodeLaunch::two_kernels;
         fused.launch = DecodeLaunch::fused;
-        pdl.launch = DecodeLaunch::fused_pdl;
-        const double two_ms = time_ms(s, stream, two), fused_ms = time_ms(s, stream, fused), ms = time_ms(s, stream, pdl);
-        const double memset_ms = time_ms(s, stream, pdl, true);
+        set_pdl_enabled(false);
+        const double plain_ms = time_ms(s, stream, two);
+        set_pdl_enabled(pdl_default);
+        const double two_ms = time_ms(s, stream, two), fused_ms = time_ms(s, stream, fused);
         const double gbs = kv_bytes / (two_ms * 1e-3) / 1e9;
-        std::printf("| %d | %d | %d in %d | %.1f MB | %d | %.1f us | %.1f us | %.1f us | %.1f us | %.2fx | %.0f | %.1f%% |\n",
-                    kv, batch, ctx, bucket, kv_bytes / 1e6, paged_attention_splits(batch, kv, bucket), two_ms * 1e3,
-                    fused_ms * 1e3, ms * 1e3, memset_ms * 1e3, two_ms / ms, gbs, 100 * gbs / copy_gbs);
+        std::printf("| %d | %d | %d in %d | %.1f MB | %d | %.1f us | %.1f us | %.1f us | %.0f | %.1f%% |\n", kv, batch,
+                    ctx, bucket, kv_bytes / 1e6, paged_attention_splits(batch, kv, bucket), plain_ms * 1e3, two_ms * 1e3,
+                    fused_ms * 1e3, gbs, 100 * gbs / copy_gbs);
       }
     }
   }

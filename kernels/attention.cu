@@ -10,12 +10,11 @@
 // (max and sum in the exp2 domain, fp32 accumulators), the CTA merges its four warps through
 // shared memory, and a split either writes the output directly (one split) or a partial
 // (normalized output, max, sum) to the workspace. attention_combine_kernel merges the partials
-// (merge_partials) by default; in the one-launch forms (DecodeLaunch) the last split CTA of a
+// (merge_partials) by default; in the one-launch form (DecodeLaunch::fused) the last split CTA of a
 // (token, KV head) to finish merges those of its query heads instead, in two levels past 8
-// splits, found with per-device counters. attention_kernel waits for its predecessor before
-// reading anything (kernels/pdl.cuh), so DecodeLaunch::fused_pdl may launch it with PDL. The
-// prefill kernel and the KV write (off the decode path, which writes the cache in
-// qk_norm_rope_kv_write) are plain launches.
+// splits, found with per-device counters. Both kernels wait for their predecessor before reading
+// anything and launch with PDL (kernels/pdl.cuh). The prefill kernel and the KV write (off the
+// decode path, which writes the cache in qk_norm_rope_kv_write) are plain launches.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -420,35 +419,27 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a, bool merge)
   merge_partials<HD, VPT>(a, t, kvh * group, group, 0, kMergeRun, runs, true, sm_o, sm_m, sm_l);
 }
 
-// The separate merge (DecodeLaunch::two_kernels, plain launches): one CTA of HD threads per
-// (token, query head), after attention_kernel. (The minimum of 1 CTA per SM lets ptxas keep all
-// 16 loads in flight; otherwise it trades them for registers.)
+// The separate merge (DecodeLaunch::two_kernels): one CTA of HD threads per (token, query head),
+// after attention_kernel. (The minimum of 1 CTA per SM lets ptxas keep all 16 loads in flight;
+// otherwise it trades them for registers.)
 template <int HD>
 __global__ void __launch_bounds__(HD, 1) attention_combine_kernel(Args a) {
   __shared__ float weight[kMaxSplits], mx[1], sum[1];
+  grid_dependency_wait();  // the partials
+  launch_dependents();
   merge_partials<HD, 1>(a, blockIdx.x, blockIdx.y, 1, 0, 1, a.num_splits, true, weight, mx, sum);
 }
 
 int64_t split_target() { return 4 * int64_t(gpu_info().sm_count); }  // CTAs that fill the GPU a few times
 
-// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch if `pdl`.
-template <class... Params, class... As>
-void launch_kernel(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                   As&&... args) {
-  if (pdl) return launch_pdl(kernel, grid, block, smem, stream, std::forward<As>(args)...);
-  kernel<<<grid, block, smem, stream>>>(std::forward<As>(args)...);
-  CUDA_CHECK_LAUNCH();
-}
-
 template <int HD, int GP>
 void launch(const Args& a, int64_t tokens, DecodeLaunch how, cudaStream_t stream) {
   const size_t smem = sizeof(float) * (kWarps * GP * HD + 3 * kWarps * GP + kWarps * GP * 16);
   const dim3 grid(unsigned(tokens), unsigned(a.n_kv_heads), unsigned(a.num_splits));
-  const bool pdl = how == DecodeLaunch::fused_pdl, two = how == DecodeLaunch::two_kernels;
-  launch_kernel(pdl, attention_kernel<HD, GP>, grid, kThreads, smem, stream, a, !two);
-  if (two && a.num_splits > 1) {
-    launch_kernel(false, attention_combine_kernel<HD>, dim3(unsigned(tokens), unsigned(a.n_heads)), HD, 0, stream, a);
-  }
+  const bool two = how == DecodeLaunch::two_kernels;
+  launch_pdl(attention_kernel<HD, GP>, grid, kThreads, smem, stream, a, !two);
+  if (two && a.num_splits > 1)
+    launch_pdl(attention_combine_kernel<HD>, dim3(unsigned(tokens), unsigned(a.n_heads)), HD, 0, stream, a);
 }
 
 template <int HD>

@@ -51,18 +51,18 @@ enum class AttentionKernel : uint8_t {
 };
 
 // How the per-token kernel runs when a context is split along the keys (bench-attention times them
-// side by side). In the one-launch forms the last split CTA to finish for a (query token, KV
-// head) merges (in two levels past 8 splits); it finds out through counters per (token, KV head)
-// that live on the device (not in the workspace, which need not start zeroed) and are back at
-// zero after every call, so such calls on one device must not run concurrently (calls on one
-// stream never do; each device has its own counters). On the H100 the merge at the tail of the
-// grid cost more than the second launch it saves: batch 1 x 4 KV heads at 512 tokens 9.9 µs with
-// PDL vs 9.2 µs in two kernels, 12.3 vs 9.3 µs at 640 tokens in a 1024 bucket (bench-attention,
-// same run), hence the default.
+// side by side). Both launch with programmatic dependent launch (kernels/pdl.cuh; MXMOE_PDL=0 turns
+// it off). In the one-launch form the last split CTA to finish for a (query token, KV head)
+// merges (in two levels past 8 splits); it finds out through counters per (token, KV head) that
+// live on the device (not in the workspace, which need not start zeroed) and are back at zero
+// after every call, so such calls on one device must not run concurrently (calls on one stream
+// never do; each device has its own counters). On the H100 the merge at the tail of the grid cost
+// more than the second launch it saves: batch 1 x 4 KV heads at 512 tokens 9.9 µs vs 9.2 µs in two
+// kernels, 12.3 vs 9.3 µs at 640 tokens in a 1024 bucket (bench-attention, same run, both with
+// PDL on the one launch only), hence the default.
 enum class DecodeLaunch : uint8_t {
-  two_kernels,  // the split kernel, then a kernel merging the splits; plain launches (the default)
+  two_kernels,  // the split kernel, then a kernel merging the splits (the default)
   fused,        // one launch that merges the splits
-  fused_pdl,    // the same with programmatic dependent launch (kernels/pdl.cuh)
 };
 
 // Benchmarks and tests: force the number of key splits (1..128; 0: chosen from T, n_kv_heads and

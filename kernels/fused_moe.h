@@ -51,11 +51,12 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
 // The workspace grows on the first call of a size; run one call at the largest T before capturing
 // a CUDA graph (growing inside a capture fails, as any allocation does).
 enum class MoePath : uint8_t { automatic, decode, prefill };
-// Decode while the pairs per expert average at most 32 (about one pass of the decode kernels'
-// widest tile). Measured on H100 (bench-moe, fused_moe per call, MXFP8, both paths in one run):
-// decode over prefill 2.1-2.8x at Qwen3-30B-A3B T = 16..128 (1-8 pairs per expert), 1.84x at 16
-// per expert; Mixtral-8x7B 1.95x at 4, 1.35x at 16, 1.34x at 32, 0.73x at 64 pairs per expert.
-inline bool moe_prefers_decode(int64_t tokens, int top_k, int64_t experts) { return tokens * top_k <= 32 * experts; }
+// Decode while the pairs per expert average at most 16. Measured on H100 (bench-moe, fused_moe
+// per call, MXFP8, both paths in one run): decode over prefill 2.1-2.8x at Qwen3-30B-A3B T =
+// 16..128 (1-8 pairs per expert), 1.84x at 16 per expert; Mixtral-8x7B 1.95x at 4, 1.35x at 16,
+// 1.34x at 32. At 32 per expert Qwen3-30B-A3B's 512-token prefill took 43 ms instead of 21 (bench
+// end to end), so 16 for both.
+inline bool moe_prefers_decode(int64_t tokens, int top_k, int64_t experts) { return tokens * top_k <= 16 * experts; }
 // Router, routing and permutation in one launch (fused_moe_with_router) up to this many tokens.
 constexpr int64_t kMoeDecodeMaxTokens = 16;
 // The same as fused_moe with the path forced (tests and benchmarks compare the two).

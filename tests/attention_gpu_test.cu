@@ -54,9 +54,7 @@ void write_new_rows(std::mt19937_64& rng, const PagedProblem& p, const Case& c, 
   kv_cache_write(kd, vd, sd, k_gpu, v_gpu, stream);
 }
 
-const char* launch_name(DecodeLaunch l) {
-  return l == DecodeLaunch::fused_pdl ? "fused_pdl" : l == DecodeLaunch::fused ? "fused" : "two_kernels";
-}
+const char* launch_name(DecodeLaunch l) { return l == DecodeLaunch::fused ? "fused" : "two_kernels"; }
 
 // Every tuning on one problem, each `calls` times in a row and then `replays` times from a CUDA
 // graph of one call, the output poisoned before each (a split merge that did not happen leaves
@@ -223,7 +221,7 @@ TEST(AttentionGpu, EveryForcedSplitCountMatches) {
   MXMOE_REQUIRE_GPU();
   for (const int splits : {1, 2, 7, 9, 16, 64, 100, 128}) {  // one and two merge levels, partial last runs
     run_tunings({32, 4, 128, 16, {2000, 37}, {1, 1}},
-                {{splits}, {splits, AttentionKernel::automatic, 0, DecodeLaunch::fused_pdl}});
+                {{splits}, {splits, AttentionKernel::automatic, 0, DecodeLaunch::fused}});
   }
   run_case({16, 2, 256, 16, {900}, {3}}, {128});  // combine at head_dim 256 (fewer threads than splits)
   run_case({14, 2, 64, 32, {5000}, {1}}, {128});   // and at 64
@@ -241,7 +239,7 @@ TEST(AttentionGpu, LongPrefillChunkAgainstLongCache) {
 
 TEST(AttentionGpu, CapturedInACudaGraph) {
   MXMOE_REQUIRE_GPU();
-  run_tunings({32, 4, 128, 16, {3000, 70}, {1, 1}}, {{}, {0, AttentionKernel::automatic, 0, DecodeLaunch::fused_pdl}}, 0,
+  run_tunings({32, 4, 128, 16, {3000, 70}, {1, 1}}, {{}, {0, AttentionKernel::automatic, 0, DecodeLaunch::fused}}, 0,
               0, 3);
 }
 
@@ -251,10 +249,8 @@ TEST(AttentionGpu, CapturedInACudaGraph) {
 // behind by a merge would show as an unwritten (NaN) output in the next call.
 TEST(AttentionGpu, DecodeMergesSplitsInOneLaunch) {
   MXMOE_REQUIRE_GPU();
-  const std::vector<AttentionTuning> launches = {
-      {0, AttentionKernel::automatic, 0, DecodeLaunch::fused_pdl},
-      {0, AttentionKernel::automatic, 0, DecodeLaunch::fused},
-      {0, AttentionKernel::automatic, 0, DecodeLaunch::two_kernels}};
+  const std::vector<AttentionTuning> launches = {{0, AttentionKernel::automatic, 0, DecodeLaunch::fused},
+                                                 {0, AttentionKernel::automatic, 0, DecodeLaunch::two_kernels}};
   for (const int kv : {4, 8}) {
     for (const int ctx : {1, 65, 512, 4096, 33000}) {
       run_tunings({32, kv, 128, 16, {ctx}, {1}}, launches, 0, 3, 3);
@@ -266,7 +262,7 @@ TEST(AttentionGpu, DecodeMergesSplitsInOneLaunch) {
   run_tunings({16, 2, 256, 16, {3000}, {1}}, launches, 0, 2, 2);         // head_dim 256, group 8
   run_tunings({16, 1, 128, 16, {9000, 5}, {1, 1}}, launches, 0, 2, 2);   // group 16
   run_tunings({32, 4, 128, 16, {2000, 37}, {1, 1}},
-              {{128, AttentionKernel::automatic, 0, DecodeLaunch::fused_pdl},
+              {{128, AttentionKernel::automatic, 0, DecodeLaunch::fused},
                {128, AttentionKernel::automatic, 0, DecodeLaunch::two_kernels}},
               0, 2, 2);  // the most splits; 37 keys leave most of them empty
   run_tunings({32, 4, 128, 16, {700, 90}, {4, 3}}, launches, 0, 2, 2);  // short chunks: several queries per sequence
@@ -280,7 +276,7 @@ TEST(AttentionGpu, TooManySplitPairsForTheMergingLaunch) {
   const PagedProblem p = make_paged_problem(rng, {300}, {300}, 8, 8, 64, 16, false);  // 2400 pairs
   const Tensor k = p.k_cache.to(Device::cuda), v = p.v_cache.to(Device::cuda), q = p.q.to(Device::cuda);
   Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda);
-  const AttentionTuning fused{2, AttentionKernel::per_token, 0, DecodeLaunch::fused_pdl}, two{2, AttentionKernel::per_token};
+  const AttentionTuning fused{2, AttentionKernel::per_token, 0, DecodeLaunch::fused}, two{2, AttentionKernel::per_token};
   Tensor ws = Tensor::empty({int64_t(paged_attention_workspace_bytes(300, 8, 8, 64, fused))}, DType::u8, Device::cuda);
   const AttentionBatch batch = batch_to(p.batch, Device::cuda);
   EXPECT_THROW(paged_attention(q, k, v, batch, 0.1f, ws, out, nullptr, fused), Error);
