@@ -103,7 +103,7 @@ int main() {
   bf16.scheme = "bf16";
   const Variant variants[] = {{"mxfp8", mx, 1 + 1.0 / 32}, {"mxfp8 dequant", dequant, 1 + 1.0 / 32},
                               {"bf16", bf16, 2}};
-  const int64_t ms[] = {1, 4, 16, 128, 512, 2048, 4096};
+  const int64_t ms[] = {1, 4, 16, 32, 64, 128, 512, 2048, 4096};
   constexpr int kMs = int(std::size(ms));
 
   std::printf("\n%-14s %5s %6s %5s | %-8s %9s %8s %6s | %12s | %13s %8s\n", "shape", "K", "N", "M", "mxfp8 on",

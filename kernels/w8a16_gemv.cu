@@ -1,4 +1,4 @@
-// Decode-size W8A16 linear: y[M, N] = x[M, K] · W[N, K]ᵀ (+ bias) for M <= 16 on the tile machinery of
+// Decode-size W8A16 linear: y[M, N] = x[M, K] · W[N, K]ᵀ (+ bias) for M <= 32 on the tile machinery of
 // kernels/w8a16_dot.cuh (16 weight rows per warp, tensor cores, split-K across a cluster when N alone
 // does not fill the SMs).
 #include "kernels/w8a16_gemv.h"
@@ -96,10 +96,13 @@ void w8a16_gemv(const Tensor& x, const MxTensor& w, const Tensor* bias, const Te
                   w.scales.device() == Device::cuda,
               "w8a16_gemv: expects CUDA tensors");
   if (m == 0 || n == 0) return;
+  // 8-token mma tiles: one pass over the weights for up to 32 tokens.
   if (m <= 8)
     run<1>(x, w, bias, y, stream, tuning);
-  else
+  else if (m <= 16)
     run<2>(x, w, bias, y, stream, tuning);
+  else
+    run<4>(x, w, bias, y, stream, tuning);
 }
 
 }  // namespace mxmoe

@@ -81,7 +81,7 @@ TEST(W8a16Gemv, RealShapes) {
                        Case{14336, 4096}}) {
     const MxTensor w = random_mxfp8({c.n, c.k}, rng);
     const MxTensor w_gpu = to_device(w);
-    for (int64_t m : {1, 3, 16})
+    for (int64_t m : {1, 3, 16, 17, 32})
       for (bool bias : {false, true}) {
         const double err = check(m, w, w_gpu, bias, rng);
         EXPECT_LE(err, kTol) << "K=" << c.k << " N=" << c.n << " M=" << m << " bias=" << bias;
@@ -100,7 +100,7 @@ TEST(W8a16Gemv, OddShapes) {
     for (int64_t k : {32, 96, 800, 4128}) {
       const MxTensor w = random_mxfp8({n, k}, rng, 90, 150);
       const MxTensor w_gpu = to_device(w);
-      for (int64_t m : {1, 3, 16})
+      for (int64_t m : {1, 3, 16, 25, 32})
         for (bool bias : {false, true}) {
           const double err = check(m, w, w_gpu, bias, rng);
           EXPECT_LE(err, kTol) << "K=" << k << " N=" << n << " M=" << m << " bias=" << bias;
@@ -115,7 +115,7 @@ TEST(W8a16Gemv, LongK) {
   std::mt19937_64 rng(fresh_seed());
   const MxTensor w = random_mxfp8({300, 46112}, rng);
   const MxTensor w_gpu = to_device(w);
-  for (int64_t m : {9, 16}) EXPECT_LE(check(m, w, w_gpu, true, rng), kTol) << "M=" << m;
+  for (int64_t m : {9, 16, 32}) EXPECT_LE(check(m, w, w_gpu, true, rng), kTol) << "M=" << m;
 }
 
 // Every forced split-K (whole-step slices, uneven last slice, K shorter than the split, clusters up
@@ -128,7 +128,7 @@ TEST(W8a16Gemv, ForcedSplits) {
     const MxTensor w_gpu = to_device(w);
     for (int splits : {1, 2, 3, 5, 8, 16})
       for (bool pdl : {true, false})
-        for (int64_t m : {1, 9, 16}) {
+        for (int64_t m : {1, 9, 16, 30}) {
           const double err = check(m, w, w_gpu, true, rng, {splits, pdl});
           EXPECT_LE(err, kTol) << "K=" << c.k << " N=" << c.n << " M=" << m << " splits=" << splits << " pdl=" << pdl;
         }
@@ -144,7 +144,7 @@ TEST(W8a16Gemv, ChainedCallsReadFinishedInputs) {
   std::mt19937_64 rng(fresh_seed());
   constexpr int kStages = 6;
   const int64_t k = 2048;
-  for (int64_t m : {1, 16}) {
+  for (int64_t m : {1, 16, 32}) {
     std::vector<MxTensor> w;
     std::vector<Tensor> y{random_tensor({m, k}, DType::bf16, rng).to(Device::cuda)};
     for (int i = 0; i < kStages; ++i) {
@@ -180,8 +180,9 @@ TEST(W8a16Gemv, NanScalePropagates) {
 TEST(W8a16Gemv, BadInput) {
   MXMOE_REQUIRE_GPU();
   const MxTensor w = mxfp8_empty({64, 256}, Device::cuda);
-  const Tensor y = Tensor::empty({17, 64}, DType::bf16, Device::cuda);
-  EXPECT_THROW(w8a16_gemv(Tensor::empty({17, 256}, DType::bf16, Device::cuda), w, nullptr, y, nullptr), Error);
+  const Tensor y = Tensor::empty({kGemvMaxM + 1, 64}, DType::bf16, Device::cuda);  // above the decode limit
+  EXPECT_THROW(w8a16_gemv(Tensor::empty({kGemvMaxM + 1, 256}, DType::bf16, Device::cuda), w, nullptr, y, nullptr),
+               Error);
   EXPECT_THROW(w8a16_gemv(Tensor::empty({2, 288}, DType::bf16, Device::cuda), w, nullptr,
                           Tensor::empty({2, 64}, DType::bf16, Device::cuda), nullptr),
                Error);
