@@ -2,6 +2,7 @@
 // dtypes, with adversarial blocks planted among them.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "engine/error.h"
@@ -117,6 +118,40 @@ TEST(Mxfp8Gpu, DequantizeIsBitExactWithReference) {
       stream.synchronize();
       ASSERT_EQ(host_bytes(got), host_bytes(ref)) << shape_str(shape) << " -> " << dtype_name(out_dtype);
     }
+  }
+}
+
+// Every byte pattern, not only what quantization writes: random element bytes (e4m3 NaN codes
+// 0x7f/0xff included) under every scale byte 0..255 (0: 2^-127, above 134 the wide path of the bf16
+// conversion, 255: NaN). Equal bits, except that any NaN matches any NaN.
+TEST(Mxfp8Gpu, DequantizeEveryByteMatchesReference) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  Stream stream;
+  const Shape shape{256, 96};  // 768 blocks: every scale byte three times
+  MxTensor q = mxfp8_empty(shape, Device::cpu);
+  for (int64_t i = 0; i < q.elems.numel(); ++i) q.elems.data_as<uint8_t>()[i] = uint8_t(rng());
+  for (int64_t i = 0; i < q.scales.numel(); ++i) q.scales.data_as<uint8_t>()[i] = uint8_t(i % 256);
+  const MxTensor qd{q.elems.to(Device::cuda), q.scales.to(Device::cuda)};
+  for (DType out_dtype : {DType::f32, DType::bf16}) {
+    Tensor ref = Tensor::empty(shape, out_dtype, Device::cpu);
+    mxfp8_dequantize_ref(q, ref);
+    Tensor got = Tensor::empty(shape, out_dtype, Device::cuda);
+    poison(got);
+    mxfp8_dequantize(qd, got, stream);
+    stream.synchronize();
+    const std::vector<float> g = to_f32_vector(got.to(Device::cpu)), r = to_f32_vector(ref);
+    int64_t mismatches = 0, nans = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      nans += std::isnan(r[i]);
+      const bool same = std::isnan(r[i]) ? std::isnan(g[i]) : std::memcmp(&g[i], &r[i], sizeof(float)) == 0;
+      if (!same && ++mismatches <= 5)
+        ADD_FAILURE() << dtype_name(out_dtype) << " element " << i << ": got " << g[i] << ", reference " << r[i]
+                      << " (byte " << int(q.elems.data_as<uint8_t>()[i]) << ", scale "
+                      << int(q.scales.data_as<uint8_t>()[i / kMxBlock]) << ")";
+    }
+    EXPECT_EQ(mismatches, 0) << dtype_name(out_dtype);
+    EXPECT_GT(nans, 0);  // the NaN codes and the NaN scale were exercised
   }
 }
 
