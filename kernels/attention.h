@@ -22,7 +22,7 @@
 // 64 at head_dim 256, x 64 keys per query head, no workspace); the others one CTA per (query token, KV head, split).
 // Long contexts are split along the keys (flash-decoding): each split keeps a partial softmax
 // (max, sum, normalized output) in `workspace` and a second kernel merges them (DecodeLaunch
-// below has the one-launch forms, measured slower at batch 1). Splits are as
+// below has the one-launch form, measured slower at batch 1). Splits are as
 // short as 64 keys when T · n_kv_heads is small (decode of a few sequences), so the grid still
 // fills the GPU; at most 128 of them. The split count depends only on T, n_kv_heads and max_seq_len (a host-side bound on seq_lens, e.g. the longest
 // sequence of the batch): nothing is read back from the device, so the call can be captured in a
@@ -57,9 +57,9 @@ enum class AttentionKernel : uint8_t {
 // live on the device (not in the workspace, which need not start zeroed) and are back at zero
 // after every call, so such calls on one device must not run concurrently (calls on one stream
 // never do; each device has its own counters). On the H100 the merge at the tail of the grid cost
-// more than the second launch it saves: batch 1 x 4 KV heads at 512 tokens 9.9 µs vs 9.2 µs in two
-// kernels, 12.3 vs 9.3 µs at 640 tokens in a 1024 bucket (bench-attention, same run, both with
-// PDL on the one launch only), hence the default.
+// more than the second launch it saves: batch 1 x 4 KV heads at 512 tokens 9.8 µs vs 8.5 µs in two
+// kernels, 12.3 vs 8.5 µs at 640 tokens in a 1024 bucket (bench-attention, same run, both with
+// PDL), hence the default.
 enum class DecodeLaunch : uint8_t {
   two_kernels,  // the split kernel, then a kernel merging the splits (the default)
   fused,        // one launch that merges the splits
