@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
-#include <string>
 
 #include "engine/env.h"
 #include "engine/error.h"

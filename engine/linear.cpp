@@ -89,7 +89,7 @@ class Bf16LinearMethod final : public LinearMethod {
 // ---------------------------------------------------------------------------------------------
 // MXFP8: quantized at load (fp8 e4m3 + one e8m0 scale per 32 inputs), then one of
 //   cublaslt-block-scaled  sm_100+: activations quantized on the fly, both operands scaled by cuBLASLt
-//   w8a16                  sm_90: our weight-only kernels, GEMV for M <= 16; above, our tensor-core GEMM
+//   w8a16                  sm_90: our weight-only kernels, GEMV for M <= kGemvMaxM (32); above, our tensor-core GEMM
 //                          or dequantize + cuBLASLt bf16, whichever dequant_gemm_is_faster predicts
 //   dequant-cublaslt       any GPU: dequantize W to bf16 scratch + cuBLASLt bf16 (slow fallback)
 //   reference              CPU tensors

@@ -22,7 +22,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
-#include <utility>
 
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"

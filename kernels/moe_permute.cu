@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(32) place_kernel(const int32_t* __restrict__ i
 // only up to kRankWork. Measured on H100 (bench-moe, routing + permutation alone, two runs):
 // E=128 k=8 T=1 5.3 us ranked vs 6.1 us in rounds, T=8 11.9 vs 7.0 us; E=8 k=2 T=1 and 8
 // 3.3-3.4 vs 3.8-3.9 us.
-// Launched with programmatic dependent launch (see kernels/w8a16_dot.cuh): the launch overlaps the
+// Launched with programmatic dependent launch (kernels/pdl.cuh): the launch overlaps the
 // previous kernel (which computes the logits), nothing is read or written before the wait, and the
 // next kernel (the experts' gate/up, which waits for this one to finish) may launch at once.
 constexpr int kRankLogits = kScanThreads;  // one (token, expert) per thread

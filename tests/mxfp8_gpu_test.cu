@@ -45,6 +45,22 @@ std::vector<uint8_t> host_bytes(const Tensor& t) {
 
 void poison(const Tensor& t) { CUDA_CHECK(cudaMemset(t.data(), 0xA5, t.nbytes())); }
 
+// mxfp8_dequantize of qd (q's device copy) into a poisoned out_dtype tensor, and the reference's of
+// q; both returned on the host.
+struct Dequantized {
+  Tensor got, ref;
+};
+Dequantized dequantize_both(const MxTensor& q, const MxTensor& qd, DType out_dtype, const Stream& stream) {
+  const Shape& shape = q.elems.shape();
+  Tensor ref = Tensor::empty(shape, out_dtype, Device::cpu);
+  mxfp8_dequantize_ref(q, ref);
+  Tensor got = Tensor::empty(shape, out_dtype, Device::cuda);
+  poison(got);
+  mxfp8_dequantize(qd, got, stream);
+  stream.synchronize();
+  return {got.to(Device::cpu), ref};
+}
+
 }  // namespace
 
 TEST(Mxfp8Gpu, QuantizeIsBitExactWithReference) {
@@ -110,13 +126,8 @@ TEST(Mxfp8Gpu, DequantizeIsBitExactWithReference) {
     mxfp8_quantize_ref(x, q, ScaleRule::rceil);
     const MxTensor qd{q.elems.to(Device::cuda), q.scales.to(Device::cuda)};
     for (DType out_dtype : {DType::f32, DType::bf16}) {
-      Tensor ref = Tensor::empty(shape, out_dtype, Device::cpu);
-      mxfp8_dequantize_ref(q, ref);
-      Tensor got = Tensor::empty(shape, out_dtype, Device::cuda);
-      poison(got);
-      mxfp8_dequantize(qd, got, stream);
-      stream.synchronize();
-      ASSERT_EQ(host_bytes(got), host_bytes(ref)) << shape_str(shape) << " -> " << dtype_name(out_dtype);
+      const Dequantized d = dequantize_both(q, qd, out_dtype, stream);
+      ASSERT_EQ(host_bytes(d.got), host_bytes(d.ref)) << shape_str(shape) << " -> " << dtype_name(out_dtype);
     }
   }
 }
@@ -134,13 +145,8 @@ TEST(Mxfp8Gpu, DequantizeEveryByteMatchesReference) {
   for (int64_t i = 0; i < q.scales.numel(); ++i) q.scales.data_as<uint8_t>()[i] = uint8_t(i % 256);
   const MxTensor qd{q.elems.to(Device::cuda), q.scales.to(Device::cuda)};
   for (DType out_dtype : {DType::f32, DType::bf16}) {
-    Tensor ref = Tensor::empty(shape, out_dtype, Device::cpu);
-    mxfp8_dequantize_ref(q, ref);
-    Tensor got = Tensor::empty(shape, out_dtype, Device::cuda);
-    poison(got);
-    mxfp8_dequantize(qd, got, stream);
-    stream.synchronize();
-    const std::vector<float> g = to_f32_vector(got.to(Device::cpu)), r = to_f32_vector(ref);
+    const Dequantized d = dequantize_both(q, qd, out_dtype, stream);
+    const std::vector<float> g = to_f32_vector(d.got), r = to_f32_vector(d.ref);
     int64_t mismatches = 0, nans = 0;
     for (size_t i = 0; i < g.size(); ++i) {
       nans += std::isnan(r[i]);
