@@ -62,9 +62,12 @@ TEST(FusedMoeRef, MatchesPerExpertMatmulRef) {
         const Tensor x = testing::random_tensor({5, 64}, DType::bf16, rng);
         const Tensor logits = testing::moe_logits(5, e, k, load, rng);
         const MoeRouting r{k, renorm};
-        // Both round act and out to bf16; 1e-4 leaves room for an element rounding the other way
-        // (float vs double accumulation and SiLU).
-        EXPECT_LT(testing::rel_error(run_ref(x, logits, w, r), composed(x, logits, w, r)), 1e-4);
+        // Both round act and out to bf16, and float vs double accumulation and SiLU make a few
+        // elements round the other way: one act element one bf16 ulp (2^-8) off moves this norm
+        // by about 2^-8 / sqrt(96), so 5% of seeds measured 1e-4..8e-4 (CI caught 2.9e-4). 3e-3
+        // holds several such flips; measured defects: a wrong expert gives ~1, a routing weight off
+        // by 0.05 above 6e-2, a SiLU with a 10% steeper sigmoid above 2e-2.
+        EXPECT_LT(testing::rel_error(run_ref(x, logits, w, r), composed(x, logits, w, r)), 3e-3);
       }
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -14,11 +15,11 @@
 
 namespace mxmoe::testing {
 
-// A seed from the test clock, printed so a failure can be replayed (MXMOE_SEED=... fixes it).
+// A fresh seed, printed (ctest shows the output of a failed test) so that MXMOE_SEED=... replays it.
 inline uint64_t fresh_seed() {
   if (const char* s = std::getenv("MXMOE_SEED")) return std::strtoull(s, nullptr, 10);
   const uint64_t seed = std::random_device{}();
-  ::testing::Test::RecordProperty("seed", std::to_string(seed));
+  std::printf("MXMOE_SEED=%llu replays this test\n", static_cast<unsigned long long>(seed));
   return seed;
 }
 
