@@ -1,5 +1,6 @@
 // Prefill GEMM throughput (issues 4 and 5): our W8A16 tensor-core GEMM (MXFP8 weights) against
-// cuBLASLt bf16 on the same shape, in one table. Dense: model linear shapes at M = 2048, 4096,
+// cuBLASLt bf16 on the same shape, in one table, with cuBLASLt's FP8 per-tensor GEMM (e4m3 x and W,
+// fast accumulation) as the ceiling of an fp8-weight GEMM on this GPU. Dense: model linear shapes at M = 2048, 4096,
 // weights rotated through enough copies (>= 4x L2) that they are read from DRAM as in a real
 // forward pass. Grouped: 4096 tokens routed top-k over E experts with skewed random loads,
 // against one dense cuBLASLt GEMM of the same total rows (same flops). Median of 30 timed runs
@@ -10,9 +11,11 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "apps/bench_util.h"
+#include "engine/error.h"
 #include "engine/gpu_info.h"
 #include "kernels/cublaslt_gemm.h"
 #include "kernels/w8a16_gemm_tile.cuh"
@@ -33,14 +36,35 @@ double tflops(double flops, double ms) { return flops / (ms * 1e-3) / 1e12; }
 const GemmTile kVariants[] = {GemmTile::rs_t256, GemmTile::rs_t128, GemmTile::m256_4wg, GemmTile::n128_2cta,
                               GemmTile::rs_t256_pair, GemmTile::automatic};
 
+// TFLOP/s of cuBLASLt's FP8 per-tensor GEMM y[M, N] = x[M, K]·w[N, K]ᵀ over the rotated weights, or
+// -1 where cuBLASLt refuses it (printed "-"). Contents are the e4m3 elements of MXFP8 tensors.
+double fp8_ceiling(const Tensor& x, const std::vector<Tensor>& w, const Tensor& y, double flops, cudaStream_t stream) {
+  Tensor one = Tensor::empty({1}, DType::f32, Device::cpu);
+  *one.data_as<float>() = 1.f;
+  one = one.to(Device::cuda);
+  try {
+    return tflops(flops, bench::median_ms(stream, [&](int i) {
+      cublaslt_gemm_fp8(x, one, w[size_t(i) % w.size()], one, y, stream);
+    }, 5, 30));
+  } catch (const Error& e) {
+    std::fprintf(stderr, "cuBLASLt fp8: %s\n", e.what());
+    return -1;
+  }
+}
+
+std::string or_dash(double v, const char* format) {
+  char text[32] = "-";
+  if (v > 0) std::snprintf(text, sizeof(text), format, v);
+  return text;
+}
+
 // ours: TFLOP/s per kVariants entry.
 void print_row(const char* name, int64_t m, int64_t n, int64_t k, const std::vector<double>& ours, double t_lt,
-               double t_bf16) {
-  char bf16[32] = "-";
-  if (t_bf16 > 0) std::snprintf(bf16, sizeof(bf16), "%.0f", t_bf16);
+               double t_bf16, double t_fp8) {
   std::printf("| %-26s | %5ld | %5ld | %5ld |", name, long(m), long(n), long(k));
   for (double t : ours) std::printf(" %6.0f |", t);
-  std::printf(" %5s | %6.0f | %5.2f | %5.2f |\n", bf16, t_lt, ours.back() / t_lt, ours[2] / t_lt);
+  std::printf(" %5s | %6.0f | %5.2f | %5.2f | %6s | %5s |\n", or_dash(t_bf16, "%.0f").c_str(), t_lt, ours.back() / t_lt,
+              ours[2] / t_lt, or_dash(t_fp8, "%.0f").c_str(), or_dash(t_fp8 > 0 ? ours.back() / t_fp8 : -1, "%.2f").c_str());
   std::fflush(stdout);
 }
 
@@ -69,7 +93,11 @@ void bench_dense(const char* name, int64_t m, int64_t n, int64_t k, cudaStream_t
   };
   const double t_lt = tflops(
       flops, bench::median_ms(stream, [&](int i) { cublaslt_gemm_bf16(x, w16[size_t(i % copies)], nullptr, y, stream); }, 5, 30));
-  print_row(name, m, n, k, run_variants(ours), t_lt, -1);
+  const MxTensor x8 = mxfp8_empty({m, k}, Device::cuda);
+  mxfp8_quantize(x, x8, ScaleRule::rceil, stream);
+  std::vector<Tensor> w8_elems;
+  for (const MxTensor& w : w8) w8_elems.push_back(w.elems);
+  print_row(name, m, n, k, run_variants(ours), t_lt, -1, fp8_ceiling(x8.elems, w8_elems, y, flops, stream));
 }
 
 // Offsets of tokens x top_k rows routed over `experts` with skewed popularity (log-normal expert
@@ -113,7 +141,9 @@ void bench_grouped(const char* name, int64_t tokens, int experts, int top_k, int
   const Tensor w_dense = w16.select(0);  // [n, k]: a dense GEMM of the same total rows
   const double t_lt =
       tflops(flops, bench::median_ms(stream, [&](int) { cublaslt_gemm_bf16(x, w_dense, nullptr, y, stream); }, 5, 30));
-  print_row(name, m, n, k, run_variants(ours), t_lt, t_bf16);
+  const MxTensor x8 = mxfp8_empty({m, k}, Device::cuda);
+  mxfp8_quantize(x, x8, ScaleRule::rceil, stream);
+  print_row(name, m, n, k, run_variants(ours), t_lt, t_bf16, fp8_ceiling(x8.elems, {w8.elems.select(0)}, y, flops, stream));
 }
 
 }  // namespace
@@ -122,10 +152,11 @@ int main() {
   Stream stream;
   std::printf("TFLOP/s; ratio = ours (auto) / cuBLASLt bf16 on the same shape (grouped: dense GEMM of the same "
               "rows); old = the cp.async kernel (256x128 4wg) / cuBLASLt. rs = TMA + register-A wgmma kernel. "
-              "bf16-grp = bf16_grouped_gemm.\n\n");
+              "bf16-grp = bf16_grouped_gemm. fp8 = cuBLASLt FP8 per-tensor (e4m3 x and W, fast accumulation; "
+              "grouped: dense of the same rows), the ceiling; auto/fp8 = ours against it.\n\n");
   std::printf("| shape | M | N | K | rs 256 tok | rs 128 tok | old 256x128 4wg | old 128x128 2cta | rs 256 pair | auto | "
-              "bf16-grp | cuBLASLt | ratio | old ratio |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "bf16-grp | cuBLASLt | ratio | old ratio | fp8 | auto/fp8 |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   struct Dense {
     const char* name;
     int64_t n, k;

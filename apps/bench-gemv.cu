@@ -1,6 +1,8 @@
 // Decode W8A16 benchmark (issues 4 and 5, decode paths), all ratios from this one run:
 //  dense w8a16_gemv, M = 1..16, real K -> N shapes: GB/s on weight + scale bytes against the device
-//    copy bandwidth (target >= 85%) and time against cuBLASLt bf16 on the same shape (target >= 1.7x);
+//    copy bandwidth (target >= 85%) and time against cuBLASLt bf16 on the same shape (target >= 1.7x),
+//    with cuBLASLt's FP8 per-tensor GEMM (e4m3 x and W, the same weight bytes less the scales) as the
+//    ceiling of an fp8-weight GEMM on this GPU;
 //  MoE decode (gate/up + down, T = 1 and 8, random routing): GB/s on the bytes of the experts
 //    actually read (target >= 80% of copy).
 // Weights are rotated over > 256 MB so that no call reads from L2 (50 MB); each time is the median of
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "apps/bench_util.h"
+#include "kernels/cublaslt_gemm.h"
 #include "kernels/moe_decode.h"
 #include "kernels/moe_permute.h"
 #include "kernels/w8a16_gemv.h"
@@ -166,6 +169,9 @@ void bench_dense(const Dense& s, double copy_gbs, cublasLtHandle_t lt, const Ten
   for (int i = 0; i < copies; ++i) ws.push_back(random_mx({s.n, s.k}));
   std::vector<Tensor> wb;
   for (int i = 0; i < bf16_copies; ++i) wb.push_back(random_bf16({s.n, s.k}));
+  Tensor one = Tensor::empty({1}, DType::f32, Device::cpu);  // the fp8 GEMM's per-tensor scales
+  *one.data_as<float>() = 1.f;
+  one = one.to(Device::cuda);
   for (int64_t m : {1, 2, 4, 8, 16}) {
     const Tensor x = random_bf16({m, s.k});
     const Tensor y = Tensor::empty({m, s.n}, DType::bf16, Device::cuda);
@@ -179,9 +185,18 @@ void bench_dense(const Dense& s, double copy_gbs, cublasLtHandle_t lt, const Ten
     const double lt_us =
         graph_us(stream, calls_for(bf16_copies), [&](int i) { ref.run(x, wb[size_t(i % bf16_copies)], y, stream); });
     const double gbs = bytes / us / 1e3;
-    std::printf("| %-28s | %2lld | %8.2f | %6.0f | %5.1f%% | %8.2f | %5.1f%% | %2d: %7.2f | %8.2f | %5.2fx |\n", s.name,
-                (long long)m, us, gbs, 100 * gbs / copy_gbs, plain_us, 100 * bytes / plain_us / 1e3 / copy_gbs, split,
-                split_us, lt_us, lt_us / us);
+    const Tensor x8 = Tensor::empty({m, s.k}, DType::e4m3, Device::cuda);
+    fill(x8, Fill::e4m3);
+    double fp8_us = -1;
+    try {
+      fp8_us = graph_us(stream, calls_for(copies),
+                        [&](int i) { cublaslt_gemm_fp8(x8, one, ws[size_t(i % copies)].elems, one, y, stream); });
+    } catch (const Error& e) {
+      std::fprintf(stderr, "cuBLASLt fp8: %s\n", e.what());
+    }
+    std::printf("| %-28s | %2lld | %8.2f | %6.0f | %5.1f%% | %8.2f | %5.1f%% | %2d: %7.2f | %8.2f | %5.2fx | %8.2f | %5.2fx |\n",
+                s.name, (long long)m, us, gbs, 100 * gbs / copy_gbs, plain_us, 100 * bytes / plain_us / 1e3 / copy_gbs,
+                split, split_us, lt_us, lt_us / us, fp8_us, fp8_us / us);
   }
 }
 
@@ -263,8 +278,8 @@ int main(int argc, char** argv) {
   std::printf("w8a16_gemv (MXFP8 weights, bf16 x/y) vs cuBLASLt bf16; GB/s on fp8 + scale bytes\n");
   std::printf("(default: automatic split-K, PDL on; no PDL: automatic split, plain launches; best split: forced split-K\n"
               "sweep with PDL, splits:us; consecutive calls in one graph read different weights)\n");
-  std::printf("| shape K->N | M | us | GB/s | of copy | no-PDL us | no-PDL of copy | best split | cuBLASLt bf16 us | speedup |\n"
-              "|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| shape K->N | M | us | GB/s | of copy | no-PDL us | no-PDL of copy | best split | cuBLASLt bf16 us | speedup "
+              "| cuBLASLt fp8 us | fp8 us / ours |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   const std::vector<Dense> dense{
       {"Qwen3-30B-A3B qkv 2048->5120", 2048, 5120}, {"Qwen3 o_proj 4096->2048", 4096, 2048},
       {"Qwen3 lm_head 2048->151936", 2048, 151936}, {"Mixtral qkv 4096->6144", 4096, 6144},

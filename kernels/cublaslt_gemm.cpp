@@ -26,7 +26,9 @@ void set_attr(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, co
   LT_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)));
 }
 
-cudaDataType_t input_type(LtGemmType t) { return t == LtGemmType::mxfp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF; }
+cudaDataType_t input_type(LtGemmType t) {
+  return t == LtGemmType::mxfp8 || t == LtGemmType::fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+}
 cudaDataType_t output_type(LtGemmType t) { return t == LtGemmType::bf16_f32 ? CUDA_R_32F : CUDA_R_16BF; }
 
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, LtGemmType, bool, int>;
@@ -148,6 +150,7 @@ LtGemmDesc::LtGemmDesc(const LtGemmShape& s) {
     set_attr(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, mode);
     set_attr(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, mode);
   }
+  if (s.type == LtGemmType::fp8) set_attr(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, int8_t(1));  // the fastest form
   const cudaDataType_t in = input_type(s.type), out = output_type(s.type);
   LT_CHECK(cublasLtMatrixLayoutCreate(&a, in, uint64_t(s.k), uint64_t(s.n), s.k));
   LT_CHECK(cublasLtMatrixLayoutCreate(&b, in, uint64_t(s.k), uint64_t(s.m), s.k));
@@ -212,6 +215,23 @@ void cublaslt_gemm_mxfp8(const MxTensor& x, const MxTensor& w, const Tensor* bia
                           operands_alignment({x.elems.data(), w.elems.data(), y.data(), bias ? bias->data() : nullptr})};
   run(shape, w.elems.data(), x.elems.data(), y.data(), bias ? bias->data() : nullptr, w.scales.data(),
       x.scales.data(), stream);
+}
+
+void cublaslt_gemm_fp8(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale, const Tensor& y,
+                       cudaStream_t stream) {
+  const char* op = "cublaslt_gemm_fp8";
+  check_2d(x, DType::e4m3, "x", op);
+  check_2d(w, DType::e4m3, "W", op);
+  check_2d(y, DType::bf16, "y", op);
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  MXMOE_CHECK(w.size(1) == k && y.size(0) == m && y.size(1) == n && k % 16 == 0, op, ": x ", shape_str(x.shape()),
+              " W ", shape_str(w.shape()), " y ", shape_str(y.shape()), " (K must be a multiple of 16)");
+  for (const Tensor* s : {&x_scale, &w_scale})
+    MXMOE_CHECK(s->numel() == 1 && s->dtype() == DType::f32 && s->device() == Device::cuda, op,
+                ": scales must be one CUDA f32 each, got ", shape_str(s->shape()), " ", dtype_name(s->dtype()));
+  if (m == 0 || n == 0) return;
+  const LtGemmShape shape{m, n, k, LtGemmType::fp8, false, operands_alignment({x.data(), w.data(), y.data()})};
+  run(shape, w.data(), x.data(), y.data(), nullptr, w_scale.data(), x_scale.data(), stream);
 }
 
 void cublaslt_linear_mxfp8(const Tensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y, ScaleRule rule,

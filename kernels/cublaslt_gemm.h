@@ -9,6 +9,9 @@
 //  - MXFP8 block-scaled (Blackwell, sm_100+): A, B e4m3 with one UE8M0 scale per 32 elements of K
 //    on both (CUBLASLT_MATMUL_MATRIX_SCALE_VEC32_UE8M0), scales in the 128x4 tiled layout of
 //    mxfp8_swizzle_scales; D bf16. cuBLASLt refuses it on sm_90 (CUBLAS_STATUS_NOT_SUPPORTED).
+//  - FP8 per-tensor (sm_89+): A, B e4m3 with one f32 scale each, fast accumulation; D bf16. Not an
+//    engine path (one scale per tensor loses MXFP8's accuracy): the benchmarks' speed ceiling for
+//    an fp8-weight GEMM on Hopper.
 // Plans (descriptors + the heuristic's algorithm) are cached per device and shape, with a 32 MiB
 // workspace per device; calls on one device are serialized by a lock held while enqueuing.
 #include <cublasLt.h>
@@ -25,6 +28,7 @@ enum class LtGemmType : uint8_t {
   bf16,      // bf16 x bf16 -> bf16
   bf16_f32,  // bf16 x bf16 -> f32
   mxfp8,     // e4m3 x e4m3, VEC32_UE8M0 scales on both -> bf16
+  fp8,       // e4m3 x e4m3, one f32 scale on each -> bf16
 };
 
 struct LtGemmShape {
@@ -62,6 +66,11 @@ void cublaslt_gemm_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, co
 // [round_up(N,128)·round_up(K/32,4)]; bias [N] bf16 or null; y [M, N] bf16.
 void cublaslt_gemm_mxfp8(const MxTensor& x, const MxTensor& w, const Tensor* bias, const Tensor& y,
                          cudaStream_t stream);
+
+// y = (x_scale · w_scale) · x · Wᵀ: x [M, K] e4m3, w [N, K] e4m3, x_scale / w_scale one f32 each (CUDA,
+// read when the GEMM runs), y [M, N] bf16. K must be a multiple of 16 (cuBLASLt's FP8 rule).
+void cublaslt_gemm_fp8(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale, const Tensor& y,
+                       cudaStream_t stream);
 
 // The Blackwell MXFP8 linear: quantizes x [M, K] bf16 to MXFP8 (rule), tiles its scales, then
 // cublaslt_gemm_mxfp8 with w (tiled scales). Activation scratch is a StreamScratch.

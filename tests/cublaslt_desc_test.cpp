@@ -1,6 +1,6 @@
-// The CPU-side pieces of the Blackwell (sm_100+) MXFP8 path, which has no hardware here: the
-// cuBLASLt descriptors of the block-scaled TN GEMM (read back attribute by attribute; building them
-// needs no GPU) and the sizes of the tiled scale operands.
+// The cuBLASLt descriptors of kernels/cublaslt_gemm.h, read back attribute by attribute (building
+// them needs no GPU): the block-scaled TN GEMM of the Blackwell (sm_100+) MXFP8 path, which has no
+// hardware here, with the sizes of its tiled scale operands; bf16; and the FP8 per-tensor ceiling.
 #include <gtest/gtest.h>
 
 #include "kernels/cublaslt_gemm.h"
@@ -57,6 +57,21 @@ TEST(BlackwellLayout, Bf16DescriptorsHaveNoBlockScales) {
   EXPECT_EQ(desc_attr<uint32_t>(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE), uint32_t(CUBLASLT_EPILOGUE_DEFAULT));
   expect_layout(d.a, CUDA_R_16BF, 64, 128, 64);
   expect_layout(d.d, CUDA_R_32F, 128, 16, 128);
+}
+
+// Hopper's fastest fp8 GEMM, the benchmarks' ceiling: e4m3 operands, scalar f32 scales, fast accumulation.
+TEST(BlackwellLayout, Fp8PerTensorDescriptor) {
+  const int64_t m = 2048, n = 6144, k = 4096;
+  const LtGemmDesc d({m, n, k, LtGemmType::fp8, false});
+  EXPECT_EQ(desc_attr<int32_t>(d.op, CUBLASLT_MATMUL_DESC_TRANSA), int32_t(CUBLAS_OP_T));
+  EXPECT_EQ(desc_attr<int32_t>(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE),
+            int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F));
+  EXPECT_EQ(desc_attr<int32_t>(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE),
+            int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F));
+  EXPECT_EQ(desc_attr<int8_t>(d.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM), 1);
+  expect_layout(d.a, CUDA_R_8F_E4M3, k, n, k);
+  expect_layout(d.b, CUDA_R_8F_E4M3, k, m, k);
+  expect_layout(d.d, CUDA_R_16BF, n, m, n);
 }
 
 // The scale operands cuBLASLt reads: rows padded to 128, scale columns (K/32) to 4.
