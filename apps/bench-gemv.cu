@@ -7,7 +7,6 @@
 //    actually read (target >= 80% of copy).
 // Weights are rotated over > 256 MB so that no call reads from L2 (50 MB); each time is the median of
 // 20 replays of a CUDA graph holding >= 16 calls (after 3 warm-up replays), per call.
-#include <cublasLt.h>
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -80,57 +79,6 @@ double graph_us(cudaStream_t stream, int calls, Fn&& fn) {
   return 1e3 * bench::graph_ms_per_call(stream, calls, std::forward<Fn>(fn));
 }
 
-#define LT_CHECK(call)                                                                     \
-  do {                                                                                     \
-    const cublasStatus_t s_ = (call);                                                      \
-    MXMOE_CHECK(s_ == CUBLAS_STATUS_SUCCESS, #call, " failed: cublasStatus ", int(s_)); \
-  } while (0)
-
-// cuBLASLt bf16 y[M, N] = x[M, K] · W[N, K]ᵀ, fp32 accumulation: column-major yᵀ = op(W)·x with
-// W seen as K×N transposed (the "TN" form), the heuristic's first algorithm.
-class LtBf16 {
- public:
-  LtBf16(cublasLtHandle_t handle, int64_t m, int64_t n, int64_t k, const Tensor& workspace)
-      : handle_(handle), workspace_(workspace) {
-    LT_CHECK(cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t t = CUBLAS_OP_T;
-    LT_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&a_, CUDA_R_16BF, uint64_t(k), uint64_t(n), k));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&b_, CUDA_R_16BF, uint64_t(k), uint64_t(m), k));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&d_, CUDA_R_16BF, uint64_t(n), uint64_t(m), n));
-    cublasLtMatmulPreference_t pref;
-    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const size_t ws = workspace.nbytes();
-    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    cublasLtMatmulHeuristicResult_t result;
-    int found = 0;
-    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, op_, a_, b_, d_, d_, pref, 1, &result, &found));
-    MXMOE_CHECK(found == 1, "cuBLASLt: no bf16 algorithm for M=", m, " N=", n, " K=", k);
-    algo_ = result.algo;
-    LT_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  }
-  ~LtBf16() {
-    cublasLtMatrixLayoutDestroy(a_);
-    cublasLtMatrixLayoutDestroy(b_);
-    cublasLtMatrixLayoutDestroy(d_);
-    cublasLtMatmulDescDestroy(op_);
-  }
-  LtBf16(const LtBf16&) = delete;
-  LtBf16& operator=(const LtBf16&) = delete;
-  void run(const Tensor& x, const Tensor& w, const Tensor& y, cudaStream_t stream) const {
-    const float alpha = 1.f, beta = 0.f;
-    LT_CHECK(cublasLtMatmul(handle_, op_, &alpha, w.data(), a_, x.data(), b_, &beta, y.data(), d_, y.data(), d_, &algo_,
-                            workspace_.data(), workspace_.nbytes(), stream));
-  }
-
- private:
-  cublasLtHandle_t handle_;
-  Tensor workspace_;
-  cublasLtMatmulDesc_t op_ = nullptr;
-  cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, d_ = nullptr;
-  cublasLtMatmulAlgo_t algo_;
-};
-
 int copies_for(size_t bytes) { return int(std::max<size_t>(1, (kRotateBytes + bytes - 1) / bytes)); }
 int calls_for(int copies) { return copies * std::max(1, (16 + copies - 1) / copies); }
 
@@ -162,7 +110,7 @@ std::pair<int, double> best_split(Time&& time, std::string* sweep = nullptr) {
 
 std::vector<std::string> g_moe_sweeps;  // printed after the MoE table
 
-void bench_dense(const Dense& s, double copy_gbs, cublasLtHandle_t lt, const Tensor& workspace, cudaStream_t stream) {
+void bench_dense(const Dense& s, double copy_gbs, cudaStream_t stream) {
   const double bytes = double(s.n) * double(s.k) * (1.0 + 1.0 / kMxBlock);
   const int copies = copies_for(size_t(bytes)), bf16_copies = copies_for(size_t(s.n * s.k * 2));
   std::vector<MxTensor> ws;
@@ -181,9 +129,8 @@ void bench_dense(const Dense& s, double copy_gbs, cublasLtHandle_t lt, const Ten
     const double us = time({});
     const double plain_us = time({0, false});
     const auto [split, split_us] = best_split(time);
-    const LtBf16 ref(lt, m, s.n, s.k, workspace);
-    const double lt_us =
-        graph_us(stream, calls_for(bf16_copies), [&](int i) { ref.run(x, wb[size_t(i % bf16_copies)], y, stream); });
+    const double lt_us = graph_us(stream, calls_for(bf16_copies),
+                                  [&](int i) { cublaslt_gemm_bf16(x, wb[size_t(i % bf16_copies)], nullptr, y, stream); });
     const double gbs = bytes / us / 1e3;
     const Tensor x8 = Tensor::empty({m, s.k}, DType::e4m3, Device::cuda);
     fill(x8, Fill::e4m3);
@@ -272,9 +219,6 @@ int main(int argc, char** argv) {
   const double copy_gbs = bench::copy_bandwidth_gbs(stream);
   std::printf("device copy bandwidth (cudaMemcpy D2D 1 GiB, read+write): %.0f GB/s\n\n", copy_gbs);
 
-  cublasLtHandle_t lt;
-  LT_CHECK(cublasLtCreate(&lt));
-  const Tensor workspace = Tensor::empty({int64_t(32) << 20}, DType::u8, Device::cuda);
   std::printf("w8a16_gemv (MXFP8 weights, bf16 x/y) vs cuBLASLt bf16; GB/s on fp8 + scale bytes\n");
   std::printf("(default: automatic split-K, PDL on; no PDL: automatic split, plain launches; best split: forced split-K\n"
               "sweep with PDL, splits:us; consecutive calls in one graph read different weights)\n");
@@ -285,8 +229,7 @@ int main(int argc, char** argv) {
       {"Qwen3 lm_head 2048->151936", 2048, 151936}, {"Mixtral qkv 4096->6144", 4096, 6144},
       {"Mixtral w1/w3 4096->14336", 4096, 14336},   {"Mixtral w2 14336->4096", 14336, 4096}};
   for (const Dense& s : moe_only ? std::vector<Dense>{} : dense)
-    bench_dense(s, copy_gbs, lt, workspace, stream);
-  LT_CHECK(cublasLtDestroy(lt));
+    bench_dense(s, copy_gbs, stream);
 
   std::printf("\nMoE decode, MXFP8 experts (gate/up + down); GB/s on the bytes of the experts read\n");
   std::printf("| model | T | experts | gate_up us | down us | total us | GB/s | of copy | no-PDL total | best gate_up split "
