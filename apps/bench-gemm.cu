@@ -11,11 +11,9 @@
 #include <cstring>
 #include <numeric>
 #include <random>
-#include <string>
 #include <vector>
 
 #include "apps/bench_util.h"
-#include "engine/error.h"
 #include "engine/gpu_info.h"
 #include "kernels/cublaslt_gemm.h"
 #include "kernels/w8a16_gemm_tile.cuh"
@@ -39,23 +37,12 @@ const GemmTile kVariants[] = {GemmTile::rs_t256, GemmTile::rs_t128, GemmTile::m2
 // TFLOP/s of cuBLASLt's FP8 per-tensor GEMM y[M, N] = x[M, K]·w[N, K]ᵀ over the rotated weights, or
 // -1 where cuBLASLt refuses it (printed "-"). Contents are the e4m3 elements of MXFP8 tensors.
 double fp8_ceiling(const Tensor& x, const std::vector<Tensor>& w, const Tensor& y, double flops, cudaStream_t stream) {
-  Tensor one = Tensor::empty({1}, DType::f32, Device::cpu);
-  *one.data_as<float>() = 1.f;
-  one = one.to(Device::cuda);
-  try {
+  const Tensor one = bench::device_scalar(1.f);
+  return bench::unless_refused("cuBLASLt fp8", [&] {
     return tflops(flops, bench::median_ms(stream, [&](int i) {
       cublaslt_gemm_fp8(x, one, w[size_t(i) % w.size()], one, y, stream);
     }, 5, 30));
-  } catch (const Error& e) {
-    std::fprintf(stderr, "cuBLASLt fp8: %s\n", e.what());
-    return -1;
-  }
-}
-
-std::string or_dash(double v, const char* format) {
-  char text[32] = "-";
-  if (v > 0) std::snprintf(text, sizeof(text), format, v);
-  return text;
+  });
 }
 
 // ours: TFLOP/s per kVariants entry.
@@ -63,8 +50,10 @@ void print_row(const char* name, int64_t m, int64_t n, int64_t k, const std::vec
                double t_bf16, double t_fp8) {
   std::printf("| %-26s | %5ld | %5ld | %5ld |", name, long(m), long(n), long(k));
   for (double t : ours) std::printf(" %6.0f |", t);
-  std::printf(" %5s | %6.0f | %5.2f | %5.2f | %6s | %5s |\n", or_dash(t_bf16, "%.0f").c_str(), t_lt, ours.back() / t_lt,
-              ours[2] / t_lt, or_dash(t_fp8, "%.0f").c_str(), or_dash(t_fp8 > 0 ? ours.back() / t_fp8 : -1, "%.2f").c_str());
+  const double vs_fp8 = t_fp8 > 0 ? ours.back() / t_fp8 : -1;
+  std::printf(" %5s | %6.0f | %5.2f | %5.2f | %6s | %5s |\n", bench::or_dash(t_bf16, "%.0f").c_str(), t_lt,
+              ours.back() / t_lt, ours[2] / t_lt, bench::or_dash(t_fp8, "%.0f").c_str(),
+              bench::or_dash(vs_fp8, "%.2f").c_str());
   std::fflush(stdout);
 }
 

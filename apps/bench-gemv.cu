@@ -117,9 +117,7 @@ void bench_dense(const Dense& s, double copy_gbs, cudaStream_t stream) {
   for (int i = 0; i < copies; ++i) ws.push_back(random_mx({s.n, s.k}));
   std::vector<Tensor> wb;
   for (int i = 0; i < bf16_copies; ++i) wb.push_back(random_bf16({s.n, s.k}));
-  Tensor one = Tensor::empty({1}, DType::f32, Device::cpu);  // the fp8 GEMM's per-tensor scales
-  *one.data_as<float>() = 1.f;
-  one = one.to(Device::cuda);
+  const Tensor one = bench::device_scalar(1.f);  // the fp8 GEMM's per-tensor scales
   for (int64_t m : {1, 2, 4, 8, 16}) {
     const Tensor x = random_bf16({m, s.k});
     const Tensor y = Tensor::empty({m, s.n}, DType::bf16, Device::cuda);
@@ -134,16 +132,15 @@ void bench_dense(const Dense& s, double copy_gbs, cudaStream_t stream) {
     const double gbs = bytes / us / 1e3;
     const Tensor x8 = Tensor::empty({m, s.k}, DType::e4m3, Device::cuda);
     fill(x8, Fill::e4m3);
-    double fp8_us = -1;
-    try {
-      fp8_us = graph_us(stream, calls_for(copies),
-                        [&](int i) { cublaslt_gemm_fp8(x8, one, ws[size_t(i % copies)].elems, one, y, stream); });
-    } catch (const Error& e) {
-      std::fprintf(stderr, "cuBLASLt fp8: %s\n", e.what());
-    }
-    std::printf("| %-28s | %2lld | %8.2f | %6.0f | %5.1f%% | %8.2f | %5.1f%% | %2d: %7.2f | %8.2f | %5.2fx | %8.2f | %5.2fx |\n",
+    const double fp8_us = bench::unless_refused("cuBLASLt fp8", [&] {
+      return graph_us(stream, calls_for(copies),
+                      [&](int i) { cublaslt_gemm_fp8(x8, one, ws[size_t(i % copies)].elems, one, y, stream); });
+    });
+    std::printf("| %-28s | %2lld | %8.2f | %6.0f | %5.1f%% | %8.2f | %5.1f%% | %2d: %7.2f | %8.2f | %5.2fx | %8s "
+                "| %6s |\n",
                 s.name, (long long)m, us, gbs, 100 * gbs / copy_gbs, plain_us, 100 * bytes / plain_us / 1e3 / copy_gbs,
-                split, split_us, lt_us, lt_us / us, fp8_us, fp8_us / us);
+                split, split_us, lt_us, lt_us / us, bench::or_dash(fp8_us, "%.2f").c_str(),
+                bench::or_dash(fp8_us / us, "%.2fx").c_str());
   }
 }
 

@@ -1,9 +1,13 @@
 #pragma once
-// Benchmark helpers: event timing (median of repeats after warm-up) and the device-to-device
-// copy bandwidth that every memory-bound kernel is compared against in the same run.
+// Benchmark helpers: event timing (median of repeats after warm-up), the device-to-device copy
+// bandwidth that every memory-bound kernel is compared against in the same run, and the plumbing of
+// optional reference columns (a device scalar, a refused call printed as "-").
 #include <algorithm>
+#include <cstdio>
+#include <string>
 #include <vector>
 
+#include "engine/error.h"
 #include "engine/stream.h"
 #include "engine/tensor.h"
 #include "kernels/convert.h"
@@ -27,6 +31,32 @@ double median_ms(cudaStream_t stream, Fn&& fn, int warmup = 5, int repeats = 50)
   }
   std::nth_element(times.begin(), times.begin() + repeats / 2, times.end());
   return times[repeats / 2];
+}
+
+// One f32 of value v on the device (a per-tensor scale operand).
+inline Tensor device_scalar(float v) {
+  Tensor t = Tensor::empty({1}, DType::f32, Device::cpu);
+  *t.data_as<float>() = v;
+  return t.to(Device::cuda);
+}
+
+// fn() (a time or a rate), or -1 where the library refuses the call, with its reason on stderr:
+// a reference the GPU may not offer (cuBLASLt FP8) costs its column, not the run.
+template <class Fn>
+double unless_refused(const char* what, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s: %s\n", what, e.what());
+    return -1;
+  }
+}
+
+// printf(format, v), or "-" for a refused (negative) value.
+inline std::string or_dash(double v, const char* format) {
+  char text[32] = "-";
+  if (v > 0) std::snprintf(text, sizeof(text), format, v);
+  return text;
 }
 
 // Milliseconds per call of fn(0..calls-1) captured in one CUDA graph, median of 20 replays after 3
