@@ -1,6 +1,6 @@
 // Decode-size fused-MoE expert kernels on the tile machinery of kernels/w8a16_dot.cuh. A job is
 // (active-expert slot, tile group): the grid is sized for the most experts T·k pairs can touch and
-// the slots past num_active (read on the device: no host sync, graph-capturable) return at once.
+// the slots past the active experts (read on the device: no host sync, graph-capturable) return at once.
 // Each expert's tiles are read once for all its pairs (up to 16 per pass; more loop).
 //   gate/up: a 16-row tile is 8 gate rows and the 8 matching up rows, so SiLU(gate)·up is formed in
 //            the accumulators; act [T·k, I] bf16.
@@ -21,15 +21,15 @@ using namespace w8a16;
 struct Routing {
   const int* offsets;  // [E + 1]
   const int* pairs;    // [T·k]
-  const int* active;   // [E]
-  const int* num_active;
+  const int* active;   // [E], -1 past the active experts
   int groups;          // tile groups per expert
 
   template <class W>
   __device__ bool job(int index, const W& all, int64_t rows_per_expert, Job<W>& j) const {
-    const int slot = index / groups;
-    if (slot >= __ldcg(num_active)) return false;
-    const int e = __ldcg(active + slot);
+    // active[slot] is -1 past num_active: one dependent load less than reading num_active first,
+    // on the gate/up kernel's path from its wait to its first weight load.
+    const int e = __ldcg(active + index / groups);
+    if (e < 0) return false;
     j.w = all.offset(int64_t(e) * rows_per_expert);
     j.group = index % groups;
     j.first = __ldcg(offsets + e);
@@ -138,8 +138,7 @@ void check_perm(const MoePermutation& perm, int64_t experts, int64_t pairs, cons
 
 Routing routing(const MoePermutation& perm, int64_t tiles) {
   return {perm.expert_offsets.data_as<const int>(), perm.sorted_pairs.data_as<const int>(),
-          perm.active_experts.data_as<const int>(), perm.num_active.data_as<const int>(),
-          int((tiles + kWarps - 1) / kWarps)};
+          perm.active_experts.data_as<const int>(), int((tiles + kWarps - 1) / kWarps)};
 }
 
 // Weight-format views of an expert stack [E, rows, K].

@@ -8,7 +8,7 @@ namespace mxmoe {
 struct MoePermutation {
   Tensor expert_offsets;  // [E + 1] i32: pairs of expert e are sorted_pairs[offsets[e] : offsets[e + 1]]
   Tensor sorted_pairs;    // [T * top_k] i32: pair ids grouped by expert, ascending within an expert
-  Tensor active_experts;  // [E] i32: experts with >= 1 pair, ascending; the first num_active are valid
+  Tensor active_experts;  // [E] i32: experts with >= 1 pair, ascending, then -1 (E - num_active times)
   Tensor num_active;      // [1] i32
 };
 
