@@ -329,6 +329,7 @@ int run(int argc, char** argv) {
   j["allreduce_ms_per_step"] = allreduce_us * allreduces_per_step / 1e3;
   j["graph_captures"] = after.graph_captures;
   j["graph_replays"] = after.graph_replays - before.graph_replays;
+  j["chained_steps"] = after.chained_steps - before.chained_steps;
   j["copy_bandwidth_gbs"] = copy_gbs;
   j["decode_bytes_per_step"] = step_bytes;
   j["decode_kv_bytes_per_step"] = kv_bytes;
@@ -341,11 +342,13 @@ int run(int argc, char** argv) {
       "%s %s tp %d, batch %d, %d+%d tokens, graphs %s: load %.2f s, weights %.2f GiB, peak %.2f GiB | TTFT %.1f ms, prefill "
       "%.0f tok/s (%.1f TFLOP/s, %.1f%% of cuBLASLt bf16 %.0f) | decode %.3f ms/step, %.1f tok/s, %.1f%% of speed of "
       "light (%.1f MB/step, %.2f experts/layer, copy %.0f GB/s); steps alone %.3f ms; all-reduce %.1f us x %d "
-      "per step\n",
+      "per step; graphs: %lld captured, %lld replayed; %lld steps chained\n",
       config.model_type.c_str(), args.quantization.c_str(), args.tp, args.batch, args.input_len, args.output_len,
       args.graphs ? "on" : "off", load_seconds, weights_gib, peak_gib, prefill_s * 1e3, prefill_tok_s,
       prefill_flops / prefill_s / 1e12, 100 * prefill_sol, bf16_tflops, step_ms, decode_tok_s, 100 * decode_sol,
-      step_bytes / 1e6, experts_per_layer, copy_gbs, step_only_ms, allreduce_us, allreduces_per_step);
+      step_bytes / 1e6, experts_per_layer, copy_gbs, step_only_ms, allreduce_us, allreduces_per_step,
+      (long long)after.graph_captures, (long long)(after.graph_replays - before.graph_replays),
+      (long long)(after.chained_steps - before.chained_steps));
   if (!args.json.empty()) {
     std::ofstream f(args.json);
     MXMOE_CHECK(f, "cannot write ", args.json);

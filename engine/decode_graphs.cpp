@@ -31,7 +31,7 @@ void DecodeGraphs::forward(const StepInputs& in, const Tensor& logits, cudaStrea
   model_.forward(in, cache_, logits, stream);
 }
 
-Tensor DecodeGraphs::run(const HostStep& step, cudaStream_t stream) {
+Tensor DecodeGraphs::run(const HostStep& step, cudaStream_t stream, const Tensor* fed) {
   const int64_t b = bucket(step.num_seqs());
   const int64_t context = std::max<int64_t>(kMinContext, int64_t(std::bit_ceil(uint64_t(step.max_seq_len))));
   const int64_t width = (context + cache_.block_size() - 1) / cache_.block_size();
@@ -49,6 +49,7 @@ Tensor DecodeGraphs::run(const HostStep& step, cudaStream_t stream) {
     }
   }
   const StepInputs in = uploader_.upload(padded, stream, e.inputs);
+  if (fed) in.token_ids.slice(0, step.num_seqs()).copy_from(*fed, stream);
   const Tensor logits = logits_.slice(0, b);
   const Tensor result = logits_.slice(0, int64_t(step.logit_rows.size()));
 

@@ -37,7 +37,9 @@ class DecodeGraphs {
   // Whether this decode step runs here (else the caller runs it eagerly).
   bool covers(const HostStep& step) const;
   // Runs the step; returns its logits [R, vocab], a view of a buffer the next step overwrites.
-  Tensor run(const HostStep& step, cudaStream_t stream);
+  // fed: i32 [S] on the device, or nullptr: the step's token ids, copied over step.token_ids on
+  // the stream before the step runs (tokens sampled by the previous step, not read back yet).
+  Tensor run(const HostStep& step, cudaStream_t stream, const Tensor* fed = nullptr);
   void invalidate() { ++epoch_; }
 
   int64_t captures() const { return captures_; }

@@ -8,6 +8,17 @@
 // On the GPU a step allocates nothing from the driver: its temporaries come from a step arena
 // (engine/step_arena.h), its index arrays go up in one asynchronous copy (engine/step_upload.h),
 // and decode steps replay CUDA graphs (engine/decode_graphs.h) unless options say otherwise.
+//
+// Decode steps are chained: step n+1 is launched, fed the tokens step n sampled straight from
+// the device (engine/sampled_tokens.h), before the host waits for step n's tokens, so the host's
+// work between steps (reading tokens back, stop checks, the next step's index arrays, the launch)
+// overlaps the GPU's. A sequence that step n stops (stop id, caller) then has one token drawn
+// past its end, which is dropped: the results are those of unchained steps. Steps are not
+// chained where the next one is not known in advance: a sequence reaching max_new_tokens,
+// prompts still being prefilled, the first decode step after a prefill (see chainable in
+// generator.cpp), a repetition penalty (the sampler reads the history, which
+// needs the token on the host), or a KV cache without room for the speculative token. The
+// environment variable MXMOE_CHAINED_STEPS=0 turns chaining off (comparison, debugging).
 #include <cuda_runtime.h>
 
 #include <functional>
@@ -18,6 +29,7 @@
 
 #include "engine/decode_graphs.h"
 #include "engine/kv_cache.h"
+#include "engine/sampled_tokens.h"
 #include "engine/step_arena.h"
 #include "engine/step_upload.h"
 #include "engine/stream.h"
@@ -46,6 +58,7 @@ struct GenerationStats {
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double prefill_seconds = 0, decode_seconds = 0;
   int64_t graph_captures = 0, graph_replays = 0;  // decode steps captured / replayed as CUDA graphs
+  int64_t chained_steps = 0;  // decode steps launched before the previous step's tokens were read
 };
 
 struct GeneratorOptions {
@@ -72,6 +85,9 @@ class Generator {
   // the next step's start is an Error there.
   Tensor step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
               const std::vector<int32_t>& logit_rows);
+  // The same for a decode step whose tokens are on the model's device (i32 [S], e.g. sampled by
+  // the previous step and not read back): sequence seqs[i] is fed tokens[i].
+  Tensor step(std::span<const int> seqs, const Tensor& tokens, const std::vector<int32_t>& logit_rows);
 
   const GenerationStats& stats() const;
   // The step arena (GPU; else nullptr): a caller that samples the logits may open a
@@ -81,7 +97,12 @@ class Generator {
   cudaStream_t stream() const { return stream_ ? cudaStream_t(*stream_) : nullptr; }
 
  private:
-  Tensor upload(const std::vector<int32_t>& values) const;  // i32 tensor on the model's device
+  // An i32 tensor on the model's device with `values` (on the CPU backend a view of them; on the
+  // GPU an asynchronous copy, from pinned memory so that it does not wait for the stream).
+  Tensor upload(std::span<const int32_t> values) const;
+  // step() with the token ids taken from `fed` (i32 [S] on the device) when given.
+  Tensor run_step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
+                  const std::vector<int32_t>& logit_rows, const Tensor* fed);
 
   CausalLM& model_;
   KvCache& cache_;
@@ -91,6 +112,8 @@ class Generator {
   StepUploader uploader_;
   std::set<int64_t> seen_tokens_;  // token counts steps have run with (see step())
   std::unique_ptr<DecodeGraphs> graphs_;  // padded decode steps (GPU)
+  SampledTokens sampled_;                 // generate()'s tokens, two steps in flight
+  bool chain_steps_;                      // MXMOE_CHAINED_STEPS
   mutable GenerationStats stats_;
 };
 
