@@ -1,7 +1,6 @@
 #include "engine/ops.h"
 
 #include "engine/cuda_check.h"
-#include "engine/env.h"
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
 #include "kernels/gated_add.h"
@@ -57,19 +56,6 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
                      float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream) {
   on_cpu(out) ? paged_attention_ref(q, k_cache, v_cache, batch, scale, out)
               : mxmoe::paged_attention(q, k_cache, v_cache, batch, scale, workspace, out, stream);
-}
-
-void attention_block(const Tensor& q, const AttentionPrologue& pro, const Tensor& k_cache, const Tensor& v_cache,
-                     const AttentionBatch& batch, float scale, const Tensor& workspace, const Tensor& out,
-                     cudaStream_t stream) {
-  static const bool fuse = env_flag("MXMOE_ATTENTION_PROLOGUE", true);
-  if (fuse && !on_cpu(out) && q.size(0) == batch.seq_lens.size(0)) {
-    mxmoe::paged_attention(q, k_cache, v_cache, batch, scale, workspace, out, stream, {}, &pro);
-    return;
-  }
-  ops::qk_norm_rope_kv_write(q, pro.k, pro.v, pro.q_norm, pro.k_norm, pro.eps, pro.positions, pro.inv_freq,
-                             pro.attention_scaling, pro.slots, k_cache, v_cache, stream);
-  ops::paged_attention(q, k_cache, v_cache, batch, scale, workspace, out, stream);
 }
 
 void sample(const Tensor& logits, std::span<const SamplingParams> params, const Tensor& params_buffer,

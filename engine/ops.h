@@ -27,13 +27,6 @@ void add_sigmoid_gated(const Tensor& out, const Tensor& x, const Tensor& gate, c
 // workspace: GPU only (paged_attention_workspace_bytes); ignored on the CPU.
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
                      float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream);
-// The attention block from the raw q and pro.k, pro.v: qk_norm_rope_kv_write, then paged_attention.
-// A GPU decode step (one new token per sequence) runs both in the attention launch (the
-// AttentionPrologue of kernels/attention.h; MXMOE_ATTENTION_PROLOGUE=0 turns that off, for
-// comparison); otherwise the two ops run in turn. q and pro.k are scratch afterwards.
-void attention_block(const Tensor& q, const AttentionPrologue& pro, const Tensor& k_cache, const Tensor& v_cache,
-                     const AttentionBatch& batch, float scale, const Tensor& workspace, const Tensor& out,
-                     cudaStream_t stream);
 // params: the rows' SamplingParams (uploaded by this call on the GPU path into `params_buffer`).
 void sample(const Tensor& logits, std::span<const SamplingParams> params, const Tensor& params_buffer,
             const Tensor& prev_offsets, const Tensor& prev_ids, const Tensor& workspace, const Tensor& tokens,

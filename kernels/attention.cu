@@ -28,8 +28,6 @@
 #include "kernels/attention.h"
 #include "kernels/attention_prefill.cuh"
 #include "kernels/pdl.cuh"
-#include "kernels/qk_norm_rope.cuh"
-#include "kernels/rope.h"
 #include "kernels/token_rows.h"
 #include "kernels/w8a16_dot.cuh"  // mma_bf16 (the m16n8k16 wrapper the W8A16 kernels use)
 
@@ -202,68 +200,6 @@ __device__ void merge_partials(const Args& a, int t, int h0, int heads, int firs
   }
 }
 
-// The decode prologue on one head row held by a quad in the Q layout below (lane c of the quad:
-// the 8-dim chunks at 32m + 8c, m < CH): RMSNorm with weight w if `norm`, then rope with the
-// lane's factors (chunk m < CH/2 and its partner m + CH/2 rotate together). The norm sums as the
-// fused rope kernel does, whose thread 4m + c holds this chunk m: so the same bits. Every lane of
-// the warp calls it (quad shuffles).
-template <int CH>
-__device__ __forceinline__ void norm_rope_row(uint4 (&x)[CH], bool norm, const uint4 (&w)[CH], float eps,
-                                              const float (&c)[CH / 2][8], const float (&s)[CH / 2][8]) {
-  float f[CH][8];
-#pragma unroll
-  for (int m = 0; m < CH; ++m) {
-    const uint32_t u[4] = {x[m].x, x[m].y, x[m].z, x[m].w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      f[m][2 * j] = lo_f32(u[j]);
-      f[m][2 * j + 1] = hi_f32(u[j]);
-    }
-  }
-  if (norm) {
-    float sq[CH];
-#pragma unroll
-    for (int m = 0; m < CH; ++m) sq[m] = qk_rope::sum_squares8(f[m], 0.f);
-#pragma unroll
-    for (int o = CH / 2; o > 0; o >>= 1) {  // the xor tree's levels over the lane's own chunks
-      float t[CH];
-#pragma unroll
-      for (int m = 0; m < CH; ++m) t[m] = sq[m] + sq[m ^ o];
-#pragma unroll
-      for (int m = 0; m < CH; ++m) sq[m] = t[m];
-    }
-    float total = sq[0];
-    total += __shfl_xor_sync(0xffffffffu, total, 2);
-    total += __shfl_xor_sync(0xffffffffu, total, 1);
-    const float inv = rsqrtf(total / float(32 * CH) + eps);
-#pragma unroll
-    for (int m = 0; m < CH; ++m) {
-      const uint32_t g[4] = {w[m].x, w[m].y, w[m].z, w[m].w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        f[m][2 * j] = qk_rope::normed(f[m][2 * j], inv, lo_f32(g[j]));
-        f[m][2 * j + 1] = qk_rope::normed(f[m][2 * j + 1], inv, hi_f32(g[j]));
-      }
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < CH / 2; ++m) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float lo = f[m][i], hi = f[m + CH / 2][i];
-      f[m][i] = qk_rope::rotated(lo, hi, true, c[m][i], s[m][i]);
-      f[m + CH / 2][i] = qk_rope::rotated(hi, lo, false, c[m][i], s[m][i]);
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < CH; ++m) {
-    union { uint4 raw; __nv_bfloat162 pair[4]; } o;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) o.pair[j] = __floats2bfloat162_rn(f[m][2 * j], f[m][2 * j + 1]);
-    x[m] = o.raw;
-  }
-}
-
 // Scores on tensor cores, values on CUDA cores. Per warp step of kKeys keys:
 //   S[GP x kKeys] = Q[GP x HD] · K^T with mma.m16n8k16 (query heads are the M rows, padded to
 //   16; keys are N). The head dimension is consumed in a permuted order — quad thread c owns the
@@ -274,8 +210,6 @@ __device__ __forceinline__ void norm_rope_row(uint4 (&x)[CH], bool norm, const u
 //   the probabilities as shared-memory broadcasts.
 //   More than one split: the CTA writes its partial; with `merge`, the last split CTA of (t, kvh)
 //   then merges them into the output (the classic threadfence reduction).
-//   With the decode prologue (a.pro.on), q is raw: norm_rope_row turns it into the query, and the
-//   split holding the new token's key first stores that key (normed, roped) and its value.
 template <int HD, int GP>
 __global__ void __launch_bounds__(kThreads) attention_kernel(Args a, bool merge) {
   constexpr int kKeys = 16;       // keys per warp step: two MMA n-tiles
@@ -292,22 +226,6 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a, bool merge)
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, c = lane % 4;
   const int group = a.group;
-  // The prologue's static inputs load before the wait: the norm weights of the lane's chunks and
-  // the frequencies of its dims 32m + 8c + i (m < CH/2; the partner chunks share them).
-  uint4 wq[CH], wk[CH];
-  float freq[CH / 2][8];
-  const bool norm = a.pro.on && a.pro.q_norm;
-  if (a.pro.on) {
-#pragma unroll
-    for (int m = 0; m < CH; ++m) {
-      wq[m] = norm ? load16(a.pro.q_norm + 32 * m + 8 * c) : make_uint4(0, 0, 0, 0);
-      wk[m] = norm ? load16(a.pro.k_norm + 32 * m + 8 * c) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int m = 0; m < CH / 2; ++m)
-#pragma unroll
-      for (int i = 0; i < 8; ++i) freq[m][i] = a.pro.inv_freq[32 * m + 8 * c + i];
-  }
   grid_dependency_wait();  // q, the cache, the step's metadata and the counters come from earlier kernels
   launch_dependents();
   const int seq = last_at_most(a.num_seqs, t, [&](int i) { return a.cu_seqlens[i]; });
@@ -331,42 +249,6 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a, bool merge)
     for (int m = 0; m < CH; ++m) {
       qa[m][r] = head < group ? load16(a.q + int64_t(t) * a.q_stride + int64_t(kvh * group + head) * HD + 32 * m + 8 * c)
                               : make_uint4(0, 0, 0, 0);
-    }
-  }
-  if (a.pro.on) {
-    float cs[CH / 2][8], sn[CH / 2][8];
-    const float pos = float(a.pro.positions[t]);
-#pragma unroll
-    for (int m = 0; m < CH / 2; ++m)
-#pragma unroll
-      for (int i = 0; i < 8; ++i) qk_rope::factors(pos, freq[m][i], a.pro.rope_scaling, cs[m][i], sn[m][i]);
-#pragma unroll
-    for (int r = 0; r < RG; ++r) {  // heads past the group stay zero (a zero row norms and ropes to zero)
-      uint4 row[CH];
-#pragma unroll
-      for (int m = 0; m < CH; ++m) row[m] = qa[m][r];
-      norm_rope_row<CH>(row, norm, wq, a.pro.eps, cs, sn);
-#pragma unroll
-      for (int m = 0; m < CH; ++m) qa[m][r] = row[m];
-    }
-    if (begin <= ctx - 1 && ctx - 1 < end) {  // the new token's key is in this split: store it and V
-      if (warp == 0) {  // quad 0: K, quad 1: V (the other quads take part in the shuffles)
-        const bool is_v = gid == 1;
-        const __nv_bfloat16* src = (is_v ? a.pro.v + int64_t(t) * a.pro.v_stride : a.pro.k + int64_t(t) * a.pro.k_stride) +
-                                   int64_t(kvh) * HD;
-        uint4 raw[CH], roped[CH];
-#pragma unroll
-        for (int m = 0; m < CH; ++m) raw[m] = roped[m] = gid < 2 ? load16(src + 32 * m + 8 * c) : make_uint4(0, 0, 0, 0);
-        norm_rope_row<CH>(roped, norm, wk, a.pro.eps, cs, sn);
-        const int64_t slot = a.pro.slots[t];
-        if (gid < 2 && slot >= 0) {
-          const int64_t row = ((slot >> a.block_shift) * a.n_kv_heads + kvh) << a.block_shift | (slot & block_mask);
-          __nv_bfloat16* dst = (is_v ? a.pro.v_cache : a.pro.k_cache) + row * HD;
-#pragma unroll
-          for (int m = 0; m < CH; ++m) *reinterpret_cast<uint4*>(dst + 32 * m + 8 * c) = is_v ? raw[m] : roped[m];
-        }
-      }
-      __syncthreads();  // the stores are seen by this CTA's key loads
     }
   }
   float m_run[RG], l_run[RG], acc[GP][DPL];
@@ -620,7 +502,7 @@ size_t paged_attention_workspace_bytes(int64_t num_tokens, int n_heads, int n_kv
 
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
                      float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream,
-                     const AttentionTuning& tuning, const AttentionPrologue* prologue) {
+                     const AttentionTuning& tuning) {
   MXMOE_CHECK(tuning.splits >= 0 && tuning.splits <= kMaxSplits, "paged_attention: forced split count ", tuning.splits,
               " is outside 0..", kMaxSplits);
   const detail::AttentionShape s =
@@ -653,26 +535,7 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
          batch.cu_seqlens.data_as<const int32_t>(), batch.seq_lens.data_as<const int32_t>(), int(s.num_seqs),
          out.data_as<__nv_bfloat16>(), orows.stride, part_o, part_o ? part_o + part_rows * s.head_dim : nullptr,
          s.n_heads, s.n_kv_heads, s.n_heads / s.n_kv_heads, std::countr_zero(unsigned(s.block_size)),
-         int((batch.max_seq_len + splits - 1) / splits + 15) / 16 * 16, splits, scale * kLog2e, {}};
-  if (prologue) {
-    const AttentionPrologue& p = *prologue;
-    constexpr const char* op = "paged_attention (decode prologue)";
-    detail::check_qk_norm_rope_kv_args(op, q, p.k, p.v, p.q_norm, p.k_norm, p.positions, p.inv_freq, p.slots, k_cache,
-                                       v_cache);
-    MXMOE_CHECK(s.tokens == s.num_seqs, op, ": ", s.tokens, " new tokens in ", s.num_seqs,
-                " sequences; the prologue is for decode steps (one new token per sequence)");
-    if (prefill) {  // the prefill kernel has no prologue: the separate kernels first
-      qk_norm_rope_kv_write(q, p.k, p.v, p.q_norm, p.k_norm, p.eps, p.positions, p.inv_freq, p.attention_scaling,
-                            p.slots, k_cache, v_cache, stream);
-    } else {
-      const TokenRows kr = token_rows(p.k, op), vr = token_rows(p.v, op);
-      a.pro = {true, p.k.data_as<const __nv_bfloat16>(), p.v.data_as<const __nv_bfloat16>(), kr.stride, vr.stride,
-               p.q_norm ? p.q_norm->data_as<const __nv_bfloat16>() : nullptr,
-               p.k_norm ? p.k_norm->data_as<const __nv_bfloat16>() : nullptr, p.eps, p.attention_scaling,
-               p.positions.data_as<const int32_t>(), p.inv_freq.data_as<const float>(), p.slots.data_as<const int32_t>(),
-               k_cache.data_as<__nv_bfloat16>(), v_cache.data_as<__nv_bfloat16>()};
-    }
-  }
+         int((batch.max_seq_len + splits - 1) / splits + 15) / 16 * 16, splits, scale * kLog2e};
   if (prefill) return attention_detail::launch_prefill(a, s.head_dim, s.tokens, tuning.prefill_rows, stream);
   MXMOE_CHECK(splits == 1 || tuning.launch == DecodeLaunch::two_kernels || s.tokens * s.n_kv_heads <= kMaxSplitPairs,
               "paged_attention: ", splits, " splits for ", s.tokens, " tokens x ", s.n_kv_heads,

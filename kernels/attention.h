@@ -91,29 +91,9 @@ int paged_attention_splits(int64_t num_tokens, int n_kv_heads, int64_t max_seq_l
 size_t paged_attention_workspace_bytes(int64_t num_tokens, int n_heads, int n_kv_heads, int head_dim,
                                        const AttentionTuning& tuning = {});
 
-// The per-token chain in front of decode attention (kernels/rope.h, qk_norm_rope_kv_write), run
-// by the attention kernel itself: a launch less per layer. With it, paged_attention on a decode
-// step (one new token per sequence: T = S) gives the output and cache of
-//   qk_norm_rope_kv_write(q, k, v, q_norm, k_norm, eps, positions, inv_freq, attention_scaling,
-//                         slots, k_cache, v_cache); paged_attention(q, ...)
-// bit for bit (the same roundings, the norm's sums in the same order), where q is the raw query:
-// each CTA norms and ropes its query heads in registers, and the CTA whose key split holds the new
-// token's position stores its K (normed, roped) and V before reading keys. q and k are left as they
-// were. On the prefill kernel (forced) the separate kernels run first, updating q and k in place.
-struct AttentionPrologue {
-  Tensor k, v;                     // bf16 [T, n_kv_heads, head_dim] raw rows (dimension 0 may be strided)
-  const Tensor* q_norm = nullptr;  // bf16 [head_dim] each, or both nullptr: no QK-norm
-  const Tensor* k_norm = nullptr;
-  float eps = 0.f;
-  Tensor positions;                // i32 [T]
-  Tensor inv_freq;                 // f32 [head_dim / 2]
-  float attention_scaling = 1.f;
-  Tensor slots;                    // i32 [T]: where the new rows go (< 0: nowhere)
-};
-
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
                      float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream,
-                     const AttentionTuning& tuning = {}, const AttentionPrologue* prologue = nullptr);
+                     const AttentionTuning& tuning = {});
 
 // Stores new K/V rows: token t of k/v [T, n_kv_heads, head_dim] goes to cache slot slots[t]
 // (block · block_size + offset, as KvCache::slots gives); a negative slot skips the token.

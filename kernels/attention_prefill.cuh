@@ -8,20 +8,6 @@
 
 namespace mxmoe::attention_detail {
 
-// The decode prologue of the per-token kernel (AttentionPrologue): the step's raw K and V rows and
-// what qk_norm_rope_kv_write takes. on = false: q is final and the cache holds the new rows.
-struct Prologue {
-  bool on = false;
-  const __nv_bfloat16 *k = nullptr, *v = nullptr;  // [T, n_kv_heads, head_dim] rows
-  int64_t k_stride = 0, v_stride = 0;               // elements between tokens
-  const __nv_bfloat16 *q_norm = nullptr, *k_norm = nullptr;  // [head_dim], nullptr: no QK-norm
-  float eps = 0.f, rope_scaling = 1.f;
-  const int32_t* positions = nullptr;  // [T]
-  const float* inv_freq = nullptr;     // [head_dim / 2]
-  const int32_t* slots = nullptr;      // [T]: cache slot of the new row (< 0: not stored)
-  __nv_bfloat16 *k_cache = nullptr, *v_cache = nullptr;  // Args' caches, written
-};
-
 struct Args {
   const __nv_bfloat16* q;
   int64_t q_stride;                      // elements between query tokens
@@ -38,7 +24,6 @@ struct Args {
   float* part_ml;  // [T, n_heads, num_splits, 2]: max (log2 domain) and sum
   int n_heads, n_kv_heads, group, block_shift, split_tokens, num_splits;  // block_size = 1 << block_shift
   float scale_log2;  // scale · log2(e)
-  Prologue pro;      // per-token kernel only
 };
 
 // The last s in [0, n) with key(s) <= v, for key(s) non-decreasing and key(0) <= v: the sequence a

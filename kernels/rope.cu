@@ -8,7 +8,6 @@
 #include "kernels/bf16_vec.cuh"
 #include "kernels/attention.h"  // check_kv_write_args
 #include "kernels/pdl.cuh"
-#include "kernels/qk_norm_rope.cuh"
 #include "kernels/rope.h"
 #include "kernels/token_rows.h"
 
@@ -33,11 +32,14 @@ __global__ void rope_kernel(RopeArgs a, const int32_t* positions, const float* i
   const int64_t t = idx / (int64_t(a.half) * heads);
   __nv_bfloat16* row = h < a.q_heads ? a.q + t * a.q_stride + int64_t(h) * 2 * a.half
                                      : a.k + t * a.k_stride + int64_t(h - a.q_heads) * 2 * a.half;
+  const float freq = float(positions[t]) * inv_freq[i];
   float s, c;
-  qk_rope::factors(float(positions[t]), inv_freq[i], scaling, c, s);
+  sincosf(freq, &s, &c);
+  c = round_bf16(c * scaling);
+  s = round_bf16(s * scaling);
   const float x0 = __bfloat162float(row[i]), x1 = __bfloat162float(row[i + a.half]);
-  row[i] = __float2bfloat16(qk_rope::rotated(x0, x1, true, c, s));
-  row[i + a.half] = __float2bfloat16(qk_rope::rotated(x1, x0, false, c, s));
+  row[i] = __float2bfloat16(round_bf16(x0 * c) + round_bf16(-x1 * s));
+  row[i + a.half] = __float2bfloat16(round_bf16(x1 * c) + round_bf16(x0 * s));
 }
 
 
@@ -91,7 +93,9 @@ __global__ void __launch_bounds__(256) qk_norm_rope_kv_write_kernel(FusedArgs a)
     f[2 * p + 1] = v2.y;
   }
   if (a.q_norm) {  // as rmsnorm_kernel with a row over G threads: same sums in the same order
-    float sq = qk_rope::sum_squares8(f, 0.f);
+    float sq = 0.f;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) sq = fmaf(f[2 * p], f[2 * p], fmaf(f[2 * p + 1], f[2 * p + 1], sq));
 #pragma unroll
     for (int o = G / 2; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
     const float inv = rsqrtf(sq / float(HD) + a.eps);
@@ -99,8 +103,10 @@ __global__ void __launch_bounds__(256) qk_norm_rope_kv_write_kernel(FusedArgs a)
 #pragma unroll
       for (int p = 0; p < 4; ++p) {
         const float2 g = __bfloat1622float2(w.pair[p]);
-        f[2 * p] = qk_rope::normed(f[2 * p], inv, g.x);
-        f[2 * p + 1] = qk_rope::normed(f[2 * p + 1], inv, g.y);
+        const float2 n = __bfloat1622float2(__floats2bfloat162_rn(f[2 * p] * inv, f[2 * p + 1] * inv));
+        const float2 o = __bfloat1622float2(__floats2bfloat162_rn(g.x * n.x, g.y * n.y));
+        f[2 * p] = o.x;
+        f[2 * p + 1] = o.y;
       }
     }
   }
@@ -111,8 +117,10 @@ __global__ void __launch_bounds__(256) qk_norm_rope_kv_write_kernel(FusedArgs a)
   for (int e = 0; e < 8; ++e) {
     const float partner = __shfl_xor_sync(0xffffffffu, f[e], G / 2);
     float s, c;
-    qk_rope::factors(pos, freq[e], a.scaling, c, s);
-    r[e] = qk_rope::rotated(f[e], partner, lower, c, s);
+    sincosf(pos * freq[e], &s, &c);
+    c = round_bf16(c * a.scaling);
+    s = round_bf16(s * a.scaling);
+    r[e] = round_bf16(f[e] * c) + round_bf16((lower ? -partner : partner) * s);
   }
   if (!active) return;
   if (is_v) {
@@ -139,27 +147,6 @@ void launch_fused(const FusedArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
-void detail::check_qk_norm_rope_kv_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
-                                        const Tensor* q_norm, const Tensor* k_norm, const Tensor& positions,
-                                        const Tensor& inv_freq, const Tensor& slots, const Tensor& k_cache,
-                                        const Tensor& v_cache) {
-  detail::check_rope_args(op, q, k, positions, inv_freq, Device::cuda);
-  detail::check_kv_write_args(op, k, v, slots, k_cache, v_cache, Device::cuda);
-  const int64_t hd = q.size(2);
-  MXMOE_CHECK(hd == 64 || hd == 128 || hd == 256, op, ": head_dim ", hd, " is not supported (64, 128 or 256)");
-  MXMOE_CHECK((q_norm == nullptr) == (k_norm == nullptr), op, ": give both QK-norm weights or neither");
-  for (const Tensor* w : {q_norm, k_norm}) {
-    MXMOE_CHECK(!w || (w->dtype() == DType::bf16 && w->device() == Device::cuda && w->is_contiguous() &&
-                       w->numel() == hd),
-                op, ": QK-norm weights must be contiguous bf16 [", hd, "] on the GPU");
-  }
-  const TokenRows qr = token_rows(q, op), kr = token_rows(k, op), vr = token_rows(v, op);
-  for (const auto& [t, r] : {std::pair{&q, qr}, std::pair{&k, kr}, std::pair{&v, vr}}) {
-    MXMOE_CHECK(reinterpret_cast<uintptr_t>(t->data()) % 16 == 0 && r.stride % 8 == 0, op,
-                ": q, k and v rows must be 16-byte aligned");
-  }
-}
-
 void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
           cudaStream_t stream) {
   detail::check_rope_args("rope", q, k, positions, inv_freq, Device::cuda);
@@ -178,9 +165,21 @@ void qk_norm_rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, co
                            float eps, const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
                            const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache, cudaStream_t stream) {
   const char* op = "qk_norm_rope_kv_write";
-  detail::check_qk_norm_rope_kv_args(op, q, k, v, q_norm, k_norm, positions, inv_freq, slots, k_cache, v_cache);
+  detail::check_rope_args(op, q, k, positions, inv_freq, Device::cuda);
+  detail::check_kv_write_args(op, k, v, slots, k_cache, v_cache, Device::cuda);
   const int64_t hd = q.size(2);
+  MXMOE_CHECK(hd == 64 || hd == 128 || hd == 256, op, ": head_dim ", hd, " is not supported (64, 128 or 256)");
+  MXMOE_CHECK((q_norm == nullptr) == (k_norm == nullptr), op, ": give both QK-norm weights or neither");
+  for (const Tensor* w : {q_norm, k_norm}) {
+    MXMOE_CHECK(!w || (w->dtype() == DType::bf16 && w->device() == Device::cuda && w->is_contiguous() &&
+                       w->numel() == hd),
+                op, ": QK-norm weights must be contiguous bf16 [", hd, "] on the GPU");
+  }
   const TokenRows qr = token_rows(q, op), kr = token_rows(k, op), vr = token_rows(v, op);
+  for (const auto& [t, r] : {std::pair{&q, qr}, std::pair{&k, kr}, std::pair{&v, vr}}) {
+    MXMOE_CHECK(reinterpret_cast<uintptr_t>(t->data()) % 16 == 0 && r.stride % 8 == 0, op,
+                ": q, k and v rows must be 16-byte aligned");
+  }
   if (qr.tokens == 0) return;
   const FusedArgs a{q.data_as<__nv_bfloat16>(), k.data_as<__nv_bfloat16>(), v.data_as<const __nv_bfloat16>(),
                     qr.stride, kr.stride, vr.stride,

@@ -65,10 +65,6 @@ void qk_norm_rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, co
 namespace detail {
 void check_rope_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq,
                      Device device);
-// qk_norm_rope_kv_write's arguments on the GPU (also paged_attention's AttentionPrologue).
-void check_qk_norm_rope_kv_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* q_norm,
-                                const Tensor* k_norm, const Tensor& positions, const Tensor& inv_freq,
-                                const Tensor& slots, const Tensor& k_cache, const Tensor& v_cache);
 }  // namespace detail
 
 }  // namespace mxmoe

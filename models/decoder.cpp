@@ -218,11 +218,12 @@ class DecoderLM final : public CausalLM {
         norm_across_ranks(q2d, w.weight(2), 1, eps, stream);
         norm_across_ranks(k2d, w.weight(3), shards_.kv_replicas(), eps, stream);
       }
-      // q, k = qk_norm(q, k) (per head); q, k = rope(q, k); cache[slots] = k, v; attn = attention(q, cache).
+      // q, k = qk_norm(q, k) (per head); q, k = rope(q, k); cache[slots] = k, v: one launch.
       const bool per_head = spec_.qk_norm == QkNorm::per_head;
-      const AttentionPrologue pro{k, v, per_head ? &w.weight(2) : nullptr, per_head ? &w.weight(3) : nullptr, eps,
-                                  in.positions, inv_freq, attention_scaling_, in.kv_slots};
-      ops::attention_block(q, pro, cache.k(int(l)), cache.v(int(l)), in.attention, scale, workspace, attn, stream);
+      ops::qk_norm_rope_kv_write(q, k, v, per_head ? &w.weight(2) : nullptr, per_head ? &w.weight(3) : nullptr, eps,
+                                 in.positions, inv_freq, attention_scaling_, in.kv_slots, cache.k(int(l)),
+                                 cache.v(int(l)), stream);
+      ops::paged_attention(q, cache.k(int(l)), cache.v(int(l)), in.attention, scale, workspace, attn, stream);
       layer.o_proj->forward(attn.view({t, nq * hd}), attn_out, stream);
       all_reduce(attn_out, stream);
       ops::add_rmsnorm(x, attn_out, w.weight(1), eps, n, stream);  // x += attention; n = norm(x)

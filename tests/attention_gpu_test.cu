@@ -2,22 +2,19 @@
 // with scattered blocks: prefill batches with cached prefixes, decode batches up to 33k tokens
 // (split along the keys), every supported head_dim and several GQA groups, both kernels (the
 // tensor-core prefill kernel forced on every shape kind, mixed decode + prefill batches), CUDA-graph
-// captures (no host synchronization inside), the split merge in one launch called again and
-// again (its counters go back to zero) in every launch form, and the decode prologue.
+// captures (no host synchronization inside), and the split merge in one launch called again and
+// again (its counters go back to zero) in every launch form.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <string>
 #include <vector>
 
 #include "attention_test_util.h"
 #include "engine/error.h"
-#include "engine/ops.h"
 #include "engine/stream.h"
 #include "kernels/attention.h"
-#include "kernels/rope.h"
 
 using namespace mxmoe;
 using namespace mxmoe::testing;
@@ -295,96 +292,4 @@ TEST(AttentionGpu, TooSmallWorkspaceIsAClearError) {
   Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda);
   Tensor ws = Tensor::empty({16}, DType::u8, Device::cuda);
   EXPECT_THROW(paged_attention(q, k_gpu, v_gpu, batch_to(p.batch, Device::cuda), 0.1f, ws, out, nullptr), Error);
-}
-
-// The decode prologue (AttentionPrologue): paged_attention on the raw q, k, v of a decode step
-// against qk_norm_rope_kv_write followed by paged_attention (the separate GPU kernels: the same
-// bits, output and both caches) and against the CPU reference chain. Q/K/V are views of one fused
-// [T, q | k | v heads, head_dim] buffer, as the decoder has them; one token's slot is -1 (a
-// padding row: nothing stored, its key read from the cache as it was).
-TEST(AttentionGpu, DecodePrologueMatchesTheSeparateKernels) {
-  MXMOE_REQUIRE_GPU();
-  std::mt19937_64 rng(fresh_seed());
-  Stream stream;
-  struct PrologueCase {
-    Case c;
-    bool norm;
-    AttentionTuning tuning;
-    int64_t max_seq_len;
-  };
-  const AttentionTuning fused{0, AttentionKernel::automatic, 0, DecodeLaunch::fused};
-  const AttentionTuning forced_prefill{0, AttentionKernel::prefill};
-  for (const PrologueCase& pc : {PrologueCase{{32, 4, 128, 16, {700}, {1}}, true, {}, 1024},
-                                 PrologueCase{{32, 4, 128, 16, {1, 65, 3000}, {1, 1, 1}}, true, {}, 0},
-                                 PrologueCase{{32, 4, 128, 16, {900, 33}, {1, 1}}, true, fused, 0},
-                                 PrologueCase{{32, 8, 128, 32, {5000, 2}, {1, 1}}, false, {7}, 0},
-                                 PrologueCase{{14, 2, 64, 16, {300, 40}, {1, 1}}, true, {}, 0},
-                                 PrologueCase{{16, 2, 256, 16, {1200}, {1}}, true, {1}, 0},
-                                 PrologueCase{{16, 1, 128, 16, {64, 700}, {1, 1}}, true, forced_prefill, 0}}) {
-    const Case& c = pc.c;
-    PagedProblem p = make_paged_problem(rng, c.seq_lens, c.q_lens, c.n_heads, c.n_kv_heads, c.head_dim, c.block_size);
-    const int64_t t = p.q.size(0), hq = c.n_heads, hk = c.n_kv_heads, hd = c.head_dim;
-    const Tensor qkv = random_tensor({t, hq + 2 * hk, hd}, DType::bf16, rng, 2.f);
-    Tensor pos = Tensor::empty({t}, DType::i32, Device::cpu), slots = Tensor::empty({t}, DType::i32, Device::cpu);
-    for (int64_t s = 0; s < t; ++s) {  // token s is the last of sequence s
-      const int at = c.seq_lens[size_t(s)] - 1;
-      pos.data_as<int32_t>()[s] = at;
-      const int32_t blk = p.batch.block_tables.data_as<int32_t>()[s * p.batch.block_tables.size(1) + at / c.block_size];
-      slots.data_as<int32_t>()[s] = s == t - 1 && t > 1 ? -1 : blk * c.block_size + at % c.block_size;
-    }
-    RopeConfig rc;
-    rc.theta = 1e6;
-    rc.head_dim = c.head_dim;
-    const RopeFrequencies f = rope_frequencies(rc);
-    Tensor inv = Tensor::empty({hd / 2}, DType::f32, Device::cpu);
-    std::copy(f.inv_freq.begin(), f.inv_freq.end(), inv.data_as<float>());
-    const Tensor wq = random_tensor({hd}, DType::bf16, rng, 0.3f, 1.f), wk = random_tensor({hd}, DType::bf16, rng, 0.3f, 1.f);
-    const Tensor wq_d = wq.to(Device::cuda), wk_d = wk.to(Device::cuda), pos_d = pos.to(Device::cuda);
-    const Tensor inv_d = inv.to(Device::cuda), slots_d = slots.to(Device::cuda);
-    const auto q_of = [&](const Tensor& x) { return x.narrow(1, 0, hq); };
-    const auto k_of = [&](const Tensor& x) { return x.narrow(1, hq, hk); };
-    const auto v_of = [&](const Tensor& x) { return x.narrow(1, hq + hk, hk); };
-    AttentionBatch host = p.batch;
-    host.max_seq_len = std::max(host.max_seq_len, pc.max_seq_len);
-    const AttentionBatch batch = batch_to(host, Device::cuda);
-    const float scale = 1.f / std::sqrt(float(hd));
-    Tensor ws = Tensor::empty({int64_t(paged_attention_workspace_bytes(t, int(hq), int(hk), int(hd), pc.tuning))},
-                              DType::u8, Device::cuda);
-    // Separate kernels, then the prologue, each on its own copies.
-    const Tensor qkv_s = qkv.to(Device::cuda), kc_s = p.k_cache.to(Device::cuda), vc_s = p.v_cache.to(Device::cuda);
-    const Tensor qkv_f = qkv.to(Device::cuda), kc_f = p.k_cache.to(Device::cuda), vc_f = p.v_cache.to(Device::cuda);
-    Tensor out_s = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda), out_f = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda);
-    poison(out_s, stream);
-    poison(out_f, stream);
-    const Tensor* nq = pc.norm ? &wq_d : nullptr;
-    const Tensor* nk = pc.norm ? &wk_d : nullptr;
-    qk_norm_rope_kv_write(q_of(qkv_s), k_of(qkv_s), v_of(qkv_s), nq, nk, 1e-6f, pos_d, inv_d, f.attention_scaling, slots_d,
-                          kc_s, vc_s, stream);
-    paged_attention(q_of(qkv_s), kc_s, vc_s, batch, scale, ws, out_s, stream, pc.tuning);
-    const AttentionPrologue pro{k_of(qkv_f), v_of(qkv_f), nq, nk, 1e-6f, pos_d, inv_d, f.attention_scaling, slots_d};
-    paged_attention(q_of(qkv_f), kc_f, vc_f, batch, scale, ws, out_f, stream, pc.tuning, &pro);
-    stream.synchronize();
-    // The CPU reference chain on the host copies.
-    const Tensor qkv_r = qkv.to(Device::cpu);
-    ops::qk_norm_rope_kv_write(q_of(qkv_r), k_of(qkv_r), v_of(qkv_r), pc.norm ? &wq : nullptr, pc.norm ? &wk : nullptr,
-                               1e-6f, pos, inv, f.attention_scaling, slots, p.k_cache, p.v_cache, nullptr);
-    Tensor ref = Tensor::empty(p.q.shape(), DType::bf16, Device::cpu);
-    paged_attention_ref(q_of(qkv_r), p.k_cache, p.v_cache, p.batch, scale, ref);
-    const std::string what = std::to_string(hq) + "/" + std::to_string(hk) + " heads, hd " + std::to_string(hd) + ", " +
-                             std::to_string(t) + " sequences" + (pc.norm ? ", norm" : "") + ", splits " +
-                             std::to_string(pc.tuning.splits) + ", kernel " + kernel_name(pc.tuning.kernel);
-    EXPECT_EQ(rel_error(out_f, out_s), 0.0) << "prologue vs separate kernels, " << what;
-    EXPECT_EQ(rel_error(kc_f, kc_s), 0.0) << "K cache, " << what;
-    EXPECT_EQ(rel_error(vc_f, vc_s), 0.0) << "V cache, " << what;
-    EXPECT_LT(rel_error(out_f, ref), 5e-3) << "vs the CPU reference, " << what;
-    EXPECT_LT(rel_error(kc_f, p.k_cache), 4e-3) << "K cache vs the CPU reference, " << what;
-    std::printf("decode prologue %s: rel error vs CPU %.2e\n", what.c_str(), rel_error(out_f, ref));
-  }
-  // Not a decode step (two new tokens of one sequence): an Error.
-  const PagedProblem p = make_paged_problem(rng, {40}, {2}, 8, 2, 64, 16, false);
-  const Tensor kc = p.k_cache.to(Device::cuda), vc = p.v_cache.to(Device::cuda), q = p.q.to(Device::cuda);
-  const Tensor kv = Tensor::empty({2, 2, 64}, DType::bf16, Device::cuda), i2 = Tensor::empty({2}, DType::i32, Device::cuda);
-  Tensor out = Tensor::empty(p.q.shape(), DType::bf16, Device::cuda), ws = Tensor::empty({1 << 20}, DType::u8, Device::cuda);
-  const AttentionPrologue pro{kv, kv, nullptr, nullptr, 1e-6f, i2, Tensor::empty({32}, DType::f32, Device::cuda), 1.f, i2};
-  EXPECT_THROW(paged_attention(q, kc, vc, batch_to(p.batch, Device::cuda), 0.1f, ws, out, nullptr, {}, &pro), Error);
 }
