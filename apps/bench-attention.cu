@@ -128,12 +128,20 @@ int main() {
       }
     }
   }
-  std::printf("\nbatch 1, 4 kv heads, forced split counts: time per call (us)\n| context | 1 | 4 | 8 | 16 | 32 | 64 | 128 |\n"
-              "|---|---|---|---|---|---|---|---|\n");
-  for (const int ctx : {1024, 4096, 32768}) {
-    Setup s = make_setup(4, 1, ctx, ctx, 1, copies_for(2.0 * ctx * 4 * kHeadDim * 2), rng);
-    std::printf("| %d |", ctx);
-    for (const int splits : {1, 4, 8, 16, 32, 64, 128}) std::printf(" %.1f |", time_ms(s, stream, {splits}) * 1e3);
+  // Forced split counts against the automatic one (which targets 4 CTAs per SM), at batch 1 and
+  // at batch 64 (the decode batch of the end-to-end table, 640 tokens in the 1024 bucket too).
+  const std::vector<int> forced = {1, 2, 3, 4, 6, 8, 16, 32, 64, 128};
+  std::printf("\nforced split counts: time per call (us)\n| kv heads | batch | context | auto splits |");
+  for (const int splits : forced) std::printf(" %d |", splits);
+  std::printf("\n|---|---|---|---|");
+  for (size_t i = 0; i < forced.size(); ++i) std::printf("---|");
+  std::printf("\n");
+  for (const auto& [kv, batch, ctx, bucket] : std::vector<std::tuple<int, int, int, int>>{
+           {4, 1, 1024, 1024}, {4, 1, 4096, 4096}, {4, 1, 32768, 32768}, {4, 64, 640, 1024}, {4, 64, 4096, 4096},
+           {8, 64, 640, 1024}}) {
+    Setup s = make_setup(kv, batch, ctx, bucket, 1, copies_for(2.0 * batch * ctx * kv * kHeadDim * 2), rng);
+    std::printf("| %d | %d | %d in %d | %d |", kv, batch, ctx, bucket, paged_attention_splits(batch, kv, bucket));
+    for (const int splits : forced) std::printf(" %.1f |", time_ms(s, stream, {splits}) * 1e3);
     std::printf("\n");
   }
   // Prefill: causal full prompts (q_len = context), the automatic kernel (prefill here), the
