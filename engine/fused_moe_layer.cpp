@@ -216,9 +216,9 @@ void FusedMoELayer::forward(const Tensor& x, const Tensor& router_logits, const 
 void FusedMoELayer::forward(const Tensor& x, LinearLayer& router, const Tensor& router_logits, const Tensor& out,
                             cudaStream_t stream) {
   // The fused kernel reads the router's bf16 weight itself: only the plain bf16 method's layout.
-  // Only at T = 1, where it measured ahead: the whole MoE call with the router 35.5 us vs 35.9 for
-  // the cuBLASLt logits GEMM + fused_moe (Qwen3-30B-A3B; Mixtral 160.2 vs 159.4), but at T = 8
-  // 129.8 vs 125.7 (bench-moe, H100, one run).
+  // Only at T = 1, where it measured ahead (the expert kernels routing the token themselves): the
+  // whole MoE call with the router 30.8 us vs 35.7 for the cuBLASLt logits GEMM + fused_moe
+  // (Qwen3-30B-A3B; Mixtral 154.4 vs 158.6), but at T = 8 128.7 vs 125.4 (bench-moe, H100, one run).
   const bool fusable = config_.device == Device::cuda && router.backend() == "cublaslt-bf16" && !router.bias.defined() &&
                        router.weight.defined() && router.weight.dtype() == DType::bf16 &&
                        router.weight.shape() == Shape({config_.num_experts, config_.hidden_size}) &&

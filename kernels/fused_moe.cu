@@ -2,6 +2,7 @@
 // combine. Everything is enqueued on `stream` with no host sync (capturable in a CUDA graph once
 // the workspace has grown to the call's size). CPU tensors go to fused_moe_ref.
 #include "engine/cuda_check.h"
+#include "engine/env.h"
 #include "kernels/fused_moe.h"
 #include "kernels/moe_decode.h"
 #include "kernels/moe_permute.h"
@@ -134,6 +135,26 @@ void fused_moe_with_router(const Tensor& x, const Tensor& router_weight, const T
               " cannot route in one launch (see fused_moe_router_fusable)");
   MoeWorkspace::Impl& ws = workspace.impl();
   const RoutingBuffers rb = routing_buffers(ws, s, routing.top_k, stream);
+  // One token: the expert kernels route it themselves, no routing launch (MXMOE_MOE_TOKEN_ROUTE=0:
+  // the routing + permutation launch instead, for comparison).
+  static const bool token_route = env_flag("MXMOE_MOE_TOKEN_ROUTE", true);
+  if (s.tokens == 1 && token_route) {
+    moe_router_logits(x, router_weight, router_logits, stream);
+    using Impl = MoeWorkspace::Impl;
+    const int k = routing.top_k;
+    const Tensor act = Impl::take(ws.act, {k, s.inter}, DType::bf16);
+    const Tensor y = Impl::take(ws.y, {k, s.hidden}, DType::f32);
+    const MoeTokenRoute route{router_logits, k, routing.renormalize, rb.ids, rb.weights};
+    if (w.quantized()) {
+      moe_gate_up_decode(x, w.w13_mx, route, act, stream);
+      moe_down_decode(act, w.w2_mx, route, y, stream);
+    } else {
+      moe_gate_up_decode(x, w.w13, route, act, stream);
+      moe_down_decode(act, w.w2, route, y, stream);
+    }
+    moe_combine(y, rb.weights, nullptr, k, out, stream);
+    return;
+  }
   moe_router_route_permute(x, router_weight, router_logits, routing.top_k, routing.renormalize, rb.ids, rb.weights,
                            rb.pb, stream);
   decode_experts(x, w, s, routing.top_k, rb.pb.perm, rb.weights, out, ws, stream);

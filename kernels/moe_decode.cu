@@ -1,12 +1,17 @@
 // Decode-size fused-MoE expert kernels on the tile machinery of kernels/w8a16_dot.cuh. A job is
 // (active-expert slot, tile group): the grid is sized for the most experts T·k pairs can touch and
-// the slots past the active experts (read on the device: no host sync, graph-capturable) return at once.
+// the slots past the active experts (read on the device: no host sync, graph-capturable) return at
+// once. The experts come from the permutation, or (one token, TokenRouting) from the router logits.
 // Each expert's tiles are read once for all its pairs (up to 16 per pass; more loop).
 //   gate/up: a 16-row tile is 8 gate rows and the 8 matching up rows, so SiLU(gate)·up is formed in
 //            the accumulators; act [T·k, I] bf16.
 //   down:    16 rows of W2_e; y [T·k, H] f32 per pair.
 #include "kernels/moe_decode.h"
 
+#include <tuple>
+
+#include "kernels/moe_routing.cuh"
+#include "kernels/moe_routing.h"
 #include "kernels/w8a16_dot.cuh"
 
 namespace mxmoe {
@@ -24,8 +29,9 @@ struct Routing {
   const int* active;   // [E], -1 past the active experts
   int groups;          // tile groups per expert
 
+  __device__ const int* route() const { return nullptr; }
   template <class W>
-  __device__ bool job(int index, const W& all, int64_t rows_per_expert, Job<W>& j) const {
+  __device__ bool job(int index, const W& all, int64_t rows_per_expert, Job<W>& j, const int*) const {
     // active[slot] is -1 past num_active: one dependent load less than reading num_active first,
     // on the gate/up kernel's path from its wait to its first weight load.
     const int e = __ldcg(active + index / groups);
@@ -42,7 +48,52 @@ struct Routing {
   }
 };
 
-template <class W, int NT>
+// One token, no permutation (MoeTokenRoute): each block finds the token's top-k experts itself
+// from the router logits (rank_of: the routing's order and ties), slot s holding pair s. The
+// routing kernel's serial tail (its last block ranking, counting, scanning and placing) is gone
+// from the chain; a block spends one L2 read of the logits and a rank per thread instead.
+struct TokenRouting {
+  const float* logits;  // [E], written two or more kernels back (read through L2)
+  int n_experts, top_k;
+  bool renormalize;
+  int groups;            // tile groups per expert
+  int32_t* ids;          // [top_k] or nullptr: block 0 writes the slots' experts and weights (for the combine)
+  float* weights;
+
+  __device__ const int* route() const {
+    __shared__ float l[kMoeMaxExperts];
+    __shared__ int routed[kMoeMaxTopK];
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) l[e] = __ldcg(logits + e);
+    __syncthreads();
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {
+      const int rank = moe_detail::rank_of(l, n_experts, e);
+      if (rank < top_k) routed[rank] = e;
+    }
+    __syncthreads();
+    if (ids && blockIdx.x == 0 && threadIdx.x < 32) {
+      const int lane = threadIdx.x;
+      moe_detail::write_slots(l, moe_detail::softmax_stats(l, n_experts), lane < top_k ? routed[lane] : 0, top_k,
+                              renormalize, ids, weights);
+    }
+    return routed;
+  }
+  template <class W>
+  __device__ bool job(int index, const W& all, int64_t rows_per_expert, Job<W>& j, const int* routed) const {
+    const int slot = index / groups;
+    if (slot >= top_k) return false;
+    j.w = all.offset(int64_t(routed[slot]) * rows_per_expert);
+    j.group = index % groups;
+    j.first = slot;
+    j.tokens = 1;
+    return true;
+  }
+  template <class W>
+  __device__ int pair(const Job<W>& j, int m) const {
+    return j.first + m;
+  }
+};
+
+template <class W, int NT, class R>
 struct GateUp {
   using Weights = W;
   static constexpr int kNTiles = NT;
@@ -50,20 +101,23 @@ struct GateUp {
   static constexpr bool kRouted = true;
   Plan plan;
   int64_t k;                 // H
-  Routing route;
+  R routing;
   W w13;                     // [E, 2I, H]
   const __nv_bfloat16* x;    // [T, H]
   __nv_bfloat16* act;        // [T·k, I]
   int64_t inter;             // I
   int top_k;
 
-  __device__ bool job(int index, Job<W>& j) const { return route.job(index, w13, 2 * inter, j); }
+  __device__ const int* route() const { return routing.route(); }
+  __device__ bool job(int index, Job<W>& j, const int* routed) const {
+    return routing.job(index, w13, 2 * inter, j, routed);
+  }
   __device__ int64_t row(const Job<W>&, int tile, int r) const {
     const int64_t n = int64_t(tile) * 8 + (r & 7);
     return n >= inter ? -1 : (r < 8 ? n : inter + n);
   }
   __device__ const __nv_bfloat16* x_row(const Job<W>& j, int m) const {
-    return x + int64_t(route.pair(j, m) / top_k) * k;
+    return x + int64_t(routing.pair(j, m) / top_k) * k;
   }
   __device__ void store(const Job<W>& j, int tile, int g, int t, int m0, const float (&acc)[NT][4]) const {
     const int64_t n = int64_t(tile) * 8 + g;
@@ -73,12 +127,12 @@ struct GateUp {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int m = m0 + h * 8 + 2 * t + i;
-        if (m < j.tokens) act[int64_t(route.pair(j, m)) * inter + n] = __float2bfloat16(silu(acc[h][i]) * acc[h][2 + i]);
+        if (m < j.tokens) act[int64_t(routing.pair(j, m)) * inter + n] = __float2bfloat16(silu(acc[h][i]) * acc[h][2 + i]);
       }
   }
 };
 
-template <class W, int NT>
+template <class W, int NT, class R>
 struct Down {
   using Weights = W;
   static constexpr int kNTiles = NT;
@@ -89,19 +143,22 @@ struct Down {
   static constexpr bool kRouted = true;  // PDL only for one-wave grids (see make_plan)
   Plan plan;
   int64_t k;                  // I
-  Routing route;
+  R routing;
   W w2;                       // [E, H, I]
   const __nv_bfloat16* act;   // [T·k, I]
   float* y;                   // [T·k, H]
   int64_t hidden;             // H
 
-  __device__ bool job(int index, Job<W>& j) const { return route.job(index, w2, hidden, j); }
+  __device__ const int* route() const { return routing.route(); }
+  __device__ bool job(int index, Job<W>& j, const int* routed) const {
+    return routing.job(index, w2, hidden, j, routed);
+  }
   __device__ int64_t row(const Job<W>&, int tile, int r) const {
     const int64_t n = int64_t(tile) * kTileRows + r;
     return n < hidden ? n : -1;
   }
   __device__ const __nv_bfloat16* x_row(const Job<W>& j, int m) const {
-    return act + int64_t(route.pair(j, m)) * k;
+    return act + int64_t(routing.pair(j, m)) * k;
   }
   __device__ void store(const Job<W>& j, int tile, int g, int t, int m0, const float (&acc)[NT][4]) const {
 #pragma unroll
@@ -113,7 +170,7 @@ struct Down {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const int m = m0 + h * 8 + 2 * t + i;
-          if (m < j.tokens) y[int64_t(route.pair(j, m)) * hidden + n] = acc[h][2 * half + i];
+          if (m < j.tokens) y[int64_t(routing.pair(j, m)) * hidden + n] = acc[h][2 * half + i];
         }
     }
   }
@@ -136,9 +193,9 @@ void check_perm(const MoePermutation& perm, int64_t experts, int64_t pairs, cons
   ok(perm.num_active, 1, "num_active");
 }
 
-Routing routing(const MoePermutation& perm, int64_t tiles) {
+Routing routing(const MoePermutation& perm) {  // groups: set by the launch
   return {perm.expert_offsets.data_as<const int>(), perm.sorted_pairs.data_as<const int>(),
-          perm.active_experts.data_as<const int>(), int((tiles + kWarps - 1) / kWarps)};
+          perm.active_experts.data_as<const int>(), 0};
 }
 
 // Weight-format views of an expert stack [E, rows, K].
@@ -184,33 +241,36 @@ int64_t jobs_for(int64_t experts, int64_t pairs, int64_t tiles) {
   return std::min(experts, pairs) * ((tiles + kWarps - 1) / kWarps);
 }
 
-template <int NT, class WT>
-void gate_up(const Tensor& x, const WT& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-             cudaStream_t stream, const DecodeTuning& tuning) {
+template <int NT, class R, class WT>
+void gate_up(const Tensor& x, const WT& w13, R routing, int top_k, const Tensor& act, cudaStream_t stream,
+             const DecodeTuning& tuning) {
   using W = decltype(rows_of(w13));
   const int64_t experts = shape_of(w13)[0], inter = shape_of(w13)[1] / 2, hidden = x.size(1), pairs = act.size(0);
-  GateUp<W, NT> p;
+  const int64_t tiles = (inter + 7) / 8;
+  routing.groups = int((tiles + kWarps - 1) / kWarps);
+  GateUp<W, NT, R> p;
   p.k = hidden;
-  p.route = routing(perm, (inter + 7) / 8);
+  p.routing = routing;
   p.w13 = rows_of(w13);
   p.x = x.data_as<const __nv_bfloat16>();
   p.act = act.data_as<__nv_bfloat16>();
   p.inter = inter;
   p.top_k = top_k;
-  const int64_t jobs = jobs_for(experts, pairs, (inter + 7) / 8);
+  const int64_t jobs = jobs_for(experts, pairs, tiles);
   p.plan = make_plan<decltype(p)>(jobs, hidden, NT * 8, tuning);
   launch(p, jobs, stream);
 }
 
-template <int NT, class WT>
-void down(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream,
+template <int NT, class R, class WT>
+void down(const Tensor& act, const WT& w2, R routing, const Tensor& y, cudaStream_t stream,
           const DecodeTuning& tuning) {
   using W = decltype(rows_of(w2));
   const int64_t experts = shape_of(w2)[0], hidden = shape_of(w2)[1], inter = act.size(1), pairs = act.size(0);
   const int64_t tiles = (hidden + kTileRows - 1) / kTileRows;
-  Down<W, NT> p;
+  routing.groups = int((tiles + kWarps - 1) / kWarps);
+  Down<W, NT, R> p;
   p.k = inter;
-  p.route = routing(perm, tiles);
+  p.routing = routing;
   p.w2 = rows_of(w2);
   p.act = act.data_as<const __nv_bfloat16>();
   p.y = y.data_as<float>();
@@ -220,10 +280,9 @@ void down(const Tensor& act, const WT& w2, const MoePermutation& perm, const Ten
   launch(p, jobs, stream);
 }
 
+// The shapes every gate/up call checks; returns the pairs T·k.
 template <class WT>
-void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm, int top_k, const Tensor& act,
-                     cudaStream_t stream, const DecodeTuning& tuning) {
-  constexpr const char* op = "moe_gate_up_decode";
+int64_t check_gate_up(const Tensor& x, const WT& w13, int top_k, const Tensor& act, const char* op) {
   check_weights(w13, op, "w13");
   const Shape& ws = shape_of(w13);
   MXMOE_CHECK(ws[1] % 2 == 0, op, ": w13 ", shape_str(ws), " must have 2·I rows (gate, then up)");
@@ -235,19 +294,12 @@ void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm,
               pairs, ", ", ws[1] / 2, "], got ", dtype_name(act.dtype()), " ", shape_str(act.shape()));
   check_cuda_contiguous(x, op, "x");
   check_cuda_contiguous(act, op, "act");
-  check_perm(perm, ws[0], pairs, op);
-  if (pairs == 0 || ws[1] == 0) return;
-  switch (token_tiles(x.size(0), pairs, ws[0])) {
-    case 1: return gate_up<1>(x, w13, perm, top_k, act, stream, tuning);
-    case 2: return gate_up<2>(x, w13, perm, top_k, act, stream, tuning);
-    default: return gate_up<4>(x, w13, perm, top_k, act, stream, tuning);
-  }
+  return pairs;
 }
 
+// The shapes every down call checks; returns the pairs.
 template <class WT>
-void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream,
-                  const DecodeTuning& tuning) {
-  constexpr const char* op = "moe_down_decode";
+int64_t check_down(const Tensor& act, const WT& w2, const Tensor& y, const char* op) {
   check_weights(w2, op, "w2");
   const Shape& ws = shape_of(w2);
   MXMOE_CHECK(act.dim() == 2 && act.dtype() == DType::bf16 && act.size(1) == ws[2], op, ": act must be bf16 [T·k, ",
@@ -257,14 +309,81 @@ void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, c
               ws[1], "], got ", dtype_name(y.dtype()), " ", shape_str(y.shape()));
   check_cuda_contiguous(act, op, "act");
   check_cuda_contiguous(y, op, "y");
+  return pairs;
+}
+
+template <class WT>
+void gate_up_checked(const Tensor& x, const WT& w13, const MoePermutation& perm, int top_k, const Tensor& act,
+                     cudaStream_t stream, const DecodeTuning& tuning) {
+  constexpr const char* op = "moe_gate_up_decode";
+  const int64_t pairs = check_gate_up(x, w13, top_k, act, op);
+  const Shape& ws = shape_of(w13);
   check_perm(perm, ws[0], pairs, op);
   if (pairs == 0 || ws[1] == 0) return;
+  const Routing r = routing(perm);
+  switch (token_tiles(x.size(0), pairs, ws[0])) {
+    case 1: return gate_up<1>(x, w13, r, top_k, act, stream, tuning);
+    case 2: return gate_up<2>(x, w13, r, top_k, act, stream, tuning);
+    default: return gate_up<4>(x, w13, r, top_k, act, stream, tuning);
+  }
+}
+
+template <class WT>
+void down_checked(const Tensor& act, const WT& w2, const MoePermutation& perm, const Tensor& y, cudaStream_t stream,
+                  const DecodeTuning& tuning) {
+  constexpr const char* op = "moe_down_decode";
+  const int64_t pairs = check_down(act, w2, y, op);
+  const Shape& ws = shape_of(w2);
+  check_perm(perm, ws[0], pairs, op);
+  if (pairs == 0 || ws[1] == 0) return;
+  const Routing r = routing(perm);
   // T is not known here; the pairs per expert are at most T = pairs / k <= pairs.
   switch (token_tiles(pairs, pairs, ws[0])) {
-    case 1: return down<1>(act, w2, perm, y, stream, tuning);
-    case 2: return down<2>(act, w2, perm, y, stream, tuning);
-    default: return down<4>(act, w2, perm, y, stream, tuning);
+    case 1: return down<1>(act, w2, r, y, stream, tuning);
+    case 2: return down<2>(act, w2, r, y, stream, tuning);
+    default: return down<4>(act, w2, r, y, stream, tuning);
   }
+}
+
+// The token route's tensors against E experts; `outputs`: the ids and weights the down kernel writes.
+TokenRouting token_routing(const MoeTokenRoute& route, int64_t experts, bool outputs, const char* op) {
+  const Tensor& l = route.logits;
+  MXMOE_CHECK(l.device() == Device::cuda && l.is_contiguous() && l.dtype() == DType::f32 && l.shape() == Shape({1, experts}),
+              op, ": router logits must be a contiguous CUDA f32 [1, ", experts, "], got ", dtype_name(l.dtype()), " ",
+              shape_str(l.shape()));
+  MXMOE_CHECK(route.top_k >= 1 && route.top_k <= kMoeMaxTopK && route.top_k <= experts && experts <= kMoeMaxExperts, op,
+              ": top_k = ", route.top_k, " with ", experts, " experts (supported: 1..min(E, ", kMoeMaxTopK, "), E <= ",
+              kMoeMaxExperts, ")");
+  TokenRouting r{l.data_as<const float>(), int(experts), route.top_k, route.renormalize, 0, nullptr, nullptr};
+  if (outputs) {
+    for (const auto& [t, dtype, name] : {std::tuple{&route.ids, DType::i32, "ids"}, {&route.weights, DType::f32, "weights"}})
+      MXMOE_CHECK(t->device() == Device::cuda && t->is_contiguous() && t->dtype() == dtype &&
+                      t->numel() == route.top_k,
+                  op, ": ", name, " must be a contiguous CUDA ", dtype_name(dtype), " [", route.top_k, "]");
+    r.ids = route.ids.data_as<int32_t>();
+    r.weights = route.weights.data_as<float>();
+  }
+  return r;
+}
+
+template <class WT>
+void gate_up_one_token(const Tensor& x, const WT& w13, const MoeTokenRoute& route, const Tensor& act,
+                       cudaStream_t stream, const DecodeTuning& tuning) {
+  constexpr const char* op = "moe_gate_up_decode (one token)";
+  check_gate_up(x, w13, route.top_k, act, op);
+  MXMOE_CHECK(x.size(0) == 1, op, ": x has ", x.size(0), " tokens, the token route takes one");
+  if (shape_of(w13)[1] == 0) return;
+  gate_up<1>(x, w13, token_routing(route, shape_of(w13)[0], false, op), route.top_k, act, stream, tuning);
+}
+
+template <class WT>
+void down_one_token(const Tensor& act, const WT& w2, const MoeTokenRoute& route, const Tensor& y, cudaStream_t stream,
+                    const DecodeTuning& tuning) {
+  constexpr const char* op = "moe_down_decode (one token)";
+  const int64_t pairs = check_down(act, w2, y, op);
+  MXMOE_CHECK(pairs == route.top_k, op, ": act has ", pairs, " rows, the token route has ", route.top_k, " slots");
+  if (shape_of(w2)[1] == 0) return;
+  down<1>(act, w2, token_routing(route, shape_of(w2)[0], true, op), y, stream, tuning);
 }
 
 }  // namespace
@@ -284,6 +403,23 @@ void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoePermutation
 void moe_down_decode(const Tensor& act, const Tensor& w2, const MoePermutation& perm, const Tensor& y,
                      cudaStream_t stream, const DecodeTuning& tuning) {
   down_checked(act, w2, perm, y, stream, tuning);
+}
+
+void moe_gate_up_decode(const Tensor& x, const MxTensor& w13, const MoeTokenRoute& route, const Tensor& act,
+                        cudaStream_t stream, const DecodeTuning& tuning) {
+  gate_up_one_token(x, w13, route, act, stream, tuning);
+}
+void moe_gate_up_decode(const Tensor& x, const Tensor& w13, const MoeTokenRoute& route, const Tensor& act,
+                        cudaStream_t stream, const DecodeTuning& tuning) {
+  gate_up_one_token(x, w13, route, act, stream, tuning);
+}
+void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoeTokenRoute& route, const Tensor& y,
+                     cudaStream_t stream, const DecodeTuning& tuning) {
+  down_one_token(act, w2, route, y, stream, tuning);
+}
+void moe_down_decode(const Tensor& act, const Tensor& w2, const MoeTokenRoute& route, const Tensor& y,
+                     cudaStream_t stream, const DecodeTuning& tuning) {
+  down_one_token(act, w2, route, y, stream, tuning);
 }
 
 }  // namespace mxmoe

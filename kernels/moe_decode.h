@@ -28,12 +28,34 @@ void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoePermutation
 void moe_down_decode(const Tensor& act, const Tensor& w2, const MoePermutation& perm, const Tensor& y,
                      cudaStream_t stream, const DecodeTuning& tuning = {});  // bf16 weights
 
+// One token routed by the expert kernels themselves, without a permutation: every block finds the
+// token's top-k experts from its router logits (the routing's order and ties), and pair s is slot
+// s (act and y rows = slots). The down kernel's block 0 also writes the slots' experts and routing
+// weights (as moe_route) for the combine.
+struct MoeTokenRoute {
+  Tensor logits;  // f32 [1, E], written at least two kernels before the down kernel
+  int top_k = 0;
+  bool renormalize = false;
+  Tensor ids, weights;  // i32 / f32 [top_k], written by moe_down_decode
+};
+void moe_gate_up_decode(const Tensor& x, const MxTensor& w13, const MoeTokenRoute& route, const Tensor& act,
+                        cudaStream_t stream, const DecodeTuning& tuning = {});
+void moe_gate_up_decode(const Tensor& x, const Tensor& w13, const MoeTokenRoute& route, const Tensor& act,
+                        cudaStream_t stream, const DecodeTuning& tuning = {});
+void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoeTokenRoute& route, const Tensor& y,
+                     cudaStream_t stream, const DecodeTuning& tuning = {});
+void moe_down_decode(const Tensor& act, const Tensor& w2, const MoeTokenRoute& route, const Tensor& y,
+                     cudaStream_t stream, const DecodeTuning& tuning = {});
+
 // fused_moe (kernels/fused_moe.h) on the decode path with the router's logits GEMV in the routing
 // launch (moe_router_route_permute): router_logits = x · router_weightᵀ (bf16 products, fp32 sums)
 // is written too, then routed exactly as fused_moe routes it. Saves the logits GEMM's launch and
 // its wait per MoE layer. x [T, H] bf16; router_weight [E, H] bf16 (a router without bias);
 // router_logits [T, E] f32; out [T, H] bf16. Only where fused_moe_router_fusable (CUDA, T <= 16,
 // T·E <= 4096, H a multiple of 8); callers run the router GEMM and fused_moe otherwise.
+// At T = 1 the router launch writes only the logits and the expert kernels route the token
+// themselves (MoeTokenRoute): no routing launch at all (MXMOE_MOE_TOKEN_ROUTE=0: the routing
+// launch instead, for comparison). The same ids, weights and output either way.
 bool fused_moe_router_fusable(const Tensor& x, const Tensor& router_weight, const MoeRouting& routing);
 void fused_moe_with_router(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits,
                            const MoeWeights& w, const MoeRouting& routing, const Tensor& out, MoeWorkspace& workspace,

@@ -222,6 +222,7 @@ __device__ void dot8(const uint4& wv, const uint4& xv, float& acc) {
   }
 }
 
+template <bool kRoute>  // false: the logits only (one token, routed by the expert kernels)
 __global__ void __launch_bounds__(kScanThreads)
     router_route_permute_kernel(const uint4* x, const uint4* __restrict__ w, int hidden,
                                 float* __restrict__ logits, int n_tokens, int n_experts, int top_k, bool renormalize,
@@ -241,6 +242,7 @@ __global__ void __launch_bounds__(kScanThreads)
     wv[j] = row < n_experts && v < vecs ? __ldcs(wrow + v) : make_uint4(0, 0, 0, 0);
   }
   grid_dependency_wait();
+  if constexpr (!kRoute) launch_dependents();  // the next kernel waits for all the logits anyway
   float acc[kRouterTokens] = {};
   // x through L1 (plain loads, after the wait as in the tile kernels): the block's 4 rows read the
   // same vectors of x, so 3 of 4 reads hit L1 (through L2 alone, T=8 H=4096 read 256 KB per block).
@@ -271,6 +273,7 @@ __global__ void __launch_bounds__(kScanThreads)
       logits[int64_t(t) * n_experts + e] = sum;
     }
   }
+  if constexpr (!kRoute) return;
   // The last block to finish routes (the classic threadfence reduction): every block publishes its
   // logits before counting itself.
   __threadfence();
@@ -470,11 +473,29 @@ void moe_router_route_permute(const Tensor& x, const Tensor& router_weight, cons
   MXMOE_CHECK(moe_router_fusable(n_tokens, n_experts, hidden, top_k), op, ": T = ", n_tokens, ", E = ", n_experts,
               ", H = ", hidden, ", k = ", top_k, " is not fusable (T <= ", kMoeRouterMaxTokens, ", T·E <= ",
               kStagedLogits, ", H a multiple of 8)");
-  launch_pdl(router_route_permute_kernel, dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows)),
+  launch_pdl(router_route_permute_kernel<true>, dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows)),
              dim3(kScanThreads), 0, stream, x.data_as<const uint4>(), router_weight.data_as<const uint4>(),
              int(hidden), router_logits.data_as<float>(), int(n_tokens), int(n_experts), top_k, renormalize,
              route_permute_out(topk_ids, topk_weights, out),
              reinterpret_cast<unsigned*>(out.blocks_done.data_as<int32_t>()));
+}
+
+void moe_router_logits(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, cudaStream_t stream) {
+  constexpr const char* op = "moe_router_logits";
+  check_cuda_contiguous(x, DType::bf16, op, "x");
+  check_cuda_contiguous(router_weight, DType::bf16, op, "router_weight");
+  check_cuda_contiguous(router_logits, DType::f32, op, "router_logits");
+  MXMOE_CHECK(x.dim() == 2 && router_weight.dim() == 2 && router_weight.size(1) == x.size(1), op, ": x ",
+              shape_str(x.shape()), " and router_weight ", shape_str(router_weight.shape()), " must be [T, H] and [E, H]");
+  const int64_t n_tokens = x.size(0), n_experts = router_weight.size(0), hidden = x.size(1);
+  MXMOE_CHECK(router_logits.shape() == Shape({n_tokens, n_experts}), op, ": router_logits ",
+              shape_str(router_logits.shape()), ", expected [", n_tokens, ", ", n_experts, "]");
+  MXMOE_CHECK(n_tokens >= 1 && n_tokens <= kMoeRouterMaxTokens && hidden % 8 == 0 && hidden / 8 <= (int64_t(1) << 30),
+              op, ": T = ", n_tokens, ", H = ", hidden, " (T <= ", kMoeRouterMaxTokens, ", H a multiple of 8)");
+  launch_pdl(router_route_permute_kernel<false>, dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows)),
+             dim3(kScanThreads), 0, stream, x.data_as<const uint4>(), router_weight.data_as<const uint4>(),
+             int(hidden), router_logits.data_as<float>(), int(n_tokens), int(n_experts), 1, false, RoutePermuteOut{},
+             static_cast<unsigned*>(nullptr));
 }
 
 void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream) {

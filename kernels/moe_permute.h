@@ -47,6 +47,9 @@ bool moe_router_fusable(int64_t n_tokens, int64_t n_experts, int64_t hidden, int
 void moe_router_route_permute(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, int top_k,
                               bool renormalize, const Tensor& topk_ids, const Tensor& topk_weights,
                               const MoePermuteBuffers& out, cudaStream_t stream);
+// Its router GEMV alone: router_logits = x · router_weightᵀ (the same sums), for a token the
+// expert kernels route themselves (MoeTokenRoute, kernels/moe_decode.h). T <= 16, H % 8 == 0.
+void moe_router_logits(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, cudaStream_t stream);
 
 // xs[i] = x[sorted_pairs[i] / top_k]. x [T, H] bf16; xs [T * top_k, H] bf16.
 void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream);

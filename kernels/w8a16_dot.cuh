@@ -184,7 +184,9 @@ struct Job {
 //   static constexpr bool kJobsBeforeWait: job() and row() may run before the PDL wait (they read
 //     nothing the previous kernel writes);
 //   Plan plan; int64_t k (reduction length);
-//   bool job(int index, Job<Weights>&)           false: nothing to do (the whole cluster returns);
+//   const int* route()                           called by every thread before job(): a problem that
+//     routes itself (MoE at one token) finds its experts into shared memory and returns them; else nullptr;
+//   bool job(int index, Job<Weights>&, const int* routed)  false: nothing to do (the whole cluster returns);
 //   int64_t row(const Job&, int tile, int r)     weight row of tile row r (0..15), -1 past the end;
 //   const __nv_bfloat16* x_row(const Job&, int m)  token m's activations [k];
 //   void store(const Job&, int tile, int g, int t, int m0, const float (&acc)[kNTiles][4])
@@ -205,7 +207,8 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
   const int split = int(blockIdx.x) % p.plan.splits;
   if constexpr (!P::kJobsBeforeWait) grid_dependency_wait();
   Job<W> job;
-  if (!p.job(int(blockIdx.x) / p.plan.splits, job)) return;
+  const int* routed = p.route();
+  if (!p.job(int(blockIdx.x) / p.plan.splits, job, routed)) return;
   const int tile = job.group * kWarps + warp;
   const int64_t r0 = p.row(job, tile, g), r1 = p.row(job, tile, g + 8);
   const int64_t kb = split * p.plan.slice_k, ke = std::min<int64_t>(p.k, kb + p.plan.slice_k);

@@ -26,7 +26,8 @@ struct DenseGemv {
   int m;
   int64_t n;
 
-  __device__ bool job(int index, Job<Fp8Rows>& j) const {
+  __device__ const int* route() const { return nullptr; }
+  __device__ bool job(int index, Job<Fp8Rows>& j, const int*) const {
     j = {w, index, m, 0};
     return true;
   }

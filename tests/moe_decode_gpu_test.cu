@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "kernels/moe_decode.h"
+#include "kernels/moe_routing.h"
 #include "tests/w8a16_test_util.h"
 
 namespace mxmoe::testing {
@@ -183,6 +184,84 @@ TEST(MoeDecode, ForcedSplits) {
       for (bool pdl : {true, false})
         for (int64_t tokens : {1, 16}) check(s, w13, w2, w13_gpu, w2_gpu, tokens, Route::random, rng, {splits, pdl});
   }
+}
+
+// One token routed by the kernels themselves (MoeTokenRoute): the slots' experts from the router
+// logits as moe_route_ref picks them (ties included: two experts share the top logit, and the
+// lowest index must win), act and y against per-expert matmul_ref in slot order, and the ids and
+// weights the down kernel writes against moe_route_ref's.
+template <class WT>
+void check_one_token(const Shape4& s, const WT& w13, const WT& w2, bool renormalize, std::mt19937_64& rng) {
+  SCOPED_TRACE(::testing::Message() << "E=" << s.experts << " k=" << s.top_k << " H=" << s.hidden << " I=" << s.inter
+                                    << " renormalize=" << renormalize);
+  const WT w13_gpu = device_copy(w13), w2_gpu = device_copy(w2);
+  Tensor logits = random_tensor({1, s.experts}, DType::f32, rng);
+  float* l = logits.data_as<float>();
+  const int64_t a = int64_t(rng() % uint64_t(s.experts)), b = (a + 1 + int64_t(rng() % uint64_t(s.experts - 1))) % s.experts;
+  l[a] = l[b] = 5.f;  // a tie at the top
+  Tensor ids_ref = Tensor::empty({1, s.top_k}, DType::i32, Device::cpu);
+  Tensor weights_ref = Tensor::empty({1, s.top_k}, DType::f32, Device::cpu);
+  moe_route_ref(logits, s.top_k, renormalize, ids_ref, weights_ref);
+  ASSERT_EQ(ids_ref.data_as<int32_t>()[0], int32_t(std::min(a, b)));
+
+  const Tensor ids = poisoned({s.top_k}, DType::i32), weights = poisoned({s.top_k}, DType::f32);
+  const MoeTokenRoute route{logits.to(Device::cuda), s.top_k, renormalize, ids, weights};
+  const Tensor x = random_tensor({1, s.hidden}, DType::bf16, rng);
+  const Tensor act = poisoned({s.top_k, s.inter}, DType::bf16);
+  moe_gate_up_decode(x.to(Device::cuda), w13_gpu, route, act, nullptr);
+  const Tensor a_in = random_tensor({s.top_k, s.inter}, DType::bf16, rng);
+  const Tensor y = poisoned({s.top_k, s.hidden}, DType::f32);
+  moe_down_decode(a_in.to(Device::cuda), w2_gpu, route, y, nullptr);
+
+  std::vector<float> act_ref(size_t(s.top_k * s.inter));
+  Tensor y_ref = Tensor::empty({s.top_k, s.hidden}, DType::f32, Device::cpu);
+  for (int slot = 0; slot < s.top_k; ++slot) {
+    const int64_t e = ids_ref.data_as<int32_t>()[slot];
+    Tensor h = Tensor::empty({1, 2 * s.inter}, DType::f32, Device::cpu);
+    matmul_ref(x, expert(w13, e), nullptr, h);
+    for (int64_t n = 0; n < s.inter; ++n) {
+      const double gate = h.data_as<float>()[n], up = h.data_as<float>()[s.inter + n];
+      act_ref[size_t(slot * s.inter + n)] = float(gate / (1.0 + std::exp(-gate)) * up);
+    }
+    matmul_ref(a_in.slice(slot, slot + 1), expert(w2, e), nullptr, y_ref.slice(slot, slot + 1));
+  }
+  Tensor act_ref_t = Tensor::empty({s.top_k, s.inter}, DType::f32, Device::cpu);
+  from_f32_vector(act_ref, act_ref_t);
+  EXPECT_LE(rel_error(act, act_ref_t), kTol) << "gate_up";
+  EXPECT_LE(rel_error(y, y_ref), kTol) << "down";
+  const Tensor ids_got = ids.to(Device::cpu);
+  for (int slot = 0; slot < s.top_k; ++slot)
+    EXPECT_EQ(ids_got.data_as<int32_t>()[slot], ids_ref.data_as<int32_t>()[slot]) << "slot " << slot;
+  EXPECT_LE(rel_error(weights, weights_ref.view({s.top_k})), 1e-6) << "weights";
+}
+
+TEST(MoeDecode, OneTokenRoutesItself) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  for (const Shape4 s : {Shape4{128, 8, 2048, 768}, Shape4{8, 2, 256, 14336}, Shape4{60, 4, 512, 352}}) {
+    const MxTensor w13 = random_mxfp8({s.experts, 2 * s.inter, s.hidden}, rng);
+    const MxTensor w2 = random_mxfp8({s.experts, s.hidden, s.inter}, rng);
+    check_one_token(s, w13, w2, true, rng);
+    check_one_token(s, w13, w2, false, rng);
+  }
+  const Shape4 s{64, 8, 256, 96};
+  const Tensor w13 = random_tensor({s.experts, 2 * s.inter, s.hidden}, DType::bf16, rng, 0.05f);
+  const Tensor w2 = random_tensor({s.experts, s.hidden, s.inter}, DType::bf16, rng, 0.05f);
+  check_one_token(s, w13, w2, true, rng);
+  // Two tokens, or logits of another expert count: Errors.
+  const MxTensor m13 = mxfp8_empty({8, 128, 64}, Device::cuda), m2 = mxfp8_empty({8, 64, 64}, Device::cuda);
+  const Tensor i2 = Tensor::empty({2}, DType::i32, Device::cuda), f2 = Tensor::empty({2}, DType::f32, Device::cuda);
+  const MoeTokenRoute good{Tensor::empty({1, 8}, DType::f32, Device::cuda), 2, true, i2, f2};
+  const MoeTokenRoute bad{Tensor::empty({1, 9}, DType::f32, Device::cuda), 2, true, i2, f2};
+  EXPECT_THROW(moe_gate_up_decode(Tensor::empty({2, 64}, DType::bf16, Device::cuda), m13, good,
+                                  Tensor::empty({4, 64}, DType::bf16, Device::cuda), nullptr),
+               Error);
+  EXPECT_THROW(moe_gate_up_decode(Tensor::empty({1, 64}, DType::bf16, Device::cuda), m13, bad,
+                                  Tensor::empty({2, 64}, DType::bf16, Device::cuda), nullptr),
+               Error);
+  EXPECT_THROW(moe_down_decode(Tensor::empty({2, 64}, DType::bf16, Device::cuda), m2, bad,
+                               Tensor::empty({2, 64}, DType::f32, Device::cuda), nullptr),
+               Error);
 }
 
 TEST(MoeDecode, BadInput) {
