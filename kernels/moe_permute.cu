@@ -448,6 +448,21 @@ void moe_route_permute(const Tensor& logits, int top_k, bool renormalize, const 
              route_permute_out(topk_ids, topk_weights, out));
 }
 
+namespace {
+
+// The router GEMV's operands: x [T, H] bf16, router_weight [E, H] bf16, router_logits [T, E] f32.
+void check_router_args(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, const char* op) {
+  check_cuda_contiguous(x, DType::bf16, op, "x");
+  check_cuda_contiguous(router_weight, DType::bf16, op, "router_weight");
+  check_cuda_contiguous(router_logits, DType::f32, op, "router_logits");
+  MXMOE_CHECK(x.dim() == 2 && router_weight.dim() == 2 && router_weight.size(1) == x.size(1), op, ": x ",
+              shape_str(x.shape()), " and router_weight ", shape_str(router_weight.shape()), " must be [T, H] and [E, H]");
+  MXMOE_CHECK(router_logits.shape() == Shape({x.size(0), router_weight.size(0)}), op, ": router_logits ",
+              shape_str(router_logits.shape()), ", expected [", x.size(0), ", ", router_weight.size(0), "]");
+}
+
+}  // namespace
+
 bool moe_router_fusable(int64_t n_tokens, int64_t n_experts, int64_t hidden, int top_k) {
   return n_tokens >= 1 && n_tokens <= kMoeRouterMaxTokens && n_tokens * top_k <= kMoeFusedRoutePairs &&
          n_tokens * n_experts <= kStagedLogits && hidden % 8 == 0 && hidden / 8 <= (int64_t(1) << 30);
@@ -457,14 +472,8 @@ void moe_router_route_permute(const Tensor& x, const Tensor& router_weight, cons
                               bool renormalize, const Tensor& topk_ids, const Tensor& topk_weights,
                               const MoePermuteBuffers& out, cudaStream_t stream) {
   constexpr const char* op = "moe_router_route_permute";
-  check_cuda_contiguous(x, DType::bf16, op, "x");
-  check_cuda_contiguous(router_weight, DType::bf16, op, "router_weight");
-  check_cuda_contiguous(router_logits, DType::f32, op, "router_logits");
-  MXMOE_CHECK(x.dim() == 2 && router_weight.dim() == 2 && router_weight.size(1) == x.size(1), op, ": x ",
-              shape_str(x.shape()), " and router_weight ", shape_str(router_weight.shape()), " must be [T, H] and [E, H]");
+  check_router_args(x, router_weight, router_logits, op);
   const int64_t n_tokens = x.size(0), n_experts = router_weight.size(0), hidden = x.size(1);
-  MXMOE_CHECK(router_logits.shape() == Shape({n_tokens, n_experts}), op, ": router_logits ",
-              shape_str(router_logits.shape()), ", expected [", n_tokens, ", ", n_experts, "]");
   MXMOE_CHECK(out.perm.active_experts.numel() == n_experts, op, ": buffers of ", out.perm.active_experts.numel(),
               " experts for a router of ", n_experts);
   check_moe_route_args(router_logits, top_k, topk_ids, topk_weights, Device::cuda, op);
@@ -482,14 +491,8 @@ void moe_router_route_permute(const Tensor& x, const Tensor& router_weight, cons
 
 void moe_router_logits(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, cudaStream_t stream) {
   constexpr const char* op = "moe_router_logits";
-  check_cuda_contiguous(x, DType::bf16, op, "x");
-  check_cuda_contiguous(router_weight, DType::bf16, op, "router_weight");
-  check_cuda_contiguous(router_logits, DType::f32, op, "router_logits");
-  MXMOE_CHECK(x.dim() == 2 && router_weight.dim() == 2 && router_weight.size(1) == x.size(1), op, ": x ",
-              shape_str(x.shape()), " and router_weight ", shape_str(router_weight.shape()), " must be [T, H] and [E, H]");
+  check_router_args(x, router_weight, router_logits, op);
   const int64_t n_tokens = x.size(0), n_experts = router_weight.size(0), hidden = x.size(1);
-  MXMOE_CHECK(router_logits.shape() == Shape({n_tokens, n_experts}), op, ": router_logits ",
-              shape_str(router_logits.shape()), ", expected [", n_tokens, ", ", n_experts, "]");
   MXMOE_CHECK(n_tokens >= 1 && n_tokens <= kMoeRouterMaxTokens && hidden % 8 == 0 && hidden / 8 <= (int64_t(1) << 30),
               op, ": T = ", n_tokens, ", H = ", hidden, " (T <= ", kMoeRouterMaxTokens, ", H a multiple of 8)");
   launch_pdl(router_route_permute_kernel<false>, dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows)),
