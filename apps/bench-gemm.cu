@@ -34,13 +34,15 @@ double tflops(double flops, double ms) { return flops / (ms * 1e-3) / 1e12; }
 const GemmTile kVariants[] = {GemmTile::rs_t256, GemmTile::rs_t128, GemmTile::m256_4wg, GemmTile::n128_2cta,
                               GemmTile::rs_t256_pair, GemmTile::automatic};
 
-// TFLOP/s of cuBLASLt's FP8 per-tensor GEMM y[M, N] = x[M, K]·w[N, K]ᵀ over the rotated weights, or
-// -1 where cuBLASLt refuses it (printed "-"). Contents are the e4m3 elements of MXFP8 tensors.
+// TFLOP/s of cuBLASLt's FP8 per-tensor GEMM y[M, N] = x[M, K]·w[N, K]ᵀ over the rotated e4m3 weights,
+// x (bf16) quantized here to its MXFP8 elements, or -1 where cuBLASLt refuses it (printed "-").
 double fp8_ceiling(const Tensor& x, const std::vector<Tensor>& w, const Tensor& y, double flops, cudaStream_t stream) {
+  const MxTensor x8 = mxfp8_empty(x.shape(), Device::cuda);  // x [M, K] bf16 as e4m3
+  mxfp8_quantize(x, x8, ScaleRule::rceil, stream);
   const Tensor one = bench::device_scalar(1.f);
   return bench::unless_refused("cuBLASLt fp8", [&] {
     return tflops(flops, bench::median_ms(stream, [&](int i) {
-      cublaslt_gemm_fp8(x, one, w[size_t(i) % w.size()], one, y, stream);
+      cublaslt_gemm_fp8(x8.elems, one, w[size_t(i) % w.size()], one, y, stream);
     }, 5, 30));
   });
 }
@@ -82,11 +84,9 @@ void bench_dense(const char* name, int64_t m, int64_t n, int64_t k, cudaStream_t
   };
   const double t_lt = tflops(
       flops, bench::median_ms(stream, [&](int i) { cublaslt_gemm_bf16(x, w16[size_t(i % copies)], nullptr, y, stream); }, 5, 30));
-  const MxTensor x8 = mxfp8_empty({m, k}, Device::cuda);
-  mxfp8_quantize(x, x8, ScaleRule::rceil, stream);
   std::vector<Tensor> w8_elems;
   for (const MxTensor& w : w8) w8_elems.push_back(w.elems);
-  print_row(name, m, n, k, run_variants(ours), t_lt, -1, fp8_ceiling(x8.elems, w8_elems, y, flops, stream));
+  print_row(name, m, n, k, run_variants(ours), t_lt, -1, fp8_ceiling(x, w8_elems, y, flops, stream));
 }
 
 // Offsets of tokens x top_k rows routed over `experts` with skewed popularity (log-normal expert
@@ -130,9 +130,7 @@ void bench_grouped(const char* name, int64_t tokens, int experts, int top_k, int
   const Tensor w_dense = w16.select(0);  // [n, k]: a dense GEMM of the same total rows
   const double t_lt =
       tflops(flops, bench::median_ms(stream, [&](int) { cublaslt_gemm_bf16(x, w_dense, nullptr, y, stream); }, 5, 30));
-  const MxTensor x8 = mxfp8_empty({m, k}, Device::cuda);
-  mxfp8_quantize(x, x8, ScaleRule::rceil, stream);
-  print_row(name, m, n, k, run_variants(ours), t_lt, t_bf16, fp8_ceiling(x8.elems, {w8.elems.select(0)}, y, flops, stream));
+  print_row(name, m, n, k, run_variants(ours), t_lt, t_bf16, fp8_ceiling(x, {w8.elems.select(0)}, y, flops, stream));
 }
 
 }  // namespace

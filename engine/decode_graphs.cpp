@@ -48,8 +48,7 @@ Tensor DecodeGraphs::run(const HostStep& step, cudaStream_t stream, const Tensor
       invalidate();
     }
   }
-  const StepInputs in = uploader_.upload(padded, stream, e.inputs);
-  if (fed) in.token_ids.slice(0, step.num_seqs()).copy_from(*fed, stream);
+  const StepInputs in = uploader_.upload(padded, stream, e.inputs, fed);
   const Tensor logits = logits_.slice(0, b);
   const Tensor result = logits_.slice(0, int64_t(step.logit_rows.size()));
 

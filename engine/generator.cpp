@@ -107,8 +107,7 @@ Tensor Generator::run_step(std::span<const int> seqs, const std::vector<std::vec
   const bool fresh = device_ == Device::cuda && seen_tokens_.insert(h.num_tokens()).second;
   if (fresh && graphs_) graphs_->invalidate();
   const StepArena::Scope scope(fresh ? nullptr : arena_.get());
-  const StepInputs in = uploader_.upload(h, stream());
-  if (fed) in.token_ids.slice(0, int64_t(seqs.size())).copy_from(*fed, stream());
+  const StepInputs in = uploader_.upload(h, stream(), {}, fed);
   Tensor logits = Tensor::empty({int64_t(logit_rows.size()), vocab}, model_.logits_dtype(), device_);
   model_.forward(in, cache_, logits, stream());
   return logits;

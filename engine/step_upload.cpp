@@ -46,7 +46,7 @@ StepUploader::StepUploader(Device device) : device_(device) {
   if (device_ == Device::cuda) copied_ = std::make_unique<Event>(cudaEventDisableTiming);
 }
 
-StepInputs StepUploader::upload(const HostStep& step, cudaStream_t stream, Tensor dest) {
+StepInputs StepUploader::upload(const HostStep& step, cudaStream_t stream, Tensor dest, const Tensor* fed) {
   const size_t n = step.packed_size();
   int32_t* host = nullptr;
   Tensor packed;
@@ -74,6 +74,7 @@ StepInputs StepUploader::upload(const HostStep& step, cudaStream_t stream, Tenso
     CUDA_CHECK(cudaMemcpyAsync(packed.data(), host, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     copied_->record(stream);
   }
+  if (fed) views[0].slice(0, fed->numel()).copy_from(*fed, stream);
   StepInputs in;
   in.token_ids = views[0];
   in.positions = views[1];

@@ -39,8 +39,9 @@ class StepUploader {
   explicit StepUploader(Device device);
   // Packs `step` into `dest` (i32 [>= packed_size()] on the device, or empty: a new tensor made
   // here, from the active step arena if any) with one copy on `stream`, and returns the model's
-  // inputs as views of it.
-  StepInputs upload(const HostStep& step, cudaStream_t stream, Tensor dest = {});
+  // inputs as views of it. fed: i32 [n] on the device, or nullptr: copied over the first n token
+  // ids after that copy (tokens sampled by the previous step, not read back yet).
+  StepInputs upload(const HostStep& step, cudaStream_t stream, Tensor dest = {}, const Tensor* fed = nullptr);
 
  private:
   Device device_;

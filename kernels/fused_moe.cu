@@ -1,6 +1,8 @@
 // Fused MoE on CUDA: routing -> device permutation -> decode or prefill expert path -> weighted
 // combine. Everything is enqueued on `stream` with no host sync (capturable in a CUDA graph once
 // the workspace has grown to the call's size). CPU tensors go to fused_moe_ref.
+#include <type_traits>
+
 #include "engine/cuda_check.h"
 #include "engine/env.h"
 #include "kernels/fused_moe.h"
@@ -63,21 +65,23 @@ RoutingBuffers routing_buffers(MoeWorkspace::Impl& ws, const MoeShape& s, int k,
 }
 
 // Decode experts: pair-indexed, act and y rows are pairs t*k + slot; the kernels read each active
-// expert once. (Fusing the combine into the down kernel, the last block of each 128-row group of H
-// summing the slots, measured no gain on H100: Qwen3-30B-A3B T=1 32.4 vs 32.2 us, bench-moe.)
-void decode_experts(const Tensor& x, const MoeWeights& w, const MoeShape& s, int k, const MoePermutation& perm,
+// expert once, routed by `route`: the permutation, or (one token) MoeTokenRoute, whose down kernel
+// writes `weights` itself. (Fusing the combine into the down kernel, the last block of each 128-row
+// group of H summing the slots, measured no gain on H100: Qwen3-30B-A3B T=1 32.4 vs 32.2 us, bench-moe.)
+template <class Route>
+void decode_experts(const Tensor& x, const MoeWeights& w, const MoeShape& s, int k, const Route& route,
                     const Tensor& weights, const Tensor& out, MoeWorkspace::Impl& ws, cudaStream_t stream) {
   using Impl = MoeWorkspace::Impl;
   const int64_t pairs = s.tokens * k;
   const Tensor act = Impl::take(ws.act, {pairs, s.inter}, DType::bf16);
   const Tensor y = Impl::take(ws.y, {pairs, s.hidden}, DType::f32);
-  if (w.quantized()) {
-    moe_gate_up_decode(x, w.w13_mx, perm, k, act, stream);
-    moe_down_decode(act, w.w2_mx, perm, y, stream);
-  } else {
-    moe_gate_up_decode(x, w.w13, perm, k, act, stream);
-    moe_down_decode(act, w.w2, perm, y, stream);
-  }
+  const auto experts = [&](const auto& w13, const auto& w2) {
+    if constexpr (std::is_same_v<Route, MoeTokenRoute>) moe_gate_up_decode(x, w13, route, act, stream);
+    else moe_gate_up_decode(x, w13, route, k, act, stream);
+    moe_down_decode(act, w2, route, y, stream);
+  };
+  if (w.quantized()) experts(w.w13_mx, w.w2_mx);
+  else experts(w.w13, w.w2);
   moe_combine(y, weights, nullptr, k, out, stream);
 }
 
@@ -140,20 +144,8 @@ void fused_moe_with_router(const Tensor& x, const Tensor& router_weight, const T
   static const bool token_route = env_flag("MXMOE_MOE_TOKEN_ROUTE", true);
   if (s.tokens == 1 && token_route) {
     moe_router_logits(x, router_weight, router_logits, stream);
-    using Impl = MoeWorkspace::Impl;
-    const int k = routing.top_k;
-    const Tensor act = Impl::take(ws.act, {k, s.inter}, DType::bf16);
-    const Tensor y = Impl::take(ws.y, {k, s.hidden}, DType::f32);
-    const MoeTokenRoute route{router_logits, k, routing.renormalize, rb.ids, rb.weights};
-    if (w.quantized()) {
-      moe_gate_up_decode(x, w.w13_mx, route, act, stream);
-      moe_down_decode(act, w.w2_mx, route, y, stream);
-    } else {
-      moe_gate_up_decode(x, w.w13, route, act, stream);
-      moe_down_decode(act, w.w2, route, y, stream);
-    }
-    moe_combine(y, rb.weights, nullptr, k, out, stream);
-    return;
+    const MoeTokenRoute route{router_logits, routing.top_k, routing.renormalize, rb.ids, rb.weights};
+    return decode_experts(x, w, s, routing.top_k, route, rb.weights, out, ws, stream);
   }
   moe_router_route_permute(x, router_weight, router_logits, routing.top_k, routing.renormalize, rb.ids, rb.weights,
                            rb.pb, stream);

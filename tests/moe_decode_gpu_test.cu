@@ -84,6 +84,14 @@ Tensor gather(const Tensor& x, const std::vector<int>& rows) {
   return out;
 }
 
+// act[0:I] = SiLU(gate) · up of one row h = [gate | up] (2I values), in double.
+void silu_up_ref(const float* h, int64_t inter, float* act) {
+  for (int64_t n = 0; n < inter; ++n) {
+    const double gate = h[n], up = h[inter + n];
+    act[n] = float(gate / (1.0 + std::exp(-gate)) * up);
+  }
+}
+
 struct Shape4 {
   int64_t experts;
   int top_k;
@@ -113,11 +121,7 @@ void check(const Shape4& s, const WT& w13, const WT& w2, const WT& w13_gpu, cons
     Tensor out = Tensor::empty({int64_t(ps.size()), 2 * s.inter}, DType::f32, Device::cpu);
     matmul_ref(gather(x, token_rows), expert(w13, e), nullptr, out);
     const float* o = out.data_as<const float>();
-    for (size_t j = 0; j < ps.size(); ++j)
-      for (int64_t n = 0; n < s.inter; ++n) {
-        const double gate = o[j * size_t(2 * s.inter) + size_t(n)], up = o[j * size_t(2 * s.inter) + size_t(s.inter + n)];
-        act_ref[size_t(ps[j] * s.inter + n)] = float(gate / (1.0 + std::exp(-gate)) * up);
-      }
+    for (size_t j = 0; j < ps.size(); ++j) silu_up_ref(o + j * size_t(2 * s.inter), s.inter, &act_ref[size_t(ps[j] * s.inter)]);
   }
   Tensor act_ref_t = Tensor::empty({pairs, s.inter}, DType::f32, Device::cpu);
   from_f32_vector(act_ref, act_ref_t);
@@ -219,10 +223,7 @@ void check_one_token(const Shape4& s, const WT& w13, const WT& w2, bool renormal
     const int64_t e = ids_ref.data_as<int32_t>()[slot];
     Tensor h = Tensor::empty({1, 2 * s.inter}, DType::f32, Device::cpu);
     matmul_ref(x, expert(w13, e), nullptr, h);
-    for (int64_t n = 0; n < s.inter; ++n) {
-      const double gate = h.data_as<float>()[n], up = h.data_as<float>()[s.inter + n];
-      act_ref[size_t(slot * s.inter + n)] = float(gate / (1.0 + std::exp(-gate)) * up);
-    }
+    silu_up_ref(h.data_as<const float>(), s.inter, &act_ref[size_t(slot * s.inter)]);
     matmul_ref(a_in.slice(slot, slot + 1), expert(w2, e), nullptr, y_ref.slice(slot, slot + 1));
   }
   Tensor act_ref_t = Tensor::empty({s.top_k, s.inter}, DType::f32, Device::cpu);
