@@ -10,12 +10,15 @@
 //
 // One CTA of 2 warpgroups owns a tile of 128 W rows (y columns) x kBT tokens (y rows):
 //  - TMA: thread 0 issues the loads of the x tile
-//    [kBT, 64] bf16 (128-byte swizzle, the wgmma layout) and the W tile [128, 64] fp8 (64-byte
-//    swizzle: a warp's 8 row reads hit 8 distinct bank groups) into a ring of stages guarded by
-//    full (TMA bytes landed) and empty (all 8 warps done) mbarriers, kStages - 1 steps ahead of
-//    the wgmma. Tails (M, N, K) are TMA zero fill or rows whose results are never stored.
-//  - warpgroups 0 and 1: 64 W rows each, wgmma m64 x kBT x k16
-//    with fp32 accumulators; the scale bytes come from global memory two steps ahead.
+//    [kBT, 64] bf16 (128-byte swizzle, the wgmma layout; in 64-token boxes, only those the tile
+//    has rows in) and the W tile [128, 64] fp8 (64-byte swizzle: a warp's 8 row reads hit 8
+//    distinct bank groups) into a ring of stages guarded by full (TMA bytes landed) and empty
+//    (all 8 warps done) mbarriers, kStages - 2 steps ahead of the wgmma. Tails (M, N, K) are TMA
+//    zero fill or rows whose results are never stored.
+//  - warpgroups 0 and 1: 64 W rows each, wgmma m64 x N x k16 with N the tile's tokens rounded up
+//    to 64 (a grouped GEMM's last tile per group is often short: at ~128 rows per expert a full
+//    256-token wgmma would do twice the work); fp32 accumulators; the scale bytes come from
+//    global memory two steps ahead.
 // Why no dedicated producer warp: the 256-token tile needs ~200 registers per thread
 // (128 accumulators + fragments). A 9th warp puts 3 warps on one SM sub-partition (16K registers),
 // capping every thread at 168 (launch fails above); a producer warpgroup with setmaxnreg built
@@ -40,12 +43,14 @@
 
 namespace mxmoe::w8a16 {
 
+constexpr int kXBlockBytes = 64 * kBK * 2;  // 64 tokens x 64 k of x (bf16), one TMA box
+
 template <int kBT, bool kPair>
 struct RsTile {
   static constexpr int cluster = kPair ? 2 : 1;
   static constexpr int BW = 128;        // W rows per tile: 2 warpgroups x 64
   static constexpr int threads = 256;   // 2 warpgroups
-  static constexpr int x_bytes = kBT * kBK * 2;
+  static constexpr int x_bytes = kBT * kBK * 2;  // kBT / 64 blocks of kXBlockBytes
   static constexpr int w_bytes = BW * kBK;
   static constexpr int stage_bytes = x_bytes + w_bytes;
   static constexpr int fit = (232448 - 1024 - 256) / stage_bytes;  // 227 KiB - alignment slack - barriers
@@ -91,17 +96,25 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
   if constexpr (kPair) cluster_sync();
   else __syncthreads();
 
+  // The tile's rows in 64-token blocks: a group's last tile often holds only a few rows, and it
+  // loads and multiplies only the blocks it has (wgmma N = 64 · x_blocks). Pairs share full tiles.
+  const int x_blocks = kPair ? kBT / 64 : (min(kBT, t.m_end - row0) + 63) / 64;
+
   // Thread 0: TMA of K step kt into its stage once every warp has released the stage's last use.
   const int w_row0 = t.group * a.N + col0;
   auto produce = [&](int kt) {
     const int s = kt % kStages;
     mbar_wait(&empty[s], ((kt / kStages) & 1) ^ 1);
-    mbar_arrive_expect_tx(&full[s], T::stage_bytes);  // the peer's half of x lands here too
-    if constexpr (kPair)
-      tma_load_2d_multicast(x_s + s * T::x_bytes + int(rank) * (T::x_bytes / 2), &args.x_map, kt * kBK,
-                            row0 + int(rank) * (kBT / 2), &full[s], 0x3);
-    else
-      tma_load_2d(x_s + s * T::x_bytes, &args.x_map, kt * kBK, row0, &full[s]);
+    uint8_t* const x_stage = x_s + s * T::x_bytes;
+    if constexpr (kPair) {
+      mbar_arrive_expect_tx(&full[s], T::stage_bytes);  // the peer's half of x lands here too
+      tma_load_2d_multicast(x_stage + int(rank) * (T::x_bytes / 2), &args.x_map, kt * kBK, row0 + int(rank) * (kBT / 2),
+                            &full[s], 0x3);
+    } else {
+      mbar_arrive_expect_tx(&full[s], x_blocks * kXBlockBytes + T::w_bytes);
+      for (int b = 0; b < x_blocks; ++b)
+        tma_load_2d(x_stage + b * kXBlockBytes, &args.x_map, kt * kBK, row0 + 64 * b, &full[s]);
+    }
     tma_load_2d(w_s + s * T::w_bytes, &args.w_map, kt * kBK, w_row0, &full[s]);
   };
   if (threadIdx.x == 0)
@@ -133,95 +146,114 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
     }
   };
 
-  float acc[kBT / 2];
-#pragma unroll
-  for (int i = 0; i < kBT / 2; ++i) acc[i] = 0.f;
   const uint64_t x_desc0 = smem_desc(x_s);
-  // A fragments of k16 steps 0-1 / 2-3 of a K step: each half is one wgmma group, so a half's
-  // registers are rewritten only after wgmma_wait has retired the group that read them.
-  uint32_t frag_lo[2][4], frag_hi[2][4];
   uint32_t scales[4], scales_next[4];  // K steps kt and kt + 1
   load_scales(0, scales);
   load_scales(1, scales_next);
 
-  auto dequant = [&]<bool kWide>(const uint8_t* w_tile, int kk0, uint32_t (&frag)[2][4]) {
+  auto dequant = [&]<bool kWide>(uint32_t w_tile, int kk0, uint32_t (&frag)[2][4]) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int kk = kk0 + i, chunk = (kk ^ swz) * 16;
-      const uint4 row0 = *reinterpret_cast<const uint4*>(w_tile + r * 64 + chunk);
-      const uint4 row1 = *reinterpret_cast<const uint4*>(w_tile + (r + 8) * 64 + chunk);
+      const uint4 row0 = ld_shared_16(w_tile + r * 64 + chunk);
+      const uint4 row1 = ld_shared_16(w_tile + (r + 8) * 64 + chunk);
       dequant_fragment<kWide>(row0, row1, sel, scale_factor<kWide>(scales[kk / 2]),
                               scale_factor<kWide>(scales[2 + kk / 2]), frag[i]);
     }
   };
-  // Issues k16 steps kk0, kk0+1 on stage `stage`, then retires the group before them.
-  auto mma = [&](int stage, int kk0, const uint32_t (&frag)[2][4]) {
-    const uint64_t x_desc = x_desc0 + uint64_t((stage * T::x_bytes) >> 4) + 2 * kk0;  // +32 bytes per k16
-    fence_operands(acc);
-    wgmma_fence();
-#pragma unroll
-    for (int i = 0; i < 2; ++i) wgmma_bf16_rs<kBT>(acc, frag[i], x_desc + 2 * i);
-    wgmma_commit();
-    wgmma_wait<1>();
-    fence_operands(acc);
-  };
-  for (int kt = 0; kt < k_tiles; ++kt) {
-    const int stage = kt % kStages;
-    mbar_wait(&full[stage], (kt / kStages) & 1);
-    const uint8_t* w_tile = w_s + stage * T::w_bytes;
-    const bool wide = scales[0] > kMaxFastScale || scales[1] > kMaxFastScale || scales[2] > kMaxFastScale ||
-                      scales[3] > kMaxFastScale;
-    const bool any_wide = __any_sync(~0u, wide);
-    if (any_wide) dequant.template operator()<true>(w_tile, 0, frag_lo);
-    else dequant.template operator()<false>(w_tile, 0, frag_lo);
-    mma(stage, 0, frag_lo);  // retires step kt-1: its stage can be refilled
-    if (kt > 0 && lane == 0) {
-      mbar_arrive(&empty[(kt - 1) % kStages]);
-      if constexpr (kPair) mbar_arrive_cluster(&empty[(kt - 1) % kStages], rank ^ 1);
-    }
-    if (any_wide) dequant.template operator()<true>(w_tile, 2, frag_hi);
-    else dequant.template operator()<false>(w_tile, 2, frag_hi);
-    mma(stage, 2, frag_hi);
-    // Refill step kt-1's stage (released above by this warpgroup; the other one is about as far).
-    if (threadIdx.x == 0 && kt > 0 && kt - 1 + kStages < k_tiles) produce(kt - 1 + kStages);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) scales[i] = scales_next[i];
-    load_scales(kt + 2, scales_next);
-  }
-  wgmma_wait<0>();
-  fence_operands(acc);
 
-  // Epilogue: acc[4nb + 2h + e] is yᵀ(W row r + 8h, token 8nb + 2·(lane%4) + e). Lanes g and g^1
-  // (lane ^ 4) swap one value so each stores a bf16x2 pair of neighbouring y columns: even g the
-  // pair (n, n+1) of token 2t, odd g the pair (n-1, n) of token 2t+1.
-  const bool odd = (lane / 4) & 1;
-  const int n_pair = col0 + r - (odd ? 1 : 0);  // first column of this thread's pair (row r; +8 for h = 1)
-  const bool pairs = (a.N & 1) == 0;             // bf16x2 stores stay 4-byte aligned
-  float bias[2][2] = {};
-  if (a.bias)
+  // Mainloop and epilogue for a tile of kN tokens (kN / 2 accumulators per thread).
+  auto run = [&]<int kN>() {
+    float acc[kN / 2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
+    for (int i = 0; i < kN / 2; ++i) acc[i] = 0.f;
+    // A fragments of k16 steps 0-1 (lo) and 2-3 (hi) of a K step, one set for even and one for odd
+    // K steps: each half is one wgmma group, and two groups stay in flight while the next half is
+    // dequantized (measured 2-15% faster than one on every bench-gemm shape), so a set is rewritten
+    // only two K steps after it was issued, when wgmma_wait has retired the groups that read it.
+    uint32_t frag_lo[2][2][4], frag_hi[2][2][4];
+    // Issues k16 steps kk0, kk0+1 on stage `stage`, then retires all but the last two groups.
+    auto mma = [&](int stage, int kk0, const uint32_t (&frag)[2][4]) {
+      const uint64_t x_desc = x_desc0 + uint64_t((stage * T::x_bytes) >> 4) + 2 * kk0;  // +32 bytes per k16
+      fence_operands(acc);
+      wgmma_fence();
 #pragma unroll
-      for (int e = 0; e < 2; ++e)
-        if (n_pair + 8 * h + e < a.N) bias[h][e] = __bfloat162float(a.bias[n_pair + 8 * h + e]);
+      for (int i = 0; i < 2; ++i) wgmma_bf16_rs<kN>(acc, frag[i], x_desc + 2 * i);
+      wgmma_commit();
+      wgmma_wait<2>();
+      fence_operands(acc);
+    };
+    auto step = [&](int kt, uint32_t (&lo)[2][4], uint32_t (&hi)[2][4]) {
+      const int stage = kt % kStages;
+      mbar_wait(&full[stage], (kt / kStages) & 1);
+      const uint32_t w_tile = smem_addr(w_s + stage * T::w_bytes);
+      const bool wide = scales[0] > kMaxFastScale || scales[1] > kMaxFastScale || scales[2] > kMaxFastScale ||
+                        scales[3] > kMaxFastScale;
+      const bool any_wide = __any_sync(~0u, wide);
+      if (any_wide) dequant.template operator()<true>(w_tile, 0, lo);
+      else dequant.template operator()<false>(w_tile, 0, lo);
+      mma(stage, 0, lo);
+      if (any_wide) dequant.template operator()<true>(w_tile, 2, hi);
+      else dequant.template operator()<false>(w_tile, 2, hi);
+      mma(stage, 2, hi);  // retires step kt-1: its stage can be refilled
+      if (kt > 0 && lane == 0) {
+        mbar_arrive(&empty[(kt - 1) % kStages]);
+        if constexpr (kPair) mbar_arrive_cluster(&empty[(kt - 1) % kStages], rank ^ 1);
+      }
+      // Thread 0 refills the stage of step kt-2, which every warp left a step ago, so it seldom
+      // waits for the other warpgroup.
+      if (threadIdx.x == 0 && kt >= 2 && kt - 2 + kStages < k_tiles) produce(kt - 2 + kStages);
 #pragma unroll
-  for (int nb = 0; nb < kBT / 8; ++nb) {
-    const int row = row0 + 8 * nb + 2 * (lane % 4) + (odd ? 1 : 0);
+      for (int i = 0; i < 4; ++i) scales[i] = scales_next[i];
+      load_scales(kt + 2, scales_next);
+    };
+    int kt = 0;
+    for (; kt + 1 < k_tiles; kt += 2) {
+      step(kt, frag_lo[0], frag_hi[0]);
+      step(kt + 1, frag_lo[1], frag_hi[1]);
+    }
+    if (kt < k_tiles) step(kt, frag_lo[0], frag_hi[0]);
+    wgmma_wait<0>();
+    fence_operands(acc);
+
+    // Epilogue: acc[4nb + 2h + e] is yᵀ(W row r + 8h, token 8nb + 2·(lane%4) + e). Lanes g and g^1
+    // (lane ^ 4) swap one value so each stores a bf16x2 pair of neighbouring y columns: even g the
+    // pair (n, n+1) of token 2t, odd g the pair (n-1, n) of token 2t+1.
+    const bool odd = (lane / 4) & 1;
+    const int n_pair = col0 + r - (odd ? 1 : 0);  // first column of this thread's pair (row r; +8 for h = 1)
+    const bool pairs = (a.N & 1) == 0;             // bf16x2 stores stay 4-byte aligned
+    float bias[2][2] = {};
+    if (a.bias)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float mine0 = acc[4 * nb + 2 * h], mine1 = acc[4 * nb + 2 * h + 1];
-      const float other = __shfl_xor_sync(~0u, odd ? mine0 : mine1, 4);
-      const float v0 = (odd ? other : mine0) + bias[h][0], v1 = (odd ? mine1 : other) + bias[h][1];
-      const int col = n_pair + 8 * h;
-      if (row >= t.m_end || col >= a.N) continue;
-      __nv_bfloat16* out = a.y + size_t(row) * a.N + col;
-      if (pairs) {
-        *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1);
-      } else {
-        out[0] = __float2bfloat16_rn(v0);
-        if (col + 1 < a.N) out[1] = __float2bfloat16_rn(v1);
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          if (n_pair + 8 * h + e < a.N) bias[h][e] = __bfloat162float(a.bias[n_pair + 8 * h + e]);
+#pragma unroll
+    for (int nb = 0; nb < kN / 8; ++nb) {
+      const int row = row0 + 8 * nb + 2 * (lane % 4) + (odd ? 1 : 0);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float mine0 = acc[4 * nb + 2 * h], mine1 = acc[4 * nb + 2 * h + 1];
+        const float other = __shfl_xor_sync(~0u, odd ? mine0 : mine1, 4);
+        const float v0 = (odd ? other : mine0) + bias[h][0], v1 = (odd ? mine1 : other) + bias[h][1];
+        const int col = n_pair + 8 * h;
+        if (row >= t.m_end || col >= a.N) continue;
+        __nv_bfloat16* out = a.y + size_t(row) * a.N + col;
+        if (pairs) {
+          *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1);
+        } else {
+          out[0] = __float2bfloat16_rn(v0);
+          if (col + 1 < a.N) out[1] = __float2bfloat16_rn(v1);
+        }
       }
     }
+  };
+  if (x_blocks == 1) run.template operator()<64>();
+  else if (x_blocks == 2 || kBT == 128) run.template operator()<128>();
+  else if constexpr (kBT == 256) {
+    if (x_blocks == 3) run.template operator()<192>();
+    else run.template operator()<256>();
   }
   if constexpr (kPair) cluster_sync();  // the peer may still arrive on this CTA's barriers
 #else

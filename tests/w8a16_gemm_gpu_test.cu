@@ -109,10 +109,12 @@ TEST(W8A16Gemm, DenseMatchesReference) {
   std::mt19937_64 rng(fresh_seed());
   Stream stream;
   // N tails (200, 197 odd, 136, 392, 5128 = 5120 + 8: not multiples of 128), K tails (96, 160,
-  // 224, 1056, 2080: 32 x odd), M from a single row to several tiles with a partial one (257, 333).
+  // 224, 1056, 2080: 32 x odd), M from a single row to several tiles with a partial one (257, 333),
+  // so tiles of 1, 2, 3 and 4 64-token blocks (wgmma N = 64 ... 256) all run.
   const DenseCase cases[] = {{1, 200, 96, true},      {3, 200, 96, false},    {16, 5128, 160, true},
-                             {128, 256, 2048, false}, {200, 197, 64, true},   {300, 384, 32, false},
-                             {333, 136, 224, true},   {257, 392, 1056, false}, {2048, 5128, 2080, true}};
+                             {128, 256, 2048, false}, {160, 264, 128, true},  {200, 197, 64, true},
+                             {300, 384, 32, false},   {333, 136, 224, true},  {257, 392, 1056, false},
+                             {2048, 5128, 2080, true}};
   for (const DenseCase& c : cases) {
     const Tensor x = random_tensor({c.m, c.k}, DType::bf16, rng);
     const Tensor bias = random_tensor({c.n}, DType::bf16, rng);
