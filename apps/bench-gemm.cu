@@ -157,6 +157,9 @@ int main() {
     for (const Dense& s : shapes) bench_dense(s.name, m, s.n, s.k, stream);
   bench_grouped("qwen3 moe w13 E128 k8", 4096, 128, 8, 1536, 2048, stream);
   bench_grouped("qwen3 moe w2 E128 k8", 4096, 128, 8, 2048, 768, stream);
+  // The same rows as one dense GEMM: what grouping (tile lookup, short tails, 128 weights) costs.
+  bench_dense("qwen3 w13 rows, dense", 32768, 1536, 2048, stream);
+  bench_dense("qwen3 w2 rows, dense", 32768, 2048, 768, stream);
   bench_grouped("mixtral moe w13 E8 k2", 4096, 8, 2, 28672, 4096, stream);
   bench_grouped("mixtral moe w2 E8 k2", 4096, 8, 2, 4096, 14336, stream);
   return 0;
