@@ -3,11 +3,13 @@
 #include <cmath>
 #include <utility>
 
+#include "engine/env.h"
 #include "engine/error.h"
 #include "engine/log.h"
 #include "engine/stream.h"
 #include "kernels/matmul_ref.h"
 #include "kernels/moe_decode.h"
+#include "kernels/moe_permute.h"
 
 namespace mxmoe {
 
@@ -213,22 +215,36 @@ void FusedMoELayer::forward(const Tensor& x, const Tensor& router_logits, const 
   method_->apply(*this, x, router_logits, out, stream);
 }
 
+// The fused kernels read the router's bf16 weight themselves: only the plain bf16 method's layout.
+// Only at T = 1, where it measured ahead (the expert kernels routing the token themselves): the
+// whole MoE call with the router 30.8 us vs 35.7 for the cuBLASLt logits GEMM + fused_moe
+// (Qwen3-30B-A3B; Mixtral 154.4 vs 158.6), but at T = 8 128.7 vs 125.4 (bench-moe, H100, one run).
+bool FusedMoELayer::router_fusable(const Tensor& x, const LinearLayer& router) const {
+  return config_.device == Device::cuda && router.backend() == "cublaslt-bf16" && !router.bias.defined() &&
+         router.weight.defined() && router.weight.dtype() == DType::bf16 &&
+         router.weight.shape() == Shape({config_.num_experts, config_.hidden_size}) && x.dim() == 2 &&
+         x.size(0) == 1 && fused_moe_router_fusable(x, router.weight, config_.routing);
+}
+
 void FusedMoELayer::forward(const Tensor& x, LinearLayer& router, const Tensor& router_logits, const Tensor& out,
                             cudaStream_t stream) {
-  // The fused kernel reads the router's bf16 weight itself: only the plain bf16 method's layout.
-  // Only at T = 1, where it measured ahead (the expert kernels routing the token themselves): the
-  // whole MoE call with the router 30.8 us vs 35.7 for the cuBLASLt logits GEMM + fused_moe
-  // (Qwen3-30B-A3B; Mixtral 154.4 vs 158.6), but at T = 8 128.7 vs 125.4 (bench-moe, H100, one run).
-  const bool fusable = config_.device == Device::cuda && router.backend() == "cublaslt-bf16" && !router.bias.defined() &&
-                       router.weight.defined() && router.weight.dtype() == DType::bf16 &&
-                       router.weight.shape() == Shape({config_.num_experts, config_.hidden_size}) &&
-                       x.dim() == 2 && x.size(0) == 1 && fused_moe_router_fusable(x, router.weight, config_.routing);
-  if (!fusable) {
+  if (!router_fusable(x, router)) {
     router.forward(x, router_logits, stream);
     return forward(x, router_logits, out, stream);
   }
   MXMOE_CHECK(!method_->backend().empty(), "layer ", name(), ": forward before its weights were loaded");
   fused_moe_with_router(x, router.weight, router_logits, weights, config_.routing, out, workspace, stream);
+}
+
+bool FusedMoELayer::forward_after_norm(const Tensor& residual, const Tensor& add, const Tensor& norm_weight, float eps,
+                                       const Tensor& residual_out, const Tensor& n, LinearLayer& router,
+                                       const Tensor& router_logits, const Tensor& out, cudaStream_t stream) {
+  static const bool enabled = env_flag("MXMOE_MOE_NORM_ROUTER", true);
+  if (!enabled || !router_fusable(n, router) || !moe_norm_router_fusable(n.size(0), n.size(1))) return false;
+  MXMOE_CHECK(!method_->backend().empty(), "layer ", name(), ": forward before its weights were loaded");
+  moe_norm_router_logits(residual, add, norm_weight, eps, residual_out, n, router.weight, router_logits, stream);
+  forward(n, router_logits, out, stream);  // one token: the expert kernels route it from the logits
+  return true;
 }
 
 }  // namespace mxmoe

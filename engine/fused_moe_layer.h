@@ -49,6 +49,15 @@ class FusedMoELayer : public Loadable {
   // either way.
   void forward(const Tensor& x, LinearLayer& router, const Tensor& router_logits, const Tensor& out,
                cudaStream_t stream = nullptr);
+  // The decoder's `residual_out = residual + add; n = norm(residual_out)` in front of this block,
+  // then forward(n, router, router_logits, out), with the norm inside the router launch
+  // (moe_norm_router_logits: one kernel boundary less per MoE layer) where it applies: CUDA, one
+  // token, the fused router form above. Returns false, having done nothing, elsewhere (the caller
+  // runs add_rmsnorm and forward). The same results either way; residual_out is not residual.
+  // MXMOE_MOE_NORM_ROUTER=0 turns it off, for comparison.
+  bool forward_after_norm(const Tensor& residual, const Tensor& add, const Tensor& norm_weight, float eps,
+                          const Tensor& residual_out, const Tensor& n, LinearLayer& router, const Tensor& router_logits,
+                          const Tensor& out, cudaStream_t stream = nullptr);
 
   const FusedMoEConfig& config() const { return config_; }
   const std::string& name() const { return config_.name; }
@@ -72,6 +81,8 @@ class FusedMoELayer : public Loadable {
   MoeWorkspace workspace;
 
  private:
+  bool router_fusable(const Tensor& x, const LinearLayer& router) const;
+
   FusedMoEConfig config_;
   std::unique_ptr<FusedMoEMethod> method_;
 };

@@ -85,6 +85,20 @@ void decode_experts(const Tensor& x, const MoeWeights& w, const MoeShape& s, int
   moe_combine(y, weights, nullptr, k, out, stream);
 }
 
+// One token: the expert kernels route it themselves from its logits, with no routing launch
+// (MXMOE_MOE_TOKEN_ROUTE=0: the routing + permutation launch instead, for comparison). The
+// logits must come from a kernel before the gate/up one (the down kernel reads them before its wait).
+bool routes_itself(const MoeShape& s) {
+  static const bool token_route = env_flag("MXMOE_MOE_TOKEN_ROUTE", true);
+  return s.tokens == 1 && token_route;
+}
+void route_token_itself(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
+                        const MoeShape& s, const RoutingBuffers& rb, const Tensor& out, MoeWorkspace::Impl& ws,
+                        cudaStream_t stream) {
+  const MoeTokenRoute route{router_logits, routing.top_k, routing.renormalize, rb.ids, rb.weights};
+  decode_experts(x, w, s, routing.top_k, route, rb.weights, out, ws, stream);
+}
+
 }  // namespace
 
 void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
@@ -103,6 +117,7 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
   using Impl = MoeWorkspace::Impl;
 
   const RoutingBuffers rb = routing_buffers(ws, s, k, stream);
+  if (path != MoePath::prefill && routes_itself(s)) return route_token_itself(x, router_logits, w, routing, s, rb, out, ws, stream);
   const Tensor& weights = rb.weights;
   const MoePermuteBuffers& pb = rb.pb;
   moe_route_permute(router_logits, k, routing.renormalize, rb.ids, weights, pb, stream);
@@ -139,13 +154,9 @@ void fused_moe_with_router(const Tensor& x, const Tensor& router_weight, const T
               " cannot route in one launch (see fused_moe_router_fusable)");
   MoeWorkspace::Impl& ws = workspace.impl();
   const RoutingBuffers rb = routing_buffers(ws, s, routing.top_k, stream);
-  // One token: the expert kernels route it themselves, no routing launch (MXMOE_MOE_TOKEN_ROUTE=0:
-  // the routing + permutation launch instead, for comparison).
-  static const bool token_route = env_flag("MXMOE_MOE_TOKEN_ROUTE", true);
-  if (s.tokens == 1 && token_route) {
+  if (routes_itself(s)) {
     moe_router_logits(x, router_weight, router_logits, stream);
-    const MoeTokenRoute route{router_logits, routing.top_k, routing.renormalize, rb.ids, rb.weights};
-    return decode_experts(x, w, s, routing.top_k, route, rb.weights, out, ws, stream);
+    return route_token_itself(x, router_logits, w, routing, s, rb, out, ws, stream);
   }
   moe_router_route_permute(x, router_weight, router_logits, routing.top_k, routing.renormalize, rb.ids, rb.weights,
                            rb.pb, stream);

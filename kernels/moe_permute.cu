@@ -8,6 +8,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <bit>
+#include <utility>
 
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
@@ -15,6 +17,7 @@
 #include "kernels/moe_routing.h"
 #include "kernels/moe_routing.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/rmsnorm_row.cuh"
 
 namespace mxmoe {
 
@@ -210,6 +213,8 @@ constexpr int kRouterSlices = kScanThreads / 32 / kRouterRows;
 constexpr int kRouterVecsPerPass = kRouterSlices * 32;  // 16-byte vectors of a row per pass
 constexpr int kRouterPrefetch = 4;                      // passes loaded before the wait (H <= 8192)
 constexpr int kRouterTokens = int(kMoeRouterMaxTokens);
+constexpr int kMaxNormRouterVecs = int(kMoeNormRouterMaxHidden / 8);  // one per thread
+static_assert(kMaxNormRouterVecs <= kScanThreads);
 
 __device__ void dot8(const uint4& wv, const uint4& xv, float& acc) {
   const auto* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
@@ -222,57 +227,76 @@ __device__ void dot8(const uint4& wv, const uint4& xv, float& acc) {
   }
 }
 
+// This block's share of the router GEMV: the weights' first kRouterPrefetch passes are loaded at
+// construction, which callers place before their PDL wait (the weights are static, so the loads
+// fly under the previous kernel); write_logits then streams the rest against x's 16-byte vectors
+// xv(t, v) and writes the block's logits. Every thread of the block calls both.
+struct RouterRows {
+  const uint4* wrow;
+  int row, v0, vecs, n_experts;
+  uint4 wv[kRouterPrefetch];
+
+  __device__ RouterRows(const uint4* __restrict__ w, int hidden, int experts)
+      : row(int(blockIdx.x) * kRouterRows + int(threadIdx.x) / 32 / kRouterSlices),
+        v0(int(threadIdx.x) / 32 % kRouterSlices * 32 + int(threadIdx.x) % 32),
+        vecs(hidden / 8),
+        n_experts(experts) {
+    wrow = w + int64_t(row < n_experts ? row : 0) * vecs;
+#pragma unroll
+    for (int j = 0; j < kRouterPrefetch; ++j) {
+      const int v = v0 + j * kRouterVecsPerPass;
+      wv[j] = row < n_experts && v < vecs ? __ldcs(wrow + v) : make_uint4(0, 0, 0, 0);
+    }
+  }
+
+  template <class X>
+  __device__ void write_logits(X xv, int n_tokens, float* __restrict__ logits) const {
+    __shared__ float partial[kScanThreads / 32][kRouterTokens];  // [warp][token]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+    float acc[kRouterTokens] = {};
+    const auto add = [&](const uint4& wq, int v) {
+#pragma unroll
+      for (int t = 0; t < kRouterTokens; ++t)
+        if (t < n_tokens) dot8(wq, xv(t, v), acc[t]);
+    };
+    if (row < n_experts) {
+#pragma unroll
+      for (int j = 0; j < kRouterPrefetch; ++j)
+        if (v0 + j * kRouterVecsPerPass < vecs) add(wv[j], v0 + j * kRouterVecsPerPass);
+      for (int v = v0 + kRouterPrefetch * kRouterVecsPerPass; v < vecs; v += kRouterVecsPerPass) add(__ldcs(wrow + v), v);
+    }
+#pragma unroll
+    for (int t = 0; t < kRouterTokens; ++t) {
+      if (t >= n_tokens) break;
+      float s = acc[t];
+      for (int off = 16; off; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+      if (lane == 0) partial[warp][t] = s;
+    }
+    __syncthreads();
+    if (int(threadIdx.x) < kRouterRows * n_tokens) {
+      const int r = threadIdx.x / n_tokens, t = threadIdx.x % n_tokens, e = int(blockIdx.x) * kRouterRows + r;
+      if (e < n_experts) {
+        float sum = 0.f;
+        for (int s = 0; s < kRouterSlices; ++s) sum += partial[r * kRouterSlices + s][t];
+        logits[int64_t(t) * n_experts + e] = sum;
+      }
+    }
+  }
+};
+
 template <bool kRoute>  // false: the logits only (one token, routed by the expert kernels)
 __global__ void __launch_bounds__(kScanThreads)
     router_route_permute_kernel(const uint4* x, const uint4* __restrict__ w, int hidden,
                                 float* __restrict__ logits, int n_tokens, int n_experts, int top_k, bool renormalize,
                                 RoutePermuteOut o, unsigned* __restrict__ blocks_done) {
-  __shared__ float partial[kScanThreads / 32][kRouterTokens];  // [warp][token]
   __shared__ bool last;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
-  const int row = int(blockIdx.x) * kRouterRows + warp / kRouterSlices, slice = warp % kRouterSlices;
-  const int vecs = hidden / 8;
-  const uint4* wrow = w + int64_t(row < n_experts ? row : 0) * vecs;
-  const int v0 = slice * 32 + lane;
-  // The weights are static: their first loads fly before the wait, under the previous kernel.
-  uint4 wv[kRouterPrefetch];
-#pragma unroll
-  for (int j = 0; j < kRouterPrefetch; ++j) {
-    const int v = v0 + j * kRouterVecsPerPass;
-    wv[j] = row < n_experts && v < vecs ? __ldcs(wrow + v) : make_uint4(0, 0, 0, 0);
-  }
+  const RouterRows rows(w, hidden, n_experts);
   grid_dependency_wait();
   if constexpr (!kRoute) launch_dependents();  // the next kernel waits for all the logits anyway
-  float acc[kRouterTokens] = {};
   // x through L1 (plain loads, after the wait as in the tile kernels): the block's 4 rows read the
   // same vectors of x, so 3 of 4 reads hit L1 (through L2 alone, T=8 H=4096 read 256 KB per block).
-  const auto add = [&](const uint4& wq, int v) {
-#pragma unroll
-    for (int t = 0; t < kRouterTokens; ++t)
-      if (t < n_tokens) dot8(wq, x[int64_t(t) * vecs + v], acc[t]);
-  };
-  if (row < n_experts) {
-#pragma unroll
-    for (int j = 0; j < kRouterPrefetch; ++j)
-      if (v0 + j * kRouterVecsPerPass < vecs) add(wv[j], v0 + j * kRouterVecsPerPass);
-    for (int v = v0 + kRouterPrefetch * kRouterVecsPerPass; v < vecs; v += kRouterVecsPerPass) add(__ldcs(wrow + v), v);
-  }
-#pragma unroll
-  for (int t = 0; t < kRouterTokens; ++t) {
-    if (t >= n_tokens) break;
-    float s = acc[t];
-    for (int off = 16; off; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0) partial[warp][t] = s;
-  }
-  __syncthreads();
-  if (int(threadIdx.x) < kRouterRows * n_tokens) {
-    const int r = threadIdx.x / n_tokens, t = threadIdx.x % n_tokens, e = int(blockIdx.x) * kRouterRows + r;
-    if (e < n_experts) {
-      float sum = 0.f;
-      for (int s = 0; s < kRouterSlices; ++s) sum += partial[r * kRouterSlices + s][t];
-      logits[int64_t(t) * n_experts + e] = sum;
-    }
-  }
+  const int vecs = hidden / 8;
+  rows.write_logits([&](int t, int v) { return x[int64_t(t) * vecs + v]; }, n_tokens, logits);
   if constexpr (!kRoute) return;
   // The last block to finish routes (the classic threadfence reduction): every block publishes its
   // logits before counting itself.
@@ -289,6 +313,38 @@ __global__ void __launch_bounds__(kScanThreads)
   if (threadIdx.x == 0) *blocks_done = 0;  // every block has counted: ready for the next launch
   route_permute_block(logits, n_tokens, n_experts, top_k, renormalize, o.ids, o.weights, o.offsets, o.sorted_pairs,
                       o.active, o.num_active, o.pair_rows);
+}
+
+// moe_norm_router_logits: every block norms the token's row in its prologue (thread j of the first
+// tpr holding vector j, as rmsnorm_kernel does for one row, so the result is bit-equal) into shared
+// memory, then runs the router GEMV on it; block 0 also writes the new residual and the normed row.
+__global__ void __launch_bounds__(kScanThreads)
+    norm_router_kernel(const __nv_bfloat16* residual, const __nv_bfloat16* add, const __nv_bfloat16* norm_weight,
+                       float eps, int tpr, __nv_bfloat16* residual_out, __nv_bfloat16* normed,
+                       const uint4* __restrict__ w, int hidden, float* __restrict__ logits, int n_experts) {
+  using namespace norm_row_detail;
+  __shared__ uint4 row_s[kMaxNormRouterVecs];
+  const int j = threadIdx.x, vecs = hidden / 8;
+  const auto has = [&](int) { return j < vecs; };
+  Bf16x8 v[1], r[1], nw[1], o[1];
+  if (has(0)) nw[0].raw = load16(norm_weight + 8 * j);
+  const RouterRows rows(w, hidden, n_experts);
+  grid_dependency_wait();
+  launch_dependents();  // the expert kernels wait for all the logits anyway
+  if (has(0)) {
+    v[0].raw = load16(add + 8 * j);
+    r[0].raw = load16(residual + 8 * j);
+  }
+  norm_row(v, &r, nw, eps, hidden, tpr, has, o);
+  if (has(0)) {
+    row_s[j] = o[0].raw;
+    if (blockIdx.x == 0) {
+      reinterpret_cast<uint4*>(residual_out)[j] = v[0].raw;
+      reinterpret_cast<uint4*>(normed)[j] = o[0].raw;
+    }
+  }
+  __syncthreads();
+  rows.write_logits([&](int, int v) { return row_s[v]; }, 1, logits);
 }
 
 // The data movement kernels below are launched with programmatic dependent launch: every input
@@ -487,6 +543,36 @@ void moe_router_route_permute(const Tensor& x, const Tensor& router_weight, cons
              int(hidden), router_logits.data_as<float>(), int(n_tokens), int(n_experts), top_k, renormalize,
              route_permute_out(topk_ids, topk_weights, out),
              reinterpret_cast<unsigned*>(out.blocks_done.data_as<int32_t>()));
+}
+
+bool moe_norm_router_fusable(int64_t n_tokens, int64_t hidden) {
+  return n_tokens == 1 && hidden > 0 && hidden % 8 == 0 && hidden <= kMoeNormRouterMaxHidden;
+}
+
+void moe_norm_router_logits(const Tensor& residual, const Tensor& add, const Tensor& norm_weight, float eps,
+                            const Tensor& residual_out, const Tensor& normed, const Tensor& router_weight,
+                            const Tensor& router_logits, cudaStream_t stream) {
+  constexpr const char* op = "moe_norm_router_logits";
+  check_router_args(normed, router_weight, router_logits, op);
+  const int64_t hidden = normed.size(1), n_experts = router_weight.size(0);
+  const Shape row{1, hidden};
+  for (const auto& [t, name] : {std::pair{&residual, "residual"}, {&add, "add"}, {&residual_out, "residual_out"}}) {
+    check_cuda_contiguous(*t, DType::bf16, op, name);
+    MXMOE_CHECK(t->shape() == row, op, ": ", name, " ", shape_str(t->shape()), ", expected ", shape_str(row));
+  }
+  check_cuda_contiguous(norm_weight, DType::bf16, op, "norm_weight");
+  MXMOE_CHECK(norm_weight.numel() == hidden, op, ": norm_weight of ", norm_weight.numel(), " elements for H = ", hidden);
+  MXMOE_CHECK(moe_norm_router_fusable(normed.size(0), hidden), op, ": T = ", normed.size(0), ", H = ", hidden,
+              " (one token, H a multiple of 8 and at most ", kMoeNormRouterMaxHidden, ")");
+  MXMOE_CHECK(residual_out.data() != residual.data(), op,
+              ": residual_out must not be residual (other blocks still read it while block 0 writes)");
+  // Threads per row as rmsnorm picks them for one row of H / 8 vectors (one vector a thread).
+  const int tpr = int(std::bit_ceil(uint64_t(hidden / 8)));
+  launch_pdl(norm_router_kernel, dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows)), dim3(kScanThreads), 0,
+             stream, residual.data_as<const __nv_bfloat16>(), add.data_as<const __nv_bfloat16>(),
+             norm_weight.data_as<const __nv_bfloat16>(), eps, tpr, residual_out.data_as<__nv_bfloat16>(),
+             normed.data_as<__nv_bfloat16>(), router_weight.data_as<const uint4>(), int(hidden),
+             router_logits.data_as<float>(), int(n_experts));
 }
 
 void moe_router_logits(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, cudaStream_t stream) {

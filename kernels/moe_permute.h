@@ -51,6 +51,20 @@ void moe_router_route_permute(const Tensor& x, const Tensor& router_weight, cons
 // expert kernels route themselves (MoeTokenRoute, kernels/moe_decode.h). T <= 16, H % 8 == 0.
 void moe_router_logits(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, cudaStream_t stream);
 
+// The decoder's step before an MoE block and the router GEMV in one launch, for one token:
+//   residual_out = bf16(residual + add); normed = RMSNorm(residual_out) · norm_weight
+//   router_logits = normed · router_weightᵀ
+// bit-equal to add_rmsnorm (kernels/rmsnorm.h) followed by moe_router_logits: every block of the
+// router GEMV norms the row itself (2 x H bf16 of L2 reads), so the GEMV no longer waits for a norm
+// kernel. Block 0 writes residual_out and normed; residual_out must not be residual (other blocks
+// may still read it). residual, add, residual_out, normed [1, H] bf16; norm_weight [H] bf16;
+// router_weight [E, H] bf16; router_logits [1, E] f32. Needs moe_norm_router_fusable.
+constexpr int64_t kMoeNormRouterMaxHidden = 8192;
+bool moe_norm_router_fusable(int64_t n_tokens, int64_t hidden);
+void moe_norm_router_logits(const Tensor& residual, const Tensor& add, const Tensor& norm_weight, float eps,
+                            const Tensor& residual_out, const Tensor& normed, const Tensor& router_weight,
+                            const Tensor& router_logits, cudaStream_t stream);
+
 // xs[i] = x[sorted_pairs[i] / top_k]. x [T, H] bf16; xs [T * top_k, H] bf16.
 void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream);
 

@@ -15,15 +15,17 @@
 #include "engine/gpu_info.h"
 #include "kernels/pdl.cuh"
 #include "kernels/rmsnorm.h"
+#include "kernels/rmsnorm_row.cuh"
 #include "kernels/token_rows.h"
 
 namespace mxmoe {
 
 namespace {
 
+using namespace norm_row_detail;
+
 constexpr int kMinBlock = 256;   // threads per CTA when rows are narrower (several rows per CTA)
 constexpr int kMaxVecs = 8;      // 16-byte vectors one thread holds
-constexpr int kMaxRowThreads = 1024;
 constexpr int64_t kMaxWidth = int64_t(kMaxRowThreads) * 2 * 8;  // 2 vectors at 1024 threads = 8 at 256
 
 struct NormRows {
@@ -33,26 +35,6 @@ struct NormRows {
   int d;
   int tpr_shift;         // threads per row = 1 << tpr_shift
 };
-
-union Bf16x8 {
-  uint4 raw;
-  __nv_bfloat162 pair[4];
-};
-
-__device__ __forceinline__ uint4 load16(const __nv_bfloat16* p) { return *reinterpret_cast<const uint4*>(p); }
-
-// Sum over the `tpr` threads of a row (an aligned group of lanes, or whole warps of one CTA).
-__device__ __forceinline__ float row_sum(float v, int tpr) {
-  for (int o = min(tpr, 32) / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  if (tpr <= 32) return v;
-  __shared__ float warp_sums[kMaxRowThreads / 32];
-  const int warp = threadIdx.x / 32, first = warp & ~(tpr / 32 - 1);
-  if (threadIdx.x % 32 == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = 0.f;
-  for (int w = first; w < first + tpr / 32; ++w) v += warp_sums[w];
-  return v;
-}
 
 // residual == nullptr: out = norm(x). Otherwise residual = bf16(residual + x); out = norm(residual).
 // Every thread reaches the reduction (no early exit: it may synchronize the CTA).
@@ -70,50 +52,26 @@ rmsnorm_kernel(const __nv_bfloat16* x, __nv_bfloat16* residual, const __nv_bfloa
   __nv_bfloat16* orow = out + t * s.out_stride + c;
   // Thread j owns vectors j, j + tpr, ...: each tpr-thread step reads one contiguous span.
   // The weight is static: its loads fly before the wait, under the previous kernel's tail (PDL).
-  Bf16x8 v[kVecs], wv[kVecs], r[kVecs];
+  const auto has = [&](int k) { return active && (j + k * tpr) * 8 < s.d; };
+  Bf16x8 v[kVecs], wv[kVecs], r[kVecs], o[kVecs];
 #pragma unroll
   for (int k = 0; k < kVecs; ++k)
-    if (active && (j + k * tpr) * 8 < s.d) wv[k].raw = load16(w + (j + k * tpr) * 8);
+    if (has(k)) wv[k].raw = load16(w + (j + k * tpr) * 8);
   grid_dependency_wait();
   launch_dependents();
 #pragma unroll
   for (int k = 0; k < kVecs; ++k) {
-    const int i = (j + k * tpr) * 8;
-    if (active && i < s.d) {
-      v[k].raw = load16(xr + i);
-      if (rr) r[k].raw = load16(rr + i);
-    }
+    if (!has(k)) continue;
+    v[k].raw = load16(xr + (j + k * tpr) * 8);
+    if (rr) r[k].raw = load16(rr + (j + k * tpr) * 8);
   }
-  float sq = 0.f;
+  norm_row(v, rr ? &r : nullptr, wv, eps, s.d, tpr, has, o);
 #pragma unroll
   for (int k = 0; k < kVecs; ++k) {
+    if (!has(k)) continue;
     const int i = (j + k * tpr) * 8;
-    if (!(active && i < s.d)) continue;
-#pragma unroll
-    for (int p = 0; p < 4; ++p) {
-      float2 f = __bfloat1622float2(v[k].pair[p]);
-      if (rr) {  // the sum is a bf16 tensor in Hugging Face: round before squaring
-        const float2 g = __bfloat1622float2(r[k].pair[p]);
-        v[k].pair[p] = __floats2bfloat162_rn(f.x + g.x, f.y + g.y);
-        f = __bfloat1622float2(v[k].pair[p]);
-      }
-      sq = fmaf(f.x, f.x, fmaf(f.y, f.y, sq));
-    }
     if (rr) *reinterpret_cast<uint4*>(rr + i) = v[k].raw;
-  }
-  const float inv = rsqrtf(row_sum(sq, tpr) / float(s.d) + eps);
-#pragma unroll
-  for (int k = 0; k < kVecs; ++k) {
-    const int i = (j + k * tpr) * 8;
-    if (!(active && i < s.d)) continue;
-    Bf16x8 o;
-#pragma unroll
-    for (int p = 0; p < 4; ++p) {
-      const float2 f = __bfloat1622float2(v[k].pair[p]), g = __bfloat1622float2(wv[k].pair[p]);
-      const float2 n = __bfloat1622float2(__floats2bfloat162_rn(f.x * inv, f.y * inv));
-      o.pair[p] = __floats2bfloat162_rn(g.x * n.x, g.y * n.y);
-    }
-    *reinterpret_cast<uint4*>(orow + i) = o.raw;
+    *reinterpret_cast<uint4*>(orow + i) = o[k].raw;
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <utility>
 
 #include "engine/error.h"
 #include "engine/linear.h"
@@ -182,6 +183,7 @@ class DecoderLM final : public CausalLM {
     const Device dev = options_.device;
     const Tensor& inv_freq = rope_frequencies_for(in.attention.max_seq_len, stream);
     Tensor x = Tensor::empty({t, h}, DType::bf16, dev);    // residual stream
+    Tensor x_next;  // the residual's other buffer, where an MoE block's norm writes it out of place
     Tensor n = Tensor::empty({t, h}, DType::bf16, dev);    // normalized input of the next block
     Tensor mlp = Tensor::empty({t, h}, DType::bf16, dev);  // output of the last MLP, not yet added
     // Projections: one fused [T, (nq + 2·nkv)·hd] output, or (replicated KV heads) q [T, nq·hd] and
@@ -226,10 +228,18 @@ class DecoderLM final : public CausalLM {
       ops::paged_attention(q, cache.k(int(l)), cache.v(int(l)), in.attention, scale, workspace, attn, stream);
       layer.o_proj->forward(attn.view({t, nq * hd}), attn_out, stream);
       all_reduce(attn_out, stream);
-      ops::add_rmsnorm(x, attn_out, w.weight(1), eps, n, stream);  // x += attention; n = norm(x)
       if (layer.experts) {
+        // x += attention; n = norm(x); router logits, then the experts. At one token the norm runs
+        // inside the router launch, writing the new residual to the other buffer.
         Tensor router_logits = Tensor::empty({t, config_.num_experts}, DType::f32, dev);
-        layer.experts->forward(n, *layer.router, router_logits, mlp, stream);  // router logits, then the experts
+        if (!x_next.defined() && t == 1) x_next = Tensor::empty({t, h}, DType::bf16, dev);
+        if (layer.experts->forward_after_norm(x, attn_out, w.weight(1), eps, x_next, n, *layer.router, router_logits,
+                                              mlp, stream)) {
+          std::swap(x, x_next);
+        } else {
+          ops::add_rmsnorm(x, attn_out, w.weight(1), eps, n, stream);
+          layer.experts->forward(n, *layer.router, router_logits, mlp, stream);
+        }
         if (layer.shared_gate_up) {
           const int64_t is = layer.shared_down->input_size_per_partition();
           Tensor gate_up = Tensor::empty({t, 2 * is}, DType::bf16, dev), act = Tensor::empty({t, is}, DType::bf16, dev);
@@ -241,6 +251,7 @@ class DecoderLM final : public CausalLM {
           ops::add_sigmoid_gated(mlp, shared, gate, stream);  // mlp += sigmoid(gate) · shared
         }
       } else {
+        ops::add_rmsnorm(x, attn_out, w.weight(1), eps, n, stream);  // x += attention; n = norm(x)
         const int64_t i = layer.down->input_size_per_partition();
         Tensor gate_up = Tensor::empty({t, 2 * i}, DType::bf16, dev), act = Tensor::empty({t, i}, DType::bf16, dev);
         layer.gate_up->forward(n, gate_up, stream);

@@ -13,6 +13,7 @@
 #include "engine/numerics.h"
 #include "kernels/moe_permute.h"
 #include "kernels/moe_routing.h"
+#include "kernels/rmsnorm.h"
 #include "tests/moe_test_util.h"
 
 namespace mxmoe {
@@ -235,6 +236,79 @@ TEST(MoePermuteGpu, RouterRoutePermuteRejectsUnfusable) {
   EXPECT_THROW(call(16, 257, 64, 2), Error);   // T·E > 4096
   EXPECT_THROW(call(1, 8, 60, 2), Error);      // H not a multiple of 8
   EXPECT_NO_THROW(call(16, 256, 64, 8));
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+bool bit_equal(const Tensor& a, const Tensor& b) {
+  const Tensor ca = a.to(Device::cpu), cb = b.to(Device::cpu);
+  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data(), cb.data(), ca.nbytes()) == 0;
+}
+
+// The residual add + RMSNorm inside the router launch: bit-equal to add_rmsnorm followed by
+// moe_router_logits on the GPU (what the decoder ran before), and against the CPU: the residual
+// exactly, the normed row as add_rmsnorm_ref within a bf16 rounding, the logits in double.
+TEST(MoePermuteGpu, NormRouterMatchesUnfused) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(testing::fresh_seed());
+  const float eps = 1e-6f;
+  // H = 200: 25 vectors, one warp reduces; 2048 / 4096 / 8192: 256-1024 threads across warps.
+  for (auto [e, h] : {std::pair{128, 2048}, {8, 4096}, {60, 256}, {3, 200}, {128, 8192}, {16, 64}}) {
+    SCOPED_TRACE(cat("E=", e, " H=", h));
+    ASSERT_TRUE(moe_norm_router_fusable(1, h));
+    const Tensor residual = testing::random_tensor({1, h}, DType::bf16, rng, 4.f);
+    const Tensor add = testing::random_tensor({1, h}, DType::bf16, rng);
+    const Tensor norm_w = testing::random_tensor({h}, DType::bf16, rng);
+    const Tensor router_w = testing::random_tensor({e, h}, DType::bf16, rng, 0.05f);
+    const Tensor d_res = residual.to(Device::cuda), d_add = add.to(Device::cuda), d_nw = norm_w.to(Device::cuda),
+                 d_rw = router_w.to(Device::cuda);
+    // Unfused, on a copy of the residual (add_rmsnorm updates it in place).
+    const Tensor want_res = residual.to(Device::cuda), want_n = Tensor::empty({1, h}, DType::bf16, Device::cuda);
+    const Tensor want_l = Tensor::empty({1, e}, DType::f32, Device::cuda);
+    add_rmsnorm(want_res, d_add, d_nw, eps, want_n, nullptr);
+    moe_router_logits(want_n, d_rw, want_l, nullptr);
+    const Tensor res_out = Tensor::empty({1, h}, DType::bf16, Device::cuda), n = Tensor::empty({1, h}, DType::bf16, Device::cuda);
+    const Tensor logits = Tensor::empty({1, e}, DType::f32, Device::cuda);
+    for (int call = 0; call < 2; ++call) {
+      for (const Tensor* p : {&res_out, &n, &logits}) poison(*p);
+      moe_norm_router_logits(d_res, d_add, d_nw, eps, res_out, n, d_rw, logits, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      EXPECT_TRUE(bit_equal(res_out, want_res)) << "call " << call;
+      EXPECT_TRUE(bit_equal(n, want_n)) << "call " << call;
+      EXPECT_TRUE(bit_equal(logits, want_l)) << "call " << call;
+      EXPECT_TRUE(bit_equal(d_res, residual)) << "the input residual changed";
+    }
+    // Independent of the GPU norm: the CPU reference.
+    Tensor cpu_res = d_res.to(Device::cpu), cpu_n = Tensor::empty({1, h}, DType::bf16, Device::cpu);
+    add_rmsnorm_ref(cpu_res, add, norm_w, eps, cpu_n);
+    EXPECT_TRUE(bit_equal(res_out, cpu_res));
+    EXPECT_LT(testing::rel_error(n.to(Device::cpu), cpu_n), 1e-2);
+    const std::vector<float> nv = to_f32_vector(n.to(Device::cpu)), wv = to_f32_vector(router_w);
+    std::vector<float> want(static_cast<size_t>(e));
+    for (int64_t r = 0; r < e; ++r) {
+      double acc = 0;
+      for (int64_t j = 0; j < h; ++j) acc += double(nv[size_t(j)]) * wv[size_t(r * h + j)];
+      want[size_t(r)] = float(acc);
+    }
+    Tensor want_cpu = Tensor::empty({1, e}, DType::f32, Device::cpu);
+    from_f32_vector(want, want_cpu);
+    EXPECT_LT(testing::rel_error(logits.to(Device::cpu), want_cpu), 1e-5);
+  }
+}
+
+TEST(MoePermuteGpu, NormRouterRejectsBadArguments) {
+  MXMOE_REQUIRE_GPU();
+  const auto call = [](int64_t t, int64_t h, bool alias) {
+    const Tensor res = Tensor::empty({t, h}, DType::bf16, Device::cuda), add = Tensor::empty({t, h}, DType::bf16, Device::cuda);
+    const Tensor nw = Tensor::empty({h}, DType::bf16, Device::cuda), rw = Tensor::empty({8, h}, DType::bf16, Device::cuda);
+    const Tensor out = alias ? res : Tensor::empty({t, h}, DType::bf16, Device::cuda);
+    const Tensor n = Tensor::empty({t, h}, DType::bf16, Device::cuda), l = Tensor::empty({t, 8}, DType::f32, Device::cuda);
+    moe_norm_router_logits(res, add, nw, 1e-6f, out, n, rw, l, nullptr);
+  };
+  EXPECT_THROW(call(2, 64, false), Error);     // more than one token
+  EXPECT_THROW(call(1, 8200, false), Error);   // H > 8192
+  EXPECT_THROW(call(1, 60, false), Error);     // H not a multiple of 8
+  EXPECT_THROW(call(1, 64, true), Error);      // residual_out is residual
+  EXPECT_NO_THROW(call(1, 64, false));
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
