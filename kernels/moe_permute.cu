@@ -407,14 +407,26 @@ __global__ void combine_kernel(const Y* __restrict__ y, const float* __restrict_
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / vecs_per_row, col = (i % vecs_per_row) * 8;
     float acc[8] = {};
-    for (int k = 0; k < top_k; ++k) {
-      const int64_t pair = t * top_k + k;
-      const int64_t row = rows ? rows[pair] : pair;
-      const float w = weights[pair];
-      float v[8];
-      load8(y + row * hidden + col, v);
+    // Slots in groups of kSlots whose loads are all issued before the first multiply, so a
+    // token's top_k rows cost one memory round trip per group, not one per slot; the sum stays in
+    // slot order.
+    constexpr int kSlots = 8;
+    for (int k0 = 0; k0 < top_k; k0 += kSlots) {
+      float w[kSlots], v[kSlots][8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) acc[j] += w * v[j];
+      for (int s = 0; s < kSlots; ++s) {
+        if (k0 + s >= top_k) break;
+        const int64_t pair = t * top_k + k0 + s;
+        const int64_t row = rows ? rows[pair] : pair;
+        w[s] = weights[pair];
+        load8(y + row * hidden + col, v[s]);
+      }
+#pragma unroll
+      for (int s = 0; s < kSlots; ++s) {
+        if (k0 + s >= top_k) break;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j] += w[s] * v[s][j];
+      }
     }
     union { uint4 raw; __nv_bfloat162 h[4]; } o;
 #pragma unroll
