@@ -112,10 +112,10 @@ void launch(GemmArgs a, cudaStream_t stream) {
 
 // The TMA / register-A kernel: tensor maps over x [M, K] and W seen as [G*N, K]; paired CTAs
 // launch as clusters of 2.
-template <int kBT, bool kPair>
-void launch_rs(const GemmArgs& g, cudaStream_t stream) {
+template <int kBT, bool kPair, bool kFitTokens>
+void launch_rs_kernel(const GemmArgs& g, cudaStream_t stream) {
   using T = w8a16::RsTile<kBT, kPair>;
-  constexpr auto kernel = w8a16::rs_gemm_kernel<kBT, kPair>;
+  constexpr auto kernel = w8a16::rs_gemm_kernel<kBT, kPair, kFitTokens>;
   allow_smem<kernel>(T::smem_bytes);
   // find_tile keeps the G+1 offsets in the (not yet used) stage buffers.
   MXMOE_CHECK(int64_t(g.G) * 4 + 4 <= int64_t(T::stages) * T::stage_bytes, "grouped GEMM: ", g.G, " groups, too many");
@@ -140,6 +140,14 @@ void launch_rs(const GemmArgs& g, cudaStream_t stream) {
   config.attrs = &cluster;
   config.numAttrs = 1;
   CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
+}
+
+// Grouped GEMMs fit a tile's width to its rows (see rs_gemm_kernel); pairs share full tiles.
+template <int kBT, bool kPair>
+void launch_rs(const GemmArgs& g, cudaStream_t stream) {
+  if constexpr (kPair) launch_rs_kernel<kBT, true, false>(g, stream);
+  else if (g.offsets) launch_rs_kernel<kBT, false, true>(g, stream);
+  else launch_rs_kernel<kBT, false, false>(g, stream);
 }
 
 template <bool kFp8>

@@ -65,7 +65,10 @@ struct RsArgs {
   GemmArgs g;         // y, bias, scales, offsets, sizes (x and w unused)
 };
 
-template <int kBT, bool kPair>
+// kFitTokens: a tile multiplies only the 64-token blocks it has rows in (grouped GEMMs, where a
+// group's last tile is often short). Dense GEMMs have one short tile at most and run the 256-wide
+// form alone: the four widths in one kernel cost ~3% there (bench-gemm, dense shapes, one run).
+template <int kBT, bool kPair, bool kFitTokens>
 __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__ RsArgs args) {
 #if defined(MXMOE_HAS_WGMMA)
   using T = RsTile<kBT, kPair>;
@@ -98,7 +101,7 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
 
   // The tile's rows in 64-token blocks: a group's last tile often holds only a few rows, and it
   // loads and multiplies only the blocks it has (wgmma N = 64 · x_blocks). Pairs share full tiles.
-  const int x_blocks = kPair ? kBT / 64 : (min(kBT, t.m_end - row0) + 63) / 64;
+  const int x_blocks = kPair || !kFitTokens ? kBT / 64 : (min(kBT, t.m_end - row0) + 63) / 64;
 
   // Thread 0: TMA of K step kt into its stage once every warp has released the stage's last use.
   const int w_row0 = t.group * a.N + col0;
@@ -249,11 +252,15 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
       }
     }
   };
-  if (x_blocks == 1) run.template operator()<64>();
-  else if (x_blocks == 2 || kBT == 128) run.template operator()<128>();
-  else if constexpr (kBT == 256) {
-    if (x_blocks == 3) run.template operator()<192>();
-    else run.template operator()<256>();
+  if constexpr (!kFitTokens) {
+    run.template operator()<kBT>();
+  } else {
+    if (x_blocks == 1) run.template operator()<64>();
+    else if (x_blocks == 2 || kBT == 128) run.template operator()<128>();
+    else if constexpr (kBT == 256) {
+      if (x_blocks == 3) run.template operator()<192>();
+      else run.template operator()<256>();
+    }
   }
   if constexpr (kPair) cluster_sync();  // the peer may still arrive on this CTA's barriers
 #else
