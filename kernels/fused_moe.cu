@@ -117,7 +117,8 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
   using Impl = MoeWorkspace::Impl;
 
   const RoutingBuffers rb = routing_buffers(ws, s, k, stream);
-  if (path != MoePath::prefill && routes_itself(s)) return route_token_itself(x, router_logits, w, routing, s, rb, out, ws, stream);
+  if (path != MoePath::prefill && routes_itself(s))
+    return route_token_itself(x, router_logits, w, routing, s, rb, out, ws, stream);
   const Tensor& weights = rb.weights;
   const MoePermuteBuffers& pb = rb.pb;
   moe_route_permute(router_logits, k, routing.renormalize, rb.ids, weights, pb, stream);

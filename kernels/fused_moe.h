@@ -48,14 +48,15 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
 // CUDA expert path. T is known on the host (the routing is not), so the path is chosen by T:
 // decode reads only the active experts' weights, once per 32 pairs, with GEMV-like kernels;
 // prefill gathers x into expert order and runs two grouped tensor-core GEMMs (moe_prefers_decode).
+// At T = 1 (decode) the expert kernels route the token from router_logits themselves, with no
+// routing launch (MoeTokenRoute, kernels/moe_decode.h; MXMOE_MOE_TOKEN_ROUTE=0 turns it off).
 // The workspace grows on the first call of a size; run one call at the largest T before capturing
 // a CUDA graph (growing inside a capture fails, as any allocation does).
 enum class MoePath : uint8_t { automatic, decode, prefill };
 // Decode while the pairs per expert average at most 16. Measured on H100 (bench-moe, fused_moe
-// per call, MXFP8, both paths in one run): decode over prefill 2.1-2.8x at Qwen3-30B-A3B T =
-// 16..128 (1-8 pairs per expert), 1.84x at 16 per expert; Mixtral-8x7B 1.95x at 4, 1.35x at 16,
-// 1.34x at 32. At 32 per expert Qwen3-30B-A3B's 512-token prefill took 43 ms instead of 21 (bench
-// end to end), so 16 for both.
+// per call, MXFP8, both paths in one run, after the grouped GEMM fitted its tiles to the rows):
+// decode over prefill 1.55-1.79x at Qwen3-30B-A3B T = 16..128 (1-8 pairs per expert), 1.22x at 16
+// per expert, 0.84x at 32; Mixtral-8x7B 1.41x at 4, 1.07x at 16, 0.75x at 32. So 16 for both.
 inline bool moe_prefers_decode(int64_t tokens, int top_k, int64_t experts) { return tokens * top_k <= 16 * experts; }
 // Router, routing and permutation in one launch (fused_moe_with_router) up to this many tokens.
 constexpr int64_t kMoeDecodeMaxTokens = 16;
