@@ -8,7 +8,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <bit>
 #include <utility>
 
 #include "engine/cuda_check.h"
@@ -17,6 +16,7 @@
 #include "kernels/moe_routing.h"
 #include "kernels/moe_routing.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/rmsnorm.h"
 #include "kernels/rmsnorm_row.cuh"
 
 namespace mxmoe {
@@ -578,8 +578,10 @@ void moe_norm_router_logits(const Tensor& residual, const Tensor& add, const Ten
               " (one token, H a multiple of 8 and at most ", kMoeNormRouterMaxHidden, ")");
   MXMOE_CHECK(residual_out.data() != residual.data(), op,
               ": residual_out must not be residual (other blocks still read it while block 0 writes)");
-  // Threads per row as rmsnorm picks them for one row of H / 8 vectors (one vector a thread).
-  const int tpr = int(std::bit_ceil(uint64_t(hidden / 8)));
+  // rmsnorm's threads for one row, so the sum of squares is reduced in the same order.
+  const int tpr = detail::rmsnorm_threads_per_row(1, hidden / 8);
+  MXMOE_CHECK(tpr >= hidden / 8 && tpr <= kScanThreads, op, ": rmsnorm gives one row of H = ", hidden, " ", tpr,
+              " threads; the router launch holds one vector a thread in ", kScanThreads);
   launch_pdl(norm_router_kernel, dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows)), dim3(kScanThreads), 0,
              stream, residual.data_as<const __nv_bfloat16>(), add.data_as<const __nv_bfloat16>(),
              norm_weight.data_as<const __nv_bfloat16>(), eps, tpr, residual_out.data_as<__nv_bfloat16>(),

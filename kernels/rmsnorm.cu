@@ -75,18 +75,6 @@ rmsnorm_kernel(const __nv_bfloat16* x, __nv_bfloat16* residual, const __nv_bfloa
   }
 }
 
-// Threads per row: enough rows · threads to fill the GPU (about 1024 threads per SM), never more
-// threads than vectors in a row, and at most kMaxVecs vectors per thread (d <= kMaxWidth).
-int threads_per_row(int64_t rows, int64_t vecs) {
-  const int64_t want = int64_t(gpu_info().sm_count) * 1024;
-  int64_t tpr = int64_t(std::bit_ceil(uint64_t((want + rows - 1) / rows)));
-  tpr = std::min(tpr, int64_t(std::bit_ceil(uint64_t(vecs))));
-  tpr = std::max(tpr, int64_t(std::bit_ceil(uint64_t((vecs + kMaxVecs - 1) / kMaxVecs))));
-  tpr = std::min<int64_t>(tpr, kMaxRowThreads);
-  if (vecs > 2 * tpr) tpr = std::min<int64_t>(tpr, kMinBlock);  // 4+ vectors a thread: CTAs of <= 256 (registers)
-  return int(tpr);
-}
-
 template <int kVecs>
 void launch_vecs(const __nv_bfloat16* x, __nv_bfloat16* residual, const __nv_bfloat16* w, float eps,
                  __nv_bfloat16* out, const NormRows& s, cudaStream_t stream) {
@@ -117,7 +105,7 @@ void launch(const char* op, const Tensor& x, const Tensor* residual, const Tenso
   }
   const int64_t rows = xr.tokens * (xr.width / d), vecs = d / 8;
   if (rows == 0) return;
-  const int tpr = threads_per_row(rows, vecs);
+  const int tpr = detail::rmsnorm_threads_per_row(rows, vecs);
   const NormRows s{rows, xr.width / d, xr.stride, rr.stride, orows.stride, int(d), std::countr_zero(unsigned(tpr))};
   const auto* xp = x.data_as<const __nv_bfloat16>();
   auto* rp = residual ? residual->data_as<__nv_bfloat16>() : nullptr;
@@ -132,6 +120,22 @@ void launch(const char* op, const Tensor& x, const Tensor* residual, const Tenso
 }
 
 }  // namespace
+
+namespace detail {
+
+// Enough rows · threads to fill the GPU (about 1024 threads per SM), never more threads than
+// vectors in a row, and at most kMaxVecs vectors per thread (d <= kMaxWidth).
+int rmsnorm_threads_per_row(int64_t rows, int64_t vecs) {
+  const int64_t want = int64_t(gpu_info().sm_count) * 1024;
+  int64_t tpr = int64_t(std::bit_ceil(uint64_t((want + rows - 1) / rows)));
+  tpr = std::min(tpr, int64_t(std::bit_ceil(uint64_t(vecs))));
+  tpr = std::max(tpr, int64_t(std::bit_ceil(uint64_t((vecs + kMaxVecs - 1) / kMaxVecs))));
+  tpr = std::min<int64_t>(tpr, kMaxRowThreads);
+  if (vecs > 2 * tpr) tpr = std::min<int64_t>(tpr, kMinBlock);  // 4+ vectors a thread: CTAs of <= 256 (registers)
+  return int(tpr);
+}
+
+}  // namespace detail
 
 void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out, cudaStream_t stream) {
   launch("rmsnorm", x, nullptr, weight, eps, out, stream);

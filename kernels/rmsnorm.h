@@ -36,4 +36,8 @@ void add_rmsnorm_ref(const Tensor& residual, const Tensor& x, const Tensor& weig
 namespace mxmoe::detail {
 // Validates the arguments shared by the CPU and CUDA versions; returns the row length D.
 int64_t check_rmsnorm_args(const char* op, const Tensor& x, const Tensor& weight, const Tensor& out, Device device);
+// The threads the CUDA kernels give one row of `vecs` 16-byte vectors when there are `rows` rows
+// (a power of two; the row's sum of squares is reduced over them, so a kernel that norms a row in
+// its prologue takes the same count to match rmsnorm bit for bit).
+int rmsnorm_threads_per_row(int64_t rows, int64_t vecs);
 }  // namespace mxmoe::detail

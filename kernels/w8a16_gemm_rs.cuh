@@ -15,9 +15,9 @@
 //    distinct bank groups) into a ring of stages guarded by full (TMA bytes landed) and empty
 //    (all 8 warps done) mbarriers, kStages - 2 steps ahead of the wgmma. Tails (M, N, K) are TMA
 //    zero fill or rows whose results are never stored.
-//  - warpgroups 0 and 1: 64 W rows each, wgmma m64 x N x k16 with N the tile's tokens rounded up
-//    to 64 (a grouped GEMM's last tile per group is often short: at ~128 rows per expert a full
-//    256-token wgmma would do twice the work); fp32 accumulators; the scale bytes come from
+//  - warpgroups 0 and 1: 64 W rows each, wgmma m64 x N x k16, N = kBT, or in grouped GEMMs the
+//    tile's tokens rounded up to 64 (a group's last tile is often short: at ~128 rows per expert a
+//    full 256-token wgmma would do twice the work); fp32 accumulators; the scale bytes come from
 //    global memory two steps ahead.
 // Why no dedicated producer warp: the 256-token tile needs ~200 registers per thread
 // (128 accumulators + fragments). A 9th warp puts 3 warps on one SM sub-partition (16K registers),
@@ -66,10 +66,12 @@ struct RsArgs {
 };
 
 // kFitTokens: a tile multiplies only the 64-token blocks it has rows in (grouped GEMMs, where a
-// group's last tile is often short). Dense GEMMs have one short tile at most and run the 256-wide
-// form alone: the four widths in one kernel cost ~3% there (bench-gemm, dense shapes, one run).
+// group's last tile is often short). Dense GEMMs have one short tile at most and run the full-width
+// form alone: the four widths in one kernel cost them 4.9% (bench-gemm geomean, one call). CTA
+// pairs share full tiles.
 template <int kBT, bool kPair, bool kFitTokens>
 __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__ RsArgs args) {
+  static_assert(!(kPair && kFitTokens), "paired CTAs load and multiply full tiles");
 #if defined(MXMOE_HAS_WGMMA)
   using T = RsTile<kBT, kPair>;
   constexpr int kStages = T::stages;
@@ -100,8 +102,8 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
   else __syncthreads();
 
   // The tile's rows in 64-token blocks: a group's last tile often holds only a few rows, and it
-  // loads and multiplies only the blocks it has (wgmma N = 64 · x_blocks). Pairs share full tiles.
-  const int x_blocks = kPair || !kFitTokens ? kBT / 64 : (min(kBT, t.m_end - row0) + 63) / 64;
+  // loads and multiplies only the blocks it has (wgmma N = 64 · x_blocks).
+  const int x_blocks = kFitTokens ? (min(kBT, t.m_end - row0) + 63) / 64 : kBT / 64;
 
   // Thread 0: TMA of K step kt into its stage once every warp has released the stage's last use.
   const int w_row0 = t.group * a.N + col0;
