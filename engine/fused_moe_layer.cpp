@@ -238,13 +238,26 @@ void FusedMoELayer::forward(const Tensor& x, LinearLayer& router, const Tensor& 
 
 bool FusedMoELayer::forward_after_norm(const Tensor& residual, const Tensor& add, const Tensor& norm_weight, float eps,
                                        const Tensor& residual_out, const Tensor& n, LinearLayer& router,
-                                       const Tensor& router_logits, const Tensor& out, cudaStream_t stream) {
+                                       const Tensor& router_logits, const Tensor& out, bool defer_combine,
+                                       cudaStream_t stream) {
   static const bool enabled = env_flag("MXMOE_MOE_NORM_ROUTER", true);
+  static const bool combine_norm = env_flag("MXMOE_MOE_COMBINE_NORM", true);
   if (!enabled || !router_fusable(n, router) || !moe_norm_router_fusable(n.size(0), n.size(1))) return false;
   MXMOE_CHECK(!method_->backend().empty(), "layer ", name(), ": forward before its weights were loaded");
   moe_norm_router_logits(residual, add, norm_weight, eps, residual_out, n, router.weight, router_logits, stream);
-  forward(n, router_logits, out, stream);  // one token: the expert kernels route it from the logits
+  // One token: the expert kernels route it from the logits.
+  if (defer_combine && combine_norm && moe_combine_norm_fusable(n.size(1)))
+    pending_ = fused_moe_token_slots(n, router_logits, weights, config_.routing, workspace, stream);
+  else
+    forward(n, router_logits, out, stream);
   return true;
+}
+
+void FusedMoELayer::combine_add_rmsnorm(const Tensor& residual, const Tensor& norm_weight, float eps, const Tensor& n,
+                                        cudaStream_t stream) {
+  MXMOE_CHECK(combine_pending(), "layer ", name(), ": combine_add_rmsnorm without a deferred combine");
+  moe_combine_add_rmsnorm(pending_.y, pending_.weights, residual, norm_weight, eps, n, stream);
+  pending_ = {};
 }
 
 }  // namespace mxmoe

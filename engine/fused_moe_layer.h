@@ -55,9 +55,17 @@ class FusedMoELayer : public Loadable {
   // token, the fused router form above. Returns false, having done nothing, elsewhere (the caller
   // runs add_rmsnorm and forward). The same results either way; residual_out is not residual.
   // MXMOE_MOE_NORM_ROUTER=0 turns it off, for comparison.
+  // defer_combine: leave the combine to combine_add_rmsnorm (the decoder's next norm), writing
+  // nothing to `out`, where the fused form applies (moe_combine_norm_fusable: H <= 4096);
+  // combine_pending() tells whether it did (MXMOE_MOE_COMBINE_NORM=0: never).
   bool forward_after_norm(const Tensor& residual, const Tensor& add, const Tensor& norm_weight, float eps,
                           const Tensor& residual_out, const Tensor& n, LinearLayer& router, const Tensor& router_logits,
-                          const Tensor& out, cudaStream_t stream = nullptr);
+                          const Tensor& out, bool defer_combine, cudaStream_t stream = nullptr);
+  bool combine_pending() const { return pending_.y.defined(); }
+  // The deferred combine and the decoder's next `residual += mlp; n = norm(residual)` in one launch
+  // (moe_combine_add_rmsnorm: one kernel boundary less per MoE layer), bit-equal to the two.
+  void combine_add_rmsnorm(const Tensor& residual, const Tensor& norm_weight, float eps, const Tensor& n,
+                           cudaStream_t stream = nullptr);
 
   const FusedMoEConfig& config() const { return config_; }
   const std::string& name() const { return config_.name; }
@@ -85,6 +93,7 @@ class FusedMoELayer : public Loadable {
 
   FusedMoEConfig config_;
   std::unique_ptr<FusedMoEMethod> method_;
+  MoeSlots pending_;  // the slots of a deferred combine (in `workspace`), until combine_add_rmsnorm
 };
 
 // Registry entries (engine/registry.cpp).

@@ -66,11 +66,12 @@ RoutingBuffers routing_buffers(MoeWorkspace::Impl& ws, const MoeShape& s, int k,
 
 // Decode experts: pair-indexed, act and y rows are pairs t*k + slot; the kernels read each active
 // expert once, routed by `route`: the permutation, or (one token) MoeTokenRoute, whose down kernel
-// writes `weights` itself. (Fusing the combine into the down kernel, the last block of each 128-row
-// group of H summing the slots, measured no gain on H100: Qwen3-30B-A3B T=1 32.4 vs 32.2 us, bench-moe.)
+// writes the routing weights itself. Returns y [T·k, H] f32 (in the workspace), before the combine.
+// (Fusing the combine into the down kernel, the last block of each 128-row group of H summing the
+// slots, measured no gain on H100: Qwen3-30B-A3B T=1 32.4 vs 32.2 us, bench-moe.)
 template <class Route>
-void decode_experts(const Tensor& x, const MoeWeights& w, const MoeShape& s, int k, const Route& route,
-                    const Tensor& weights, const Tensor& out, MoeWorkspace::Impl& ws, cudaStream_t stream) {
+Tensor decode_expert_slots(const Tensor& x, const MoeWeights& w, const MoeShape& s, int k, const Route& route,
+                           MoeWorkspace::Impl& ws, cudaStream_t stream) {
   using Impl = MoeWorkspace::Impl;
   const int64_t pairs = s.tokens * k;
   const Tensor act = Impl::take(ws.act, {pairs, s.inter}, DType::bf16);
@@ -82,7 +83,13 @@ void decode_experts(const Tensor& x, const MoeWeights& w, const MoeShape& s, int
   };
   if (w.quantized()) experts(w.w13_mx, w.w2_mx);
   else experts(w.w13, w.w2);
-  moe_combine(y, weights, nullptr, k, out, stream);
+  return y;
+}
+
+template <class Route>
+void decode_experts(const Tensor& x, const MoeWeights& w, const MoeShape& s, int k, const Route& route,
+                    const Tensor& weights, const Tensor& out, MoeWorkspace::Impl& ws, cudaStream_t stream) {
+  moe_combine(decode_expert_slots(x, w, s, k, route, ws, stream), weights, nullptr, k, out, stream);
 }
 
 // One token: the expert kernels route it themselves from its logits, with no routing launch
@@ -92,11 +99,13 @@ bool routes_itself(const MoeShape& s) {
   static const bool token_route = env_flag("MXMOE_MOE_TOKEN_ROUTE", true);
   return s.tokens == 1 && token_route;
 }
+MoeTokenRoute token_route(const Tensor& router_logits, const MoeRouting& routing, const RoutingBuffers& rb) {
+  return {router_logits, routing.top_k, routing.renormalize, rb.ids, rb.weights};
+}
 void route_token_itself(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
                         const MoeShape& s, const RoutingBuffers& rb, const Tensor& out, MoeWorkspace::Impl& ws,
                         cudaStream_t stream) {
-  const MoeTokenRoute route{router_logits, routing.top_k, routing.renormalize, rb.ids, rb.weights};
-  decode_experts(x, w, s, routing.top_k, route, rb.weights, out, ws, stream);
+  decode_experts(x, w, s, routing.top_k, token_route(router_logits, routing, rb), rb.weights, out, ws, stream);
 }
 
 }  // namespace
@@ -138,6 +147,18 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
   if (w.quantized()) w8a16_grouped_gemm(act, w.w2_mx, perm.expert_offsets, y, stream);
   else bf16_grouped_gemm(act, w.w2, perm.expert_offsets, y, stream);
   moe_combine(y, weights, &pb.pair_rows, k, out, stream);
+}
+
+MoeSlots fused_moe_token_slots(const Tensor& x, const Tensor& router_logits, const MoeWeights& w,
+                               const MoeRouting& routing, MoeWorkspace& workspace, cudaStream_t stream) {
+  const char* op = "fused_moe_token_slots";
+  MXMOE_CHECK(x.device() == Device::cuda && x.dim() == 2 && x.size(0) == 1, op, ": one token on CUDA, got x ",
+              shape_str(x.shape()), " on ", x.device() == Device::cuda ? "CUDA" : "the CPU");
+  const MoeShape s = check_fused_moe_args(x, router_logits, w, routing, x, op);  // x stands in for the unwritten out
+  MoeWorkspace::Impl& ws = workspace.impl();
+  const RoutingBuffers rb = routing_buffers(ws, s, routing.top_k, stream);
+  const Tensor y = decode_expert_slots(x, w, s, routing.top_k, token_route(router_logits, routing, rb), ws, stream);
+  return {y, rb.weights};
 }
 
 bool fused_moe_router_fusable(const Tensor& x, const Tensor& router_weight, const MoeRouting& routing) {

@@ -60,6 +60,15 @@ enum class MoePath : uint8_t { automatic, decode, prefill };
 inline bool moe_prefers_decode(int64_t tokens, int top_k, int64_t experts) { return tokens * top_k <= 16 * experts; }
 // Router, routing and permutation in one launch (fused_moe_with_router) up to this many tokens.
 constexpr int64_t kMoeDecodeMaxTokens = 16;
+// fused_moe at one token (CUDA) up to, not including, its combine: the slots' expert outputs
+// y [top_k, H] f32 and routing weights [top_k] f32, left in the workspace (valid until its next
+// call) for a caller that folds the combine into its next kernel (moe_combine_add_rmsnorm,
+// kernels/moe_permute.h). The expert kernels route the token themselves, as fused_moe does.
+struct MoeSlots {
+  Tensor y, weights;
+};
+MoeSlots fused_moe_token_slots(const Tensor& x, const Tensor& router_logits, const MoeWeights& w,
+                               const MoeRouting& routing, MoeWorkspace& workspace, cudaStream_t stream);
 // The same as fused_moe with the path forced (tests and benchmarks compare the two).
 void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
                const Tensor& out, MoeWorkspace& workspace, cudaStream_t stream, MoePath path);

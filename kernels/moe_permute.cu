@@ -396,6 +396,40 @@ __device__ void load8(const __nv_bfloat16* p, float (&v)[8]) {
   }
 }
 
+// Σ_slot weights[pair0 + slot] · y[row(pair0 + slot)][col, col + 8) in fp32, in slot order. The
+// loads of up to kSlots slots are issued before the first multiply, so a token's top_k rows cost
+// one memory round trip per group, not one per slot.
+template <class Y, class Row>
+__device__ __forceinline__ void sum_slots(const Y* __restrict__ y, const float* __restrict__ weights, int64_t pair0,
+                                          int top_k, int64_t hidden, int64_t col, Row row, float (&acc)[8]) {
+  constexpr int kSlots = 8;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j] = 0.f;
+  for (int k0 = 0; k0 < top_k; k0 += kSlots) {
+    float w[kSlots], v[kSlots][8];
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      if (k0 + s >= top_k) break;
+      const int64_t pair = pair0 + k0 + s;
+      w[s] = weights[pair];
+      load8(y + row(pair) * hidden + col, v[s]);
+    }
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      if (k0 + s >= top_k) break;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] = fmaf(w[s], v[s][j], acc[j]);
+    }
+  }
+}
+
+__device__ __forceinline__ uint4 pack_bf16x8(const float (&acc)[8]) {
+  union { uint4 raw; __nv_bfloat162 h[4]; } o;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) o.h[j] = __floats2bfloat162_rn(acc[2 * j], acc[2 * j + 1]);
+  return o.raw;
+}
+
 // One thread per 8 outputs of out [T, H].
 template <class Y>
 __global__ void combine_kernel(const Y* __restrict__ y, const float* __restrict__ weights,
@@ -406,32 +440,38 @@ __global__ void combine_kernel(const Y* __restrict__ y, const float* __restrict_
   launch_dependents();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / vecs_per_row, col = (i % vecs_per_row) * 8;
-    float acc[8] = {};
-    // Slots in groups of kSlots whose loads are all issued before the first multiply, so a
-    // token's top_k rows cost one memory round trip per group, not one per slot; the sum stays in
-    // slot order.
-    constexpr int kSlots = 8;
-    for (int k0 = 0; k0 < top_k; k0 += kSlots) {
-      float w[kSlots], v[kSlots][8];
-#pragma unroll
-      for (int s = 0; s < kSlots; ++s) {
-        if (k0 + s >= top_k) break;
-        const int64_t pair = t * top_k + k0 + s;
-        const int64_t row = rows ? rows[pair] : pair;
-        w[s] = weights[pair];
-        load8(y + row * hidden + col, v[s]);
-      }
-#pragma unroll
-      for (int s = 0; s < kSlots; ++s) {
-        if (k0 + s >= top_k) break;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[j] += w[s] * v[s][j];
-      }
-    }
-    union { uint4 raw; __nv_bfloat162 h[4]; } o;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) o.h[j] = __floats2bfloat162_rn(acc[2 * j], acc[2 * j + 1]);
-    reinterpret_cast<uint4*>(out)[i] = o.raw;
+    float acc[8];
+    sum_slots(y, weights, t * top_k, top_k, hidden, col, [&](int64_t pair) { return rows ? int64_t(rows[pair]) : pair; },
+              acc);
+    reinterpret_cast<uint4*>(out)[i] = pack_bf16x8(acc);
+  }
+}
+
+// moe_combine_add_rmsnorm: one block, thread j holding vector j of the token's row (tpr threads as
+// rmsnorm picks them for one row): the slot sum as combine_kernel forms it, then add_rmsnorm's row.
+// One block, so the residual is updated in place (each thread rewrites only its own vector).
+constexpr int kCombineNormThreads = int(kMoeCombineNormMaxHidden / 8);
+__global__ void __launch_bounds__(kCombineNormThreads)
+    combine_norm_kernel(const float* __restrict__ y, const float* __restrict__ weights, int top_k, int hidden,
+                        __nv_bfloat16* residual, const __nv_bfloat16* __restrict__ norm_weight, float eps, int tpr,
+                        __nv_bfloat16* __restrict__ out) {
+  using namespace norm_row_detail;
+  const int j = threadIdx.x;
+  const auto has = [&](int) { return j < hidden / 8; };
+  Bf16x8 v[1], r[1], nw[1], o[1];
+  if (has(0)) nw[0].raw = load16(norm_weight + 8 * j);
+  grid_dependency_wait();
+  launch_dependents();
+  if (has(0)) {
+    float acc[8];
+    sum_slots(y, weights, 0, top_k, hidden, 8 * j, [](int64_t pair) { return pair; }, acc);
+    v[0].raw = pack_bf16x8(acc);
+    r[0].raw = load16(residual + 8 * j);
+  }
+  norm_row(v, &r, nw, eps, hidden, tpr, has, o);
+  if (has(0)) {
+    reinterpret_cast<uint4*>(residual)[j] = v[0].raw;
+    reinterpret_cast<uint4*>(out)[j] = o[0].raw;
   }
 }
 
@@ -587,6 +627,30 @@ void moe_norm_router_logits(const Tensor& residual, const Tensor& add, const Ten
              norm_weight.data_as<const __nv_bfloat16>(), eps, tpr, residual_out.data_as<__nv_bfloat16>(),
              normed.data_as<__nv_bfloat16>(), router_weight.data_as<const uint4>(), int(hidden),
              router_logits.data_as<float>(), int(n_experts));
+}
+
+void moe_combine_add_rmsnorm(const Tensor& y, const Tensor& weights, const Tensor& residual, const Tensor& norm_weight,
+                             float eps, const Tensor& out, cudaStream_t stream) {
+  constexpr const char* op = "moe_combine_add_rmsnorm";
+  check_cuda_contiguous(y, DType::f32, op, "y");
+  check_cuda_contiguous(weights, DType::f32, op, "weights");
+  check_cuda_contiguous(residual, DType::bf16, op, "residual");
+  check_cuda_contiguous(norm_weight, DType::bf16, op, "norm_weight");
+  check_cuda_contiguous(out, DType::bf16, op, "out");
+  const int64_t hidden = residual.dim() == 2 ? residual.size(1) : 0, top_k = weights.numel();
+  MXMOE_CHECK(residual.dim() == 2 && residual.size(0) == 1 && out.shape() == residual.shape(), op, ": residual ",
+              shape_str(residual.shape()), " and out ", shape_str(out.shape()), " must be the same [1, H]");
+  MXMOE_CHECK(moe_combine_norm_fusable(hidden) && norm_weight.numel() == hidden, op, ": H = ", hidden,
+              " (a multiple of 8, at most ", kMoeCombineNormMaxHidden, "), norm_weight of ", norm_weight.numel());
+  MXMOE_CHECK(top_k >= 1 && y.shape() == Shape({top_k, hidden}), op, ": y ", shape_str(y.shape()), " for ", top_k,
+              " slot weights, expected [", top_k, ", ", hidden, "]");
+  // rmsnorm's threads for one row, so the sum of squares is reduced in the same order.
+  const int tpr = detail::rmsnorm_threads_per_row(1, hidden / 8);
+  MXMOE_CHECK(tpr >= hidden / 8 && tpr <= kCombineNormThreads, op, ": rmsnorm gives one row of H = ", hidden, " ", tpr,
+              " threads; the combine launch holds one vector a thread");
+  launch_pdl(combine_norm_kernel, dim3(1), dim3(unsigned(std::max(tpr, 32))), 0, stream, y.data_as<const float>(),
+             weights.data_as<const float>(), int(top_k), int(hidden), residual.data_as<__nv_bfloat16>(),
+             norm_weight.data_as<const __nv_bfloat16>(), eps, tpr, out.data_as<__nv_bfloat16>());
 }
 
 void moe_router_logits(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, cudaStream_t stream) {

@@ -65,6 +65,18 @@ void moe_norm_router_logits(const Tensor& residual, const Tensor& add, const Ten
                             const Tensor& residual_out, const Tensor& normed, const Tensor& router_weight,
                             const Tensor& router_logits, cudaStream_t stream);
 
+// moe_combine and then add_rmsnorm, in one launch, for one token's slots (y by pair, no rows):
+//   residual = bf16(residual + bf16(Σ_slot weights[slot] · y[slot])); out = RMSNorm(residual) · norm_weight
+// bit-equal to the two. y [top_k, H] f32; weights [top_k] f32; residual, out [1, H] bf16 (residual
+// updated in place); norm_weight [H] bf16. Needs moe_combine_norm_fusable(H): one block holds the
+// row, a vector of 8 per thread, and the slots' loads in flight together need 512 threads' registers.
+constexpr int64_t kMoeCombineNormMaxHidden = 4096;
+inline bool moe_combine_norm_fusable(int64_t hidden) {
+  return hidden > 0 && hidden % 8 == 0 && hidden <= kMoeCombineNormMaxHidden;
+}
+void moe_combine_add_rmsnorm(const Tensor& y, const Tensor& weights, const Tensor& residual, const Tensor& norm_weight,
+                             float eps, const Tensor& out, cudaStream_t stream);
+
 // xs[i] = x[sorted_pairs[i] / top_k]. x [T, H] bf16; xs [T * top_k, H] bf16.
 void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream);
 

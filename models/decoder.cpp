@@ -186,6 +186,13 @@ class DecoderLM final : public CausalLM {
     Tensor x_next;  // the residual's other buffer, where an MoE block's norm writes it out of place
     Tensor n = Tensor::empty({t, h}, DType::bf16, dev);    // normalized input of the next block
     Tensor mlp = Tensor::empty({t, h}, DType::bf16, dev);  // output of the last MLP, not yet added
+    // An MoE block whose combine waits for the next norm (one token, no all-reduce, no shared expert).
+    FusedMoELayer* pending = nullptr;
+    const auto add_mlp_rmsnorm = [&](const Tensor& weight) {  // x += mlp; n = norm(x)
+      if (pending) pending->combine_add_rmsnorm(x, weight, eps, n, stream);
+      else ops::add_rmsnorm(x, mlp, weight, eps, n, stream);
+      pending = nullptr;
+    };
     // Projections: one fused [T, (nq + 2·nkv)·hd] output, or (replicated KV heads) q [T, nq·hd] and
     // kv [T, 2·nkv·hd]; q2d, k2d, v2d are [T, heads·hd] views into them.
     const bool fused = shards_.kv_tp == shards_.tp;
@@ -213,7 +220,7 @@ class DecoderLM final : public CausalLM {
       if (l == 0)
         ops::rmsnorm(x, w.weight(0), eps, n, stream);
       else
-        ops::add_rmsnorm(x, mlp, w.weight(0), eps, n, stream);  // x += mlp; n = norm(x)
+        add_mlp_rmsnorm(w.weight(0));
       layer.qkv->forward(n, qkv, stream);
       if (layer.kv) layer.kv->forward(n, kv, stream);
       if (spec_.qk_norm == QkNorm::full) {
@@ -233,9 +240,11 @@ class DecoderLM final : public CausalLM {
         // inside the router launch, writing the new residual to the other buffer.
         Tensor router_logits = Tensor::empty({t, config_.num_experts}, DType::f32, dev);
         if (!x_next.defined() && t == 1) x_next = Tensor::empty({t, h}, DType::bf16, dev);
+        const bool defer_combine = !options_.comm && !layer.shared_gate_up;
         if (layer.experts->forward_after_norm(x, attn_out, w.weight(1), eps, x_next, n, *layer.router, router_logits,
-                                              mlp, stream)) {
+                                              mlp, defer_combine, stream)) {
           std::swap(x, x_next);
+          if (layer.experts->combine_pending()) pending = layer.experts.get();
         } else {
           ops::add_rmsnorm(x, attn_out, w.weight(1), eps, n, stream);
           layer.experts->forward(n, *layer.router, router_logits, mlp, stream);
@@ -260,7 +269,7 @@ class DecoderLM final : public CausalLM {
       }
       all_reduce(mlp, stream);  // one per MLP block, the shared expert's part included
     }
-    ops::add_rmsnorm(x, mlp, final_norm_->weight(0), eps, n, stream);
+    add_mlp_rmsnorm(final_norm_->weight(0));
     const int64_t r = in.logit_rows.size(0);
     Tensor rows = Tensor::empty({r, h}, DType::bf16, dev);
     ops::embedding(in.logit_rows, n, 0, rows, stream);  // gather the rows whose logits are wanted

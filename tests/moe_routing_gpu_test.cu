@@ -312,6 +312,52 @@ TEST(MoePermuteGpu, NormRouterRejectsBadArguments) {
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+// The MoE combine folded into the next add_rmsnorm: bit-equal to moe_combine then add_rmsnorm on
+// the GPU, and the residual against a CPU loop of the same roundings.
+TEST(MoePermuteGpu, CombineAddRmsnormMatchesUnfused) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(testing::fresh_seed());
+  const float eps = 1e-5f;
+  for (auto [k, h] : {std::pair{8, 2048}, {2, 4096}, {4, 200}, {1, 64}, {9, 4096}, {32, 256}}) {
+    SCOPED_TRACE(cat("k=", k, " H=", h));
+    const Tensor y = testing::random_tensor({k, h}, DType::f32, rng), weights = testing::random_tensor({k}, DType::f32, rng);
+    const Tensor residual = testing::random_tensor({1, h}, DType::bf16, rng, 4.f);
+    const Tensor norm_w = testing::random_tensor({h}, DType::bf16, rng);
+    const Tensor d_y = y.to(Device::cuda), d_wt = weights.to(Device::cuda), d_nw = norm_w.to(Device::cuda);
+    const Tensor mlp = Tensor::empty({1, h}, DType::bf16, Device::cuda), want_res = residual.to(Device::cuda);
+    const Tensor want_n = Tensor::empty({1, h}, DType::bf16, Device::cuda);
+    moe_combine(d_y, d_wt, nullptr, k, mlp, nullptr);
+    add_rmsnorm(want_res, mlp, d_nw, eps, want_n, nullptr);
+    const Tensor res = residual.to(Device::cuda), n = Tensor::empty({1, h}, DType::bf16, Device::cuda);
+    poison(n);
+    moe_combine_add_rmsnorm(d_y, d_wt, res, d_nw, eps, n, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_TRUE(bit_equal(res, want_res));
+    EXPECT_TRUE(bit_equal(n, want_n));
+    // residual + bf16(Σ w·y) in slot order, both rounded to bf16, as the CPU computes it.
+    const auto bf16_round = [](float v) { return bf16_to_f32(f32_to_bf16(v)); };
+    const std::vector<float> yv = to_f32_vector(y), wv = to_f32_vector(weights), rv = to_f32_vector(residual);
+    std::vector<float> want(static_cast<size_t>(h));
+    for (int64_t j = 0; j < h; ++j) {
+      float acc = 0.f;
+      for (int64_t s = 0; s < k; ++s) acc = std::fma(wv[size_t(s)], yv[size_t(s * h + j)], acc);
+      want[size_t(j)] = bf16_round(rv[size_t(j)] + bf16_round(acc));
+    }
+    EXPECT_EQ(to_f32_vector(res.to(Device::cpu)), want);
+  }
+  const auto call = [](int64_t k, int64_t h, int64_t y_rows) {
+    const Tensor y = Tensor::empty({y_rows, h}, DType::f32, Device::cuda), wt = Tensor::empty({k}, DType::f32, Device::cuda);
+    const Tensor r = Tensor::empty({1, h}, DType::bf16, Device::cuda), nw = Tensor::empty({h}, DType::bf16, Device::cuda);
+    moe_combine_add_rmsnorm(y, wt, r, nw, 1e-5f, Tensor::empty({1, h}, DType::bf16, Device::cuda), nullptr);
+  };
+  EXPECT_THROW(call(8, 2048, 7), Error);   // y rows != slots
+  EXPECT_THROW(call(8, 4104, 8), Error);   // H > 4096
+  EXPECT_THROW(call(8, 8192, 8), Error);
+  EXPECT_THROW(call(8, 60, 8), Error);     // H not a multiple of 8
+  EXPECT_NO_THROW(call(8, 64, 8));
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 TEST(MoePermuteGpu, GatherSiluMulCombine) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(testing::fresh_seed());
