@@ -12,8 +12,9 @@
 // (normalized output, max, sum) to the workspace. attention_combine_kernel merges the partials
 // (merge_partials) by default; in the one-launch form (DecodeLaunch::fused) the last split CTA of a
 // (token, KV head) to finish merges those of its query heads instead, in two levels past 8
-// splits, found with per-device counters. Both kernels wait for their predecessor before reading
-// anything and launch with PDL (kernels/pdl.cuh). The prefill kernel and the KV write (off the
+// splits, found with per-device counters. Both launch with PDL (kernels/pdl.cuh): the merge waits
+// for its predecessor before reading anything; attention_kernel reads the step's metadata and the
+// keys earlier calls wrote before it waits. The prefill kernel and the KV write (off the
 // decode path, which writes the cache in qk_norm_rope_kv_write) are plain launches.
 #include <cuda_bf16.h>
 
@@ -226,8 +227,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a, bool merge)
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, c = lane % 4;
   const int group = a.group;
-  grid_dependency_wait();  // q, the cache, the step's metadata and the counters come from earlier kernels
-  launch_dependents();
+  // Before the PDL wait: the step's metadata (uploaded before the step's first kernel) and the
+  // first step's keys that earlier calls wrote. Only this call's keys, from seq_lens − q_len on,
+  // come from the predecessor (the KV write), so the table lookups and the first DRAM round trip
+  // of K/V overlap its tail; q, those keys, the partials and the counters are read after the wait.
   const int seq = last_at_most(a.num_seqs, t, [&](int i) { return a.cu_seqlens[i]; });
   const int q_len = a.cu_seqlens[seq + 1] - a.cu_seqlens[seq];
   const int ctx = a.seq_lens[seq] - q_len + (t - a.cu_seqlens[seq]) + 1;  // keys 0..ctx-1 are visible
@@ -239,6 +242,46 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a, bool merge)
   const auto row_offset = [&](int key) {
     return int64_t(table[key >> a.block_shift]) * block_stride + head_offset + int64_t(key & block_mask) * HD;
   };
+
+  const int fresh = a.seq_lens[seq] - q_len;  // keys >= fresh: written by the predecessor
+
+  // Steps start at multiples of kKeys (split_tokens is one), so with blocks of >= kKeys tokens a
+  // step's keys are consecutive rows of one block: one table lookup per step.
+  const bool one_block = a.block_shift >= 4;
+  static_assert(kKeys == 16);
+  // The loads of the step at key `base`: K rows base + 8j + gid (this thread's chunks) and V rows
+  // base..base+15 (this lane's dims), for the keys in [lo, hi); the others are zeros, or (keep)
+  // left as they are.
+  uint4 kr[2][CH];
+  uint32_t vr[kKeys][DPL / 2];
+  const auto load_step = [&](int base, int lo, int hi, bool keep) {
+    const int64_t base_offset = one_block ? row_offset(base) : 0;
+    const auto key_offset = [&](int k) { return one_block ? base_offset + int64_t(k) * HD : row_offset(base + k); };
+    const auto wanted = [&](int k) { return base + k >= lo && base + k < hi; };
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int k = 8 * j + gid;
+#pragma unroll
+      for (int m = 0; m < CH; ++m) {
+        if (wanted(k)) kr[j][m] = load16(a.k_cache + key_offset(k) + 32 * m + 8 * c);
+        else if (!keep) kr[j][m] = make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kKeys; ++k) {
+      if (wanted(k)) {
+        load_words<DPL>(a.v_cache + key_offset(k) + DPL * lane, vr[k]);
+      } else if (!keep) {
+#pragma unroll
+        for (int i = 0; i < DPL / 2; ++i) vr[k][i] = 0u;
+      }
+    }
+  };
+  const int first_base = begin + warp * kKeys;
+  if (first_base < end) load_step(first_base, begin, min(end, fresh), false);
+  grid_dependency_wait();
+  launch_dependents();
+  if (first_base < end && fresh < end) load_step(first_base, fresh, end, true);
 
   // Q as A fragments: qa[m][r] holds the 8 dims 32m + 8c.. of head 8r + gid (zeros past the group).
   uint4 qa[CH][RG];
@@ -263,34 +306,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Args a, bool merge)
     for (int e = 0; e < DPL; ++e) acc[g][e] = 0.f;
   }
 
-  // Steps start at multiples of kKeys (split_tokens is one), so with blocks of >= kKeys tokens a
-  // step's keys are consecutive rows of one block: one table lookup per step.
-  const bool one_block = a.block_shift >= 4;
-  static_assert(kKeys == 16);
-  for (int base = begin + warp * kKeys; base < end; base += kWarps * kKeys) {
-    const int64_t base_offset = one_block ? row_offset(base) : 0;
-    const auto key_offset = [&](int k) { return one_block ? base_offset + int64_t(k) * HD : row_offset(base + k); };
-    // Issue every load of the step first: K rows (key base + 8j + gid, this thread's chunks) and
-    // V rows (all kKeys keys, this lane's dims).
-    uint4 kr[2][CH];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int k = 8 * j + gid;
-#pragma unroll
-      for (int m = 0; m < CH; ++m) {
-        kr[j][m] = base + k < end ? load16(a.k_cache + key_offset(k) + 32 * m + 8 * c) : make_uint4(0, 0, 0, 0);
-      }
-    }
-    uint32_t vr[kKeys][DPL / 2];
-#pragma unroll
-    for (int k = 0; k < kKeys; ++k) {
-      if (base + k < end) {
-        load_words<DPL>(a.v_cache + key_offset(k) + DPL * lane, vr[k]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < DPL / 2; ++i) vr[k][i] = 0u;
-      }
-    }
+  for (int base = first_base; base < end; base += kWarps * kKeys) {
+    // Every load of the step is issued before any math (the first step's, above).
+    if (base != first_base) load_step(base, begin, end, false);
     // S = Q K^T: n-tile j covers keys base + 8j .. +7; k-steps 2m and 2m+1 use words (x, y) and (z, w).
     float s[2][4];
 #pragma unroll
