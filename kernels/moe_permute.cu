@@ -569,6 +569,16 @@ void check_router_args(const Tensor& x, const Tensor& router_weight, const Tenso
               shape_str(router_logits.shape()), ", expected [", x.size(0), ", ", router_weight.size(0), "]");
 }
 
+// The threads rmsnorm gives one row of H (so a kernel norming the row in its prologue reduces the
+// sum of squares in the same order, bit-equal), checked to hold the row at one vector a thread
+// within the launch's `max_threads`.
+int one_row_norm_threads(int64_t hidden, int max_threads, const char* op) {
+  const int tpr = detail::rmsnorm_threads_per_row(1, hidden / 8);
+  MXMOE_CHECK(tpr >= hidden / 8 && tpr <= max_threads, op, ": rmsnorm gives one row of H = ", hidden, " ", tpr,
+              " threads; this launch holds one vector a thread in at most ", max_threads);
+  return tpr;
+}
+
 }  // namespace
 
 bool moe_router_fusable(int64_t n_tokens, int64_t n_experts, int64_t hidden, int top_k) {
@@ -618,10 +628,7 @@ void moe_norm_router_logits(const Tensor& residual, const Tensor& add, const Ten
               " (one token, H a multiple of 8 and at most ", kMoeNormRouterMaxHidden, ")");
   MXMOE_CHECK(residual_out.data() != residual.data(), op,
               ": residual_out must not be residual (other blocks still read it while block 0 writes)");
-  // rmsnorm's threads for one row, so the sum of squares is reduced in the same order.
-  const int tpr = detail::rmsnorm_threads_per_row(1, hidden / 8);
-  MXMOE_CHECK(tpr >= hidden / 8 && tpr <= kScanThreads, op, ": rmsnorm gives one row of H = ", hidden, " ", tpr,
-              " threads; the router launch holds one vector a thread in ", kScanThreads);
+  const int tpr = one_row_norm_threads(hidden, kScanThreads, op);
   launch_pdl(norm_router_kernel, dim3(unsigned((n_experts + kRouterRows - 1) / kRouterRows)), dim3(kScanThreads), 0,
              stream, residual.data_as<const __nv_bfloat16>(), add.data_as<const __nv_bfloat16>(),
              norm_weight.data_as<const __nv_bfloat16>(), eps, tpr, residual_out.data_as<__nv_bfloat16>(),
@@ -644,10 +651,7 @@ void moe_combine_add_rmsnorm(const Tensor& y, const Tensor& weights, const Tenso
               " (a multiple of 8, at most ", kMoeCombineNormMaxHidden, "), norm_weight of ", norm_weight.numel());
   MXMOE_CHECK(top_k >= 1 && y.shape() == Shape({top_k, hidden}), op, ": y ", shape_str(y.shape()), " for ", top_k,
               " slot weights, expected [", top_k, ", ", hidden, "]");
-  // rmsnorm's threads for one row, so the sum of squares is reduced in the same order.
-  const int tpr = detail::rmsnorm_threads_per_row(1, hidden / 8);
-  MXMOE_CHECK(tpr >= hidden / 8 && tpr <= kCombineNormThreads, op, ": rmsnorm gives one row of H = ", hidden, " ", tpr,
-              " threads; the combine launch holds one vector a thread");
+  const int tpr = one_row_norm_threads(hidden, kCombineNormThreads, op);
   launch_pdl(combine_norm_kernel, dim3(1), dim3(unsigned(std::max(tpr, 32))), 0, stream, y.data_as<const float>(),
              weights.data_as<const float>(), int(top_k), int(hidden), residual.data_as<__nv_bfloat16>(),
              norm_weight.data_as<const __nv_bfloat16>(), eps, tpr, out.data_as<__nv_bfloat16>());

@@ -1,8 +1,8 @@
 #pragma once
 // One row of RMSNorm (optionally after the residual add) spread over `tpr` threads, each holding
 // kVecs 16-byte vectors of it in registers: the arithmetic of kernels/rmsnorm.cu, shared with the
-// kernels that norm a row in their prologue (the MoE router GEMV, kernels/moe_permute.cu), so both
-// give bit-equal results.
+// kernels that norm a row themselves (the MoE router GEMV's prologue and the MoE combine's
+// epilogue, kernels/moe_permute.cu), so all give bit-equal results.
 #include <cuda_bf16.h>
 
 #include <cstdint>
