@@ -11,11 +11,13 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "apps/bench_util.h"
 #include "engine/gpu_info.h"
 #include "kernels/cublaslt_gemm.h"
+#include "kernels/moe_permute.h"
 #include "kernels/w8a16_gemm_tile.cuh"
 
 using namespace mxmoe;
@@ -133,9 +135,39 @@ void bench_grouped(const char* name, int64_t tokens, int experts, int top_k, int
   print_row(name, m, n, k, run_variants(ours), t_lt, t_bf16, fp8_ceiling(x, {w8.elems.select(0)}, y, flops, stream));
 }
 
+// The MoE prefill gate/up with its activation: the grouped GEMM storing [rows, 2I] and the
+// silu_mul pass (two launches), against w8a16_grouped_gemm_silu_mul (SiLU·up in the epilogue).
+void bench_gated(const char* name, int64_t tokens, int experts, int top_k, int64_t inter, int64_t k,
+                 cudaStream_t stream) {
+  std::mt19937_64 rng(7);
+  const std::vector<int> offsets = routed_offsets(tokens, experts, top_k, rng);
+  const int64_t m = tokens * top_k;
+  Tensor off = Tensor::empty({experts + 1}, DType::i32, Device::cpu);
+  std::memcpy(off.data(), offsets.data(), offsets.size() * sizeof(int));
+  off = off.to(Device::cuda);
+  const Tensor x = bench::random_bf16({m, k}, 2, 1.f, stream);
+  const Tensor gate_up = Tensor::empty({m, 2 * inter}, DType::bf16, Device::cuda);
+  const Tensor act = Tensor::empty({m, inter}, DType::bf16, Device::cuda);
+  const MxTensor w8 = mxfp8_empty({experts, 2 * inter, k}, Device::cuda);
+  mxfp8_quantize(bench::random_bf16({experts, 2 * inter, k}, 3, 0.05f, stream), w8, ScaleRule::rceil, stream);
+  const double flops = 2.0 * double(m) * double(2 * inter) * double(k);
+  const double two = bench::median_ms(stream, [&](int) {
+    w8a16_grouped_gemm(x, w8, off, gate_up, stream);
+    moe_silu_mul(gate_up, act, stream);
+  }, 5, 30);
+  const double one =
+      bench::median_ms(stream, [&](int) { w8a16_grouped_gemm_silu_mul(x, w8, off, act, stream); }, 5, 30);
+  std::printf("| %-24s | %6ld | %6ld | %5ld | %8.1f (%4.0f) | %8.1f (%4.0f) | %5.3f |\n", name, long(m), long(inter),
+              long(k), two * 1e3, tflops(flops, two), one * 1e3, tflops(flops, one), one / two);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
-int main() {
+// bench-gemm [dense|grouped|gated]: one section of the tables (default all).
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
+  const auto section = [&](const char* name) { return only.empty() || only == name; };
   Stream stream;
   std::printf("TFLOP/s; ratio = ours (auto) / cuBLASLt bf16 on the same shape (grouped: dense GEMM of the same "
               "rows); old = the cp.async kernel (256x128 4wg) / cuBLASLt. rs = TMA + register-A wgmma kernel. "
@@ -153,14 +185,25 @@ int main() {
                           {"mixtral qkv 4096->6144", 6144, 4096},
                           {"mixtral w13 4096->14336", 14336, 4096},
                           {"mixtral w2 14336->4096", 4096, 14336}};
-  for (int64_t m : {2048, 4096})
-    for (const Dense& s : shapes) bench_dense(s.name, m, s.n, s.k, stream);
-  bench_grouped("qwen3 moe w13 E128 k8", 4096, 128, 8, 1536, 2048, stream);
-  bench_grouped("qwen3 moe w2 E128 k8", 4096, 128, 8, 2048, 768, stream);
-  // The same rows as one dense GEMM: what grouping (tile lookup, short tails, 128 weights) costs.
-  bench_dense("qwen3 w13 rows, dense", 32768, 1536, 2048, stream);
-  bench_dense("qwen3 w2 rows, dense", 32768, 2048, 768, stream);
-  bench_grouped("mixtral moe w13 E8 k2", 4096, 8, 2, 28672, 4096, stream);
-  bench_grouped("mixtral moe w2 E8 k2", 4096, 8, 2, 4096, 14336, stream);
+  if (section("dense"))
+    for (int64_t m : {2048, 4096})
+      for (const Dense& s : shapes) bench_dense(s.name, m, s.n, s.k, stream);
+  if (section("grouped")) {
+    bench_grouped("qwen3 moe w13 E128 k8", 4096, 128, 8, 1536, 2048, stream);
+    bench_grouped("qwen3 moe w2 E128 k8", 4096, 128, 8, 2048, 768, stream);
+    // The same rows as one dense GEMM: what grouping (tile lookup, short tails, 128 weights) costs.
+    bench_dense("qwen3 w13 rows, dense", 32768, 1536, 2048, stream);
+    bench_dense("qwen3 w2 rows, dense", 32768, 2048, 768, stream);
+    bench_grouped("mixtral moe w13 E8 k2", 4096, 8, 2, 28672, 4096, stream);
+    bench_grouped("mixtral moe w2 E8 k2", 4096, 8, 2, 4096, 14336, stream);
+  }
+  if (!section("gated")) return 0;
+  std::printf("\nMoE gate/up + SiLU·up, µs (TFLOP/s of the GEMM): grouped GEMM then silu_mul vs SiLU·up in the "
+              "GEMM epilogue (w8a16_grouped_gemm_silu_mul)\n\n| experts | rows | I | K | GEMM + silu_mul | gated GEMM "
+              "| ratio |\n|---|---|---|---|---|---|---|\n");
+  for (int64_t tokens : {2048, 4096}) {
+    bench_gated("qwen3 w13 E128 k8", tokens, 128, 8, 768, 2048, stream);
+    bench_gated("mixtral w13 E8 k2", tokens, 8, 2, 14336, 4096, stream);
+  }
   return 0;
 }

@@ -200,6 +200,7 @@ void bench_prefill(const Model& m, const Experts& ex, int64_t tokens, cudaStream
   const Tensor xs = bench::random_bf16({rows, m.hidden}, 5, 1.f, stream), act = bench::random_bf16({rows, m.inter}, 6, 1.f, stream);
   Tensor h = Tensor::empty({rows, 2 * m.inter}, DType::bf16, Device::cuda);
   Tensor y = Tensor::empty({rows, m.hidden}, DType::bf16, Device::cuda);
+  const Tensor h_act = Tensor::wrap(h.data(), {rows, m.inter}, DType::bf16, Device::cuda);
   const Tensor w13 = ex.bf16.w13.select(0);  // expert 0 as a dense [2I, H]
   const Tensor w2 = ex.bf16.w2.select(0);    // [H, I]
   const double lt_ms = bench::median_ms(stream, [&](int) {
@@ -218,8 +219,8 @@ void bench_prefill(const Model& m, const Experts& ex, int64_t tokens, cudaStream
     const double ms = bench::median_ms(
         stream, [&](int) { fused_moe(x, r.logits, mx ? ex.mx : ex.bf16, routing, out, ws, stream); }, 5, 30);
     const double gemms_ms = bench::median_ms(stream, [&](int) {
-      if (mx) {
-        w8a16_grouped_gemm(xs, ex.mx.w13_mx, offsets, h, stream);
+      if (mx) {  // as fused_moe runs them: SiLU·up in the gate/up GEMM (h's first half holds act)
+        w8a16_grouped_gemm_silu_mul(xs, ex.mx.w13_mx, offsets, h_act, stream);
         w8a16_grouped_gemm(act, ex.mx.w2_mx, offsets, y, stream);
       } else {
         bf16_grouped_gemm(xs, ex.bf16.w13, offsets, h, stream);

@@ -8,6 +8,7 @@
 #include "kernels/fused_moe.h"
 #include "kernels/moe_decode.h"
 #include "kernels/moe_permute.h"
+#include "kernels/moe_routing.h"
 #include "kernels/w8a16_gemm.h"
 
 namespace mxmoe {
@@ -17,7 +18,10 @@ struct MoeWorkspace::Impl {
   Tensor topk_ids, topk_weights, pair_rows, sorted_pairs, chunk_counts;  // [T*k] i32/f32, [chunks, E] i32
   Tensor expert_offsets, active_experts, num_active;                     // [E+1], [E], [1] i32
   Tensor blocks_done;  // [1] i32, zeroed once: the fused router kernel's counter (it leaves it zero)
-  Tensor xs, gate_up, act, y;  // [T*k, H] bf16, [T*k, 2I] bf16, [T*k, I] bf16, [T*k, H] f32 (decode) | bf16
+  Tensor slot_counters;  // [2·kMoeMaxTopK] i32, zeroed once: moe_experts_decode's (it leaves them zero)
+  // [T*k, H] bf16, [T*k, 2I] bf16 (bf16 weights, or MXMOE_MOE_GATED_GEMM=0), [T*k, I] bf16,
+  // [T*k, H] f32 (decode) | bf16
+  Tensor xs, gate_up, act, y;
 
   // A view of `shape` and `dtype` over `buf`, reallocated when too small (freeing the old
   // buffer synchronizes the device: only on growth, never in a steady state).
@@ -61,7 +65,18 @@ RoutingBuffers routing_buffers(MoeWorkspace::Impl& ws, const MoeShape& s, int k,
     CUDA_CHECK(cudaMemsetAsync(ws.blocks_done.data(), 0, sizeof(int32_t), stream));
   }
   b.pb.blocks_done = ws.blocks_done;
+  if (!ws.slot_counters.defined()) {
+    ws.slot_counters = Tensor::empty({2 * kMoeMaxTopK}, DType::i32, Device::cuda);
+    CUDA_CHECK(cudaMemsetAsync(ws.slot_counters.data(), 0, ws.slot_counters.nbytes(), stream));
+  }
   return b;
+}
+
+// One token with MXFP8 experts: gate/up and down in one launch where it fits
+// (moe_experts_decode; MXMOE_MOE_ONE_LAUNCH=0: the two kernels, for comparison).
+bool one_launch(const MoeWeights& w, const MoeShape& s, int k) {
+  static const bool on = env_flag("MXMOE_MOE_ONE_LAUNCH", true);
+  return on && w.quantized() && moe_experts_one_launch_fits(s.hidden, s.inter, k);
 }
 
 // Decode experts: pair-indexed, act and y rows are pairs t*k + slot; the kernels read each active
@@ -76,6 +91,11 @@ Tensor decode_expert_slots(const Tensor& x, const MoeWeights& w, const MoeShape&
   const int64_t pairs = s.tokens * k;
   const Tensor act = Impl::take(ws.act, {pairs, s.inter}, DType::bf16);
   const Tensor y = Impl::take(ws.y, {pairs, s.hidden}, DType::f32);
+  if constexpr (std::is_same_v<Route, MoeTokenRoute>)
+    if (one_launch(w, s, k)) {
+      moe_experts_decode(x, w.w13_mx, w.w2_mx, route, act, y, ws.slot_counters, stream);
+      return y;
+    }
   const auto experts = [&](const auto& w13, const auto& w2) {
     if constexpr (std::is_same_v<Route, MoeTokenRoute>) moe_gate_up_decode(x, w13, route, act, stream);
     else moe_gate_up_decode(x, w13, route, k, act, stream);
@@ -108,6 +128,13 @@ void route_token_itself(const Tensor& x, const Tensor& router_logits, const MoeW
   decode_experts(x, w, s, routing.top_k, token_route(router_logits, routing, rb), rb.weights, out, ws, stream);
 }
 
+// MXFP8 prefill: SiLU·up in the gate/up GEMM's epilogue (w8a16_grouped_gemm_silu_mul), or with
+// MXMOE_MOE_GATED_GEMM=0 the [pairs, 2I] product stored and a silu_mul pass, for comparison.
+bool gated_gemm() {
+  static const bool gated = env_flag("MXMOE_MOE_GATED_GEMM", true);
+  return gated;
+}
+
 }  // namespace
 
 void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w, const MoeRouting& routing,
@@ -138,12 +165,16 @@ void fused_moe(const Tensor& x, const Tensor& router_logits, const MoeWeights& w
   const Tensor act = Impl::take(ws.act, {pairs, s.inter}, DType::bf16);
   // Expert-ordered rows: row r is pair sorted_pairs[r]; the grouped GEMMs use expert_offsets.
   const Tensor xs = Impl::take(ws.xs, {pairs, s.hidden}, DType::bf16);
-  const Tensor gate_up = Impl::take(ws.gate_up, {pairs, 2 * s.inter}, DType::bf16);
   const Tensor y = Impl::take(ws.y, {pairs, s.hidden}, DType::bf16);
   moe_gather_rows(x, perm, k, xs, stream);
-  if (w.quantized()) w8a16_grouped_gemm(xs, w.w13_mx, perm.expert_offsets, gate_up, stream);
-  else bf16_grouped_gemm(xs, w.w13, perm.expert_offsets, gate_up, stream);
-  moe_silu_mul(gate_up, act, stream);
+  if (w.quantized() && gated_gemm()) {
+    w8a16_grouped_gemm_silu_mul(xs, w.w13_mx, perm.expert_offsets, act, stream);
+  } else {
+    const Tensor gate_up = Impl::take(ws.gate_up, {pairs, 2 * s.inter}, DType::bf16);
+    if (w.quantized()) w8a16_grouped_gemm(xs, w.w13_mx, perm.expert_offsets, gate_up, stream);
+    else bf16_grouped_gemm(xs, w.w13, perm.expert_offsets, gate_up, stream);
+    moe_silu_mul(gate_up, act, stream);
+  }
   if (w.quantized()) w8a16_grouped_gemm(act, w.w2_mx, perm.expert_offsets, y, stream);
   else bf16_grouped_gemm(act, w.w2, perm.expert_offsets, y, stream);
   moe_combine(y, weights, &pb.pair_rows, k, out, stream);

@@ -47,6 +47,16 @@ void moe_down_decode(const Tensor& act, const MxTensor& w2, const MoeTokenRoute&
 void moe_down_decode(const Tensor& act, const Tensor& w2, const MoeTokenRoute& route, const Tensor& y,
                      cudaStream_t stream, const DecodeTuning& tuning = {});
 
+// One token with MXFP8 experts: gate/up and down in one launch (y and act as the two kernels above
+// leave them, block 0 writing route.ids and route.weights), on sm_90 where
+// moe_experts_one_launch_fits: H a multiple of 128, top_k · H/128 <= the SM count (a block per 128
+// rows of a slot's W2), and those rows in one block's shared memory (I up to ~1500). counters: i32
+// [>= 2·top_k] on the device, zero before the first call; every call leaves them zero. Calls using
+// the same counters must not run concurrently.
+bool moe_experts_one_launch_fits(int64_t hidden, int64_t inter, int top_k);
+void moe_experts_decode(const Tensor& x, const MxTensor& w13, const MxTensor& w2, const MoeTokenRoute& route,
+                        const Tensor& act, const Tensor& y, const Tensor& counters, cudaStream_t stream);
+
 // fused_moe (kernels/fused_moe.h) on the decode path with the router's logits GEMV in the routing
 // launch (moe_router_route_permute): router_logits = x · router_weightᵀ (bf16 products, fp32 sums)
 // is written too, then routed exactly as fused_moe routes it. Saves the logits GEMM's launch and

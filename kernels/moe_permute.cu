@@ -16,6 +16,7 @@
 #include "kernels/moe_routing.h"
 #include "kernels/moe_routing.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/silu.cuh"
 #include "kernels/rmsnorm.h"
 #include "kernels/rmsnorm_row.cuh"
 
@@ -360,8 +361,6 @@ __global__ void gather_kernel(const uint4* __restrict__ x, const int32_t* __rest
     xs[i] = x[int64_t(sorted_pairs[row] / top_k) * vecs_per_row + col];
   }
 }
-
-__device__ float silu(float g) { return g / (1.f + expf(-g)); }
 
 // One thread per 8 outputs.
 __global__ void silu_mul_kernel(const uint4* __restrict__ h, int64_t vecs_per_half, int64_t total,

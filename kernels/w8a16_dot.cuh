@@ -44,6 +44,7 @@
 #include "engine/memory.h"
 #include "kernels/mxfp8_format.h"
 #include "kernels/pdl.cuh"
+#include "kernels/silu.cuh"
 #include "kernels/w8a16_gemv.h"
 
 namespace mxmoe::w8a16 {
@@ -72,6 +73,14 @@ __device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
 __device__ __forceinline__ void interleave(uint32_t w0, uint32_t w1, uint32_t& lo, uint32_t& hi) {
   lo = __byte_perm(w0, w1, 0x5410);
   hi = __byte_perm(w0, w1, 0x7632);
+}
+
+// 8 activations (16 bytes) in the staged order: each group of 4 as (x0, x2, x1, x3).
+__device__ __forceinline__ uint4 interleaved(uint4 in) {
+  uint4 out;
+  interleave(in.x, in.y, out.x, out.y);
+  interleave(in.z, in.w, out.z, out.w);
+  return out;
 }
 
 // ---- weight rows ----
@@ -148,6 +157,27 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1
       "{%0, %1, %2, %3};"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// acc[h] += the lane's 16 k of tile rows g, g+8 (a0, a1: W::operands) times staged token rows h·8 + g
+// (zeros from row mcount on) at staged column `col`: 4 mmas per 8-token tile.
+template <int NT>
+__device__ __forceinline__ void mma_chunk(const uint32_t (&a0)[8], const uint32_t (&a1)[8], const __nv_bfloat16* xs,
+                                          int x_stride, int col, int mcount, int g, float (&acc)[NT][4]) {
+#pragma unroll
+  for (int h = 0; h < NT; ++h) {
+    const int m = h * 8 + g;
+    uint4 xa = make_uint4(0, 0, 0, 0), xb = xa;
+    if (m < mcount) {
+      const uint4* src = reinterpret_cast<const uint4*>(xs + m * x_stride + col);
+      xa = src[0];
+      xb = src[1];
+    }
+    mma_bf16(acc[h], a0[0], a1[0], a0[1], a1[1], xa.x, xa.y);
+    mma_bf16(acc[h], a0[2], a1[2], a0[3], a1[3], xa.z, xa.w);
+    mma_bf16(acc[h], a0[4], a1[4], a0[5], a1[5], xb.x, xb.y);
+    mma_bf16(acc[h], a0[6], a1[6], a0[7], a1[7], xb.z, xb.w);
+  }
 }
 
 // ---- launch plan ----
@@ -247,11 +277,9 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
       for (int i = threadIdx.x; i < mcount * vecs; i += kThreads) {
         const int m = i / vecs, v = i % vecs;
         const int64_t kk = c + int64_t(v) * 8;
-        uint4 in = make_uint4(0, 0, 0, 0), out;
+        uint4 in = make_uint4(0, 0, 0, 0);
         if (kk < ce) in = *reinterpret_cast<const uint4*>(p.x_row(job, m0 + m) + kk);
-        interleave(in.x, in.y, out.x, out.y);
-        interleave(in.z, in.w, out.z, out.w);
-        *reinterpret_cast<uint4*>(xs + m * p.plan.x_stride + v * 8) = out;
+        *reinterpret_cast<uint4*>(xs + m * p.plan.x_stride + v * 8) = interleaved(in);
       }
       __syncthreads();
       for (int64_t k0 = c; k0 < ce; k0 += kSuper) {
@@ -262,21 +290,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
           W::operands(w[s][0], a0);
           W::operands(w[s][1], a1);
           if (more && p.plan.rolling) load_step(s, k0 + kSuper, ce);
-          const int col = int(k0 - c) + s * kStepK + t * kLaneK;
-#pragma unroll
-          for (int h = 0; h < NT; ++h) {
-            const int m = h * 8 + g;
-            uint4 xa = make_uint4(0, 0, 0, 0), xb = xa;
-            if (m < mcount) {
-              const uint4* src = reinterpret_cast<const uint4*>(xs + m * p.plan.x_stride + col);
-              xa = src[0];
-              xb = src[1];
-            }
-            mma_bf16(acc[h], a0[0], a1[0], a0[1], a1[1], xa.x, xa.y);
-            mma_bf16(acc[h], a0[2], a1[2], a0[3], a1[3], xa.z, xa.w);
-            mma_bf16(acc[h], a0[4], a1[4], a0[5], a1[5], xb.x, xb.y);
-            mma_bf16(acc[h], a0[6], a1[6], a0[7], a1[7], xb.z, xb.w);
-          }
+          mma_chunk<NT>(a0, a1, xs, p.plan.x_stride, int(k0 - c) + s * kStepK + t * kLaneK, mcount, g, acc);
         }
         if (more && !p.plan.rolling) load(k0 + kSuper, ce);
       }
@@ -445,7 +459,5 @@ void launch(const P& p, int64_t jobs, cudaStream_t stream) {
   cfg.stream = stream;
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, tile_kernel<P>, p));
 }
-
-__device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
 
 }  // namespace mxmoe::w8a16

@@ -111,11 +111,11 @@ void launch(GemmArgs a, cudaStream_t stream) {
 }
 
 // The TMA / register-A kernel: tensor maps over x [M, K] and W seen as [G*N, K]; paired CTAs
-// launch as clusters of 2.
-template <int kBT, bool kPair, bool kFitTokens>
+// launch as clusters of 2. Gated tiles load W in two 64-row boxes (gate and up rows).
+template <int kBT, bool kPair, bool kFitTokens, bool kGated = false>
 void launch_rs_kernel(const GemmArgs& g, cudaStream_t stream) {
   using T = w8a16::RsTile<kBT, kPair>;
-  constexpr auto kernel = w8a16::rs_gemm_kernel<kBT, kPair, kFitTokens>;
+  constexpr auto kernel = w8a16::rs_gemm_kernel<kBT, kPair, kFitTokens, kGated>;
   allow_smem<kernel>(T::smem_bytes);
   // find_tile keeps the G+1 offsets in the (not yet used) stage buffers.
   MXMOE_CHECK(int64_t(g.G) * 4 + 4 <= int64_t(T::stages) * T::stage_bytes, "grouped GEMM: ", g.G, " groups, too many");
@@ -125,7 +125,7 @@ void launch_rs_kernel(const GemmArgs& g, cudaStream_t stream) {
   args.x_map = w8a16::make_tensor_map({g.x, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, uint64_t(g.M), 2 * k, w8a16::kBK,
                                        uint32_t(kPair ? kBT / 2 : 64), CU_TENSOR_MAP_SWIZZLE_128B});
   args.w_map = w8a16::make_tensor_map({g.w, CU_TENSOR_MAP_DATA_TYPE_UINT8, k, uint64_t(g.G) * uint64_t(g.N), k,
-                                       w8a16::kBK, uint32_t(T::BW), CU_TENSOR_MAP_SWIZZLE_64B});
+                                       w8a16::kBK, uint32_t(kGated ? T::BW / 2 : T::BW), CU_TENSOR_MAP_SWIZZLE_64B});
   args.g = g;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid_size(args.g, kBT, T::BW * T::cluster) * T::cluster);
@@ -207,6 +207,27 @@ void w8a16_grouped_gemm(const Tensor& x, const MxTensor& w, const Tensor& offset
   grouped<true>(a, offsets, groups, tile, stream);
 }
 
+void w8a16_grouped_gemm_silu_mul(const Tensor& x, const MxTensor& w13, const Tensor& offsets, const Tensor& act,
+                                 cudaStream_t stream, GemmTile tile) {
+  const char* op = "w8a16_grouped_gemm_silu_mul";
+  check_weight(w13, 3, op);
+  const int64_t groups = w13.elems.size(0), rows = w13.elems.size(1);
+  MXMOE_CHECK(rows % 2 == 0, op, ": w13 has ", rows, " rows per group, not 2·I (gate rows, then up rows)");
+  check_offsets(offsets, groups, op);
+  GemmArgs a = common_args(x, act, rows / 2, w13.elems.size(2), op);
+  a.N = int(rows);  // W rows per group; act has N / 2 columns
+  a.w = w13.elems.data();
+  a.scales = w13.scales.data_as<const uint8_t>();
+  a.offsets = offsets.data_as<const int>();
+  a.G = int(groups);
+  if (a.M == 0 || groups == 0) return;
+  if (tile == GemmTile::automatic) tile = pick_fp8(a.M);
+  MXMOE_CHECK(tile == GemmTile::rs_t256 || tile == GemmTile::rs_t128, op,
+              ": the gated form runs on rs_t256 or rs_t128 tiles");
+  if (tile == GemmTile::rs_t256) launch_rs_kernel<256, false, true, true>(a, stream);
+  else launch_rs_kernel<128, false, true, true>(a, stream);
+}
+
 void bf16_grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& y, cudaStream_t stream,
                        GemmTile tile) {
   const char* op = "bf16_grouped_gemm";
@@ -228,6 +249,10 @@ void w8a16_grouped_gemm(const Tensor& x, const MxTensor& w, const Tensor& offset
 }
 void bf16_grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& y, cudaStream_t stream) {
   bf16_grouped_gemm(x, w, offsets, y, stream, GemmTile::automatic);
+}
+void w8a16_grouped_gemm_silu_mul(const Tensor& x, const MxTensor& w13, const Tensor& offsets, const Tensor& act,
+                                 cudaStream_t stream) {
+  w8a16_grouped_gemm_silu_mul(x, w13, offsets, act, stream, GemmTile::automatic);
 }
 
 }  // namespace mxmoe

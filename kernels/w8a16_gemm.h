@@ -17,6 +17,11 @@ void w8a16_gemm(const Tensor& x, const MxTensor& w, const Tensor* bias, const Te
 // capturable in a CUDA graph). Groups may be empty.
 void w8a16_grouped_gemm(const Tensor& x, const MxTensor& w, const Tensor& offsets, const Tensor& y,
                         cudaStream_t stream);
+// Grouped gate/up with the activation (MoE prefill): W13 [G, 2I, K], gate rows then up rows;
+// act[rows of g, I] = SiLU(x · gate_gᵀ) ⊙ (x · up_gᵀ), the products in fp32 and act rounded to
+// bf16 once (as the decode kernels do). The [rows, 2I] product is never stored.
+void w8a16_grouped_gemm_silu_mul(const Tensor& x, const MxTensor& w13, const Tensor& offsets, const Tensor& act,
+                                 cudaStream_t stream);
 // The same with bf16 weights W [G, N, K] (the bf16 fused-MoE path).
 void bf16_grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& y, cudaStream_t stream);
 

@@ -32,11 +32,17 @@
 // only as a benchmarked variant (GemmTile::rs_t256_pair).
 // Grouped GEMMs share the dense tile lookup (find_tile: device offsets, no host sync); W is seen
 // as one [G*N, K] matrix, so a tile's rows past N belong to the next group and are not stored.
+// kGated (grouped, MoE gate/up): W_g = [gate rows; up rows] (N = 2I) and the output is
+// act = SiLU(x·gateᵀ) ⊙ (x·upᵀ) [rows, I]. A tile takes 64 gate rows into warpgroup 0 and the 64
+// matching up rows into warpgroup 1 (two 64-row TMA boxes), so the two accumulators of a (row,
+// token) sit in the same thread of either warpgroup; warpgroup 1 hands its over through shared
+// memory and warpgroup 0 stores act. The [rows, 2I] gate_up tensor is never written or read back.
 #include <cuda.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
+#include "kernels/silu.cuh"
 #include "kernels/w8a16_gemm_dequant.cuh"
 #include "kernels/w8a16_gemm_kernel.cuh"
 #include "kernels/w8a16_gemm_tma.cuh"
@@ -61,7 +67,7 @@ struct RsTile {
 
 struct RsArgs {
   CUtensorMap x_map;  // x [M, K] bf16, box [kBT / cluster, 64], 128-byte swizzle
-  CUtensorMap w_map;  // W [G*N, K] e4m3, box [128, 64], 64-byte swizzle
+  CUtensorMap w_map;  // W [G*N, K] e4m3, box [128, 64] (gated: [64, 64]), 64-byte swizzle
   GemmArgs g;         // y, bias, scales, offsets, sizes (x and w unused)
 };
 
@@ -69,9 +75,10 @@ struct RsArgs {
 // group's last tile is often short). Dense GEMMs have one short tile at most and run the full-width
 // form alone: the four widths in one kernel cost them 4.9% (bench-gemm geomean, one call). CTA
 // pairs share full tiles.
-template <int kBT, bool kPair, bool kFitTokens>
+template <int kBT, bool kPair, bool kFitTokens, bool kGated>
 __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__ RsArgs args) {
   static_assert(!(kPair && kFitTokens), "paired CTAs load and multiply full tiles");
+  static_assert(!kGated || kFitTokens, "the gated form is grouped");
 #if defined(MXMOE_HAS_WGMMA)
   using T = RsTile<kBT, kPair>;
   constexpr int kStages = T::stages;
@@ -89,7 +96,12 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
   TileCoord t;
   if (!find_tile<kBT>(a, reinterpret_cast<int*>(smem), t, int(blockIdx.x) / T::cluster)) return;
   const int k_tiles = (a.K + kBK - 1) / kBK;
-  const int row0 = t.m_begin + t.m_tile * kBT, col0 = (t.n_tile * T::cluster + int(rank)) * T::BW;
+  // Gated: W rows col0 + [0, 64) of the gate half and of the up half, act columns col0 + [0, 64).
+  constexpr int kTileCols = kGated ? T::BW / 2 : T::BW;
+  const int out_n = kGated ? a.N / 2 : a.N;
+  const int row0 = t.m_begin + t.m_tile * kBT, col0 = (t.n_tile * T::cluster + int(rank)) * kTileCols;
+  // The W row (inside the group) of tile row rr.
+  const auto w_row = [&](int rr) { return kGated && rr >= 64 ? out_n + col0 + rr - 64 : col0 + rr; };
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full[s], 1);
@@ -121,6 +133,7 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
         tma_load_2d(x_stage + b * kXBlockBytes, &args.x_map, kt * kBK, row0 + 64 * b, &full[s]);
     }
     tma_load_2d(w_s + s * T::w_bytes, &args.w_map, kt * kBK, w_row0, &full[s]);
+    if constexpr (kGated) tma_load_2d(w_s + s * T::w_bytes + 64 * kBK, &args.w_map, kt * kBK, w_row0 + out_n, &full[s]);
   };
   if (threadIdx.x == 0)
     for (int kt = 0; kt < kStages && kt < k_tiles; ++kt) produce(kt);  // empty stages: no wait
@@ -139,8 +152,8 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
   const uint8_t* sc[2];
   bool row_ok[2];
   for (int j = 0; j < 2; ++j) {
-    const int n = col0 + r + 8 * j;
-    row_ok[j] = n < a.N;
+    const int n = w_row(r + 8 * j);
+    row_ok[j] = col0 + (r + 8 * j) % kTileCols < out_n;
     sc[j] = a.scales + (size_t(t.group) * a.N + size_t(row_ok[j] ? n : 0)) * k_blocks;
   }
   auto load_scales = [&](int kt, uint32_t (&s)[4]) {
@@ -220,22 +233,44 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
     if (kt < k_tiles) step(kt, frag_lo[0], frag_hi[0]);
     wgmma_wait<0>();
     fence_operands(acc);
+    // Gated: warpgroup 0 finishes the tile's first kN/2 tokens (acc[0, kN/4)), warpgroup 1 the
+    // rest; each hands the other half of its accumulators to its partner thread (tid ^ 128)
+    // through the drained stages, so both share the SiLU and the stores.
+    if constexpr (kGated) {
+      constexpr int kHalf = kN / 4;
+      float* const xchg = reinterpret_cast<float*>(smem);  // [kHalf][256]
+      __syncthreads();  // every wgmma of both warpgroups has read its stages
+      const auto act = [&]<int kKeep>() {
+#pragma unroll
+        for (int i = 0; i < kHalf; ++i) xchg[i * 256 + threadIdx.x] = acc[kHalf - kKeep + i];
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < kHalf; ++i) {
+          const float mine = acc[kKeep + i], theirs = xchg[i * 256 + (threadIdx.x ^ 128)];
+          acc[kKeep + i] = kKeep == 0 ? silu(mine) * theirs : silu(theirs) * mine;  // warpgroup 0 holds the gate
+        }
+      };
+      if (cw == 0) act.template operator()<0>();
+      else act.template operator()<kHalf>();
+    }
 
     // Epilogue: acc[4nb + 2h + e] is yᵀ(W row r + 8h, token 8nb + 2·(lane%4) + e). Lanes g and g^1
     // (lane ^ 4) swap one value so each stores a bf16x2 pair of neighbouring y columns: even g the
     // pair (n, n+1) of token 2t, odd g the pair (n-1, n) of token 2t+1.
     const bool odd = (lane / 4) & 1;
-    const int n_pair = col0 + r - (odd ? 1 : 0);  // first column of this thread's pair (row r; +8 for h = 1)
-    const bool pairs = (a.N & 1) == 0;             // bf16x2 stores stay 4-byte aligned
+    // First column of this thread's pair (row r; +8 for h = 1); gated, both warpgroups store rows r % 64.
+    const int n_pair = col0 + (kGated ? r % 64 : r) - (odd ? 1 : 0);
+    const bool pairs = (out_n & 1) == 0;           // bf16x2 stores stay 4-byte aligned
     float bias[2][2] = {};
     if (a.bias)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int e = 0; e < 2; ++e)
-          if (n_pair + 8 * h + e < a.N) bias[h][e] = __bfloat162float(a.bias[n_pair + 8 * h + e]);
+          if (n_pair + 8 * h + e < out_n) bias[h][e] = __bfloat162float(a.bias[n_pair + 8 * h + e]);
+    const auto store = [&]<int kNb0, int kNb1>() {  // token blocks [kNb0, kNb1) of 8
 #pragma unroll
-    for (int nb = 0; nb < kN / 8; ++nb) {
+    for (int nb = kNb0; nb < kNb1; ++nb) {
       const int row = row0 + 8 * nb + 2 * (lane % 4) + (odd ? 1 : 0);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -243,16 +278,20 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
         const float other = __shfl_xor_sync(~0u, odd ? mine0 : mine1, 4);
         const float v0 = (odd ? other : mine0) + bias[h][0], v1 = (odd ? mine1 : other) + bias[h][1];
         const int col = n_pair + 8 * h;
-        if (row >= t.m_end || col >= a.N) continue;
-        __nv_bfloat16* out = a.y + size_t(row) * a.N + col;
+        if (row >= t.m_end || col >= out_n) continue;
+        __nv_bfloat16* out = a.y + size_t(row) * out_n + col;
         if (pairs) {
           *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1);
         } else {
           out[0] = __float2bfloat16_rn(v0);
-          if (col + 1 < a.N) out[1] = __float2bfloat16_rn(v1);
+          if (col + 1 < out_n) out[1] = __float2bfloat16_rn(v1);
         }
       }
     }
+    };
+    if constexpr (!kGated) store.template operator()<0, kN / 8>();
+    else if (cw == 0) store.template operator()<0, kN / 16>();
+    else store.template operator()<kN / 16, kN / 8>();
   };
   if constexpr (!kFitTokens) {
     run.template operator()<kBT>();

@@ -22,5 +22,8 @@ void w8a16_grouped_gemm(const Tensor& x, const MxTensor& w, const Tensor& offset
                         cudaStream_t stream, GemmTile tile);
 void bf16_grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& y, cudaStream_t stream,
                        GemmTile tile);
+// rs_t256 or rs_t128 only (the gated epilogue lives in the register-A kernel).
+void w8a16_grouped_gemm_silu_mul(const Tensor& x, const MxTensor& w13, const Tensor& offsets, const Tensor& act,
+                                 cudaStream_t stream, GemmTile tile);
 
 }  // namespace mxmoe

@@ -1,7 +1,7 @@
 #pragma once
 // PTX wrappers for the TMA GEMM pipeline (kernels/w8a16_gemm_rs.cuh): mbarriers
 // (full/empty ring slots, local or in a cluster peer), TMA tile loads (cp.async.bulk.tensor,
-// completing on an mbarrier; multicast to a cluster) and the cluster barrier.
+// completing on an mbarrier; multicast to a cluster), plain bulk copies and the cluster barrier.
 // Built with the sm_90a kernels that use them: defined under MXMOE_HAS_WGMMA.
 #include <cuda.h>
 
@@ -85,6 +85,15 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, i
           smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
       : "memory");
+}
+
+// `bytes` (a multiple of 16; both addresses 16-byte aligned) of contiguous global memory -> shared
+// memory, completing on `bar` (a bulk copy: no tensor map).
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
 }
 
 // The same box into shared memory (and onto the barrier) at the same offsets of every cluster CTA in `cta_mask`.

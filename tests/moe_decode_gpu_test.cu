@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "engine/stream.h"
 #include "kernels/moe_decode.h"
 #include "kernels/moe_routing.h"
 #include "tests/w8a16_test_util.h"
@@ -262,6 +263,78 @@ TEST(MoeDecode, OneTokenRoutesItself) {
                Error);
   EXPECT_THROW(moe_down_decode(Tensor::empty({2, 64}, DType::bf16, Device::cuda), m2, bad,
                                Tensor::empty({2, 64}, DType::f32, Device::cuda), nullptr),
+               Error);
+}
+
+// Both expert GEMMs of one token in one launch (moe_experts_decode): act against the reference from
+// x, y against the reference from the kernel's own act (so down is checked on exactly its input),
+// the ids and weights as moe_route_ref picks them, and the slot counters back at zero. Three calls
+// in a row on one stream with fresh inputs (a count left behind would break the next call).
+void check_one_launch(const Shape4& s, std::mt19937_64& rng) {
+  SCOPED_TRACE(::testing::Message() << "E=" << s.experts << " k=" << s.top_k << " H=" << s.hidden << " I=" << s.inter);
+  ASSERT_TRUE(moe_experts_one_launch_fits(s.hidden, s.inter, s.top_k));
+  const MxTensor w13 = random_mxfp8({s.experts, 2 * s.inter, s.hidden}, rng);
+  const MxTensor w2 = random_mxfp8({s.experts, s.hidden, s.inter}, rng);
+  const MxTensor w13_gpu = to_device(w13), w2_gpu = to_device(w2);
+  Tensor counters = Tensor::empty({2 * s.top_k}, DType::i32, Device::cuda);
+  CUDA_CHECK(cudaMemset(counters.data(), 0, counters.nbytes()));
+  Stream stream;
+  for (int call = 0; call < 3; ++call) {
+    SCOPED_TRACE(::testing::Message() << "call " << call);
+    const bool renormalize = call % 2 == 0;
+    const Tensor logits = random_tensor({1, s.experts}, DType::f32, rng);
+    Tensor ids_ref = Tensor::empty({1, s.top_k}, DType::i32, Device::cpu);
+    Tensor weights_ref = Tensor::empty({1, s.top_k}, DType::f32, Device::cpu);
+    moe_route_ref(logits, s.top_k, renormalize, ids_ref, weights_ref);
+    const Tensor ids = poisoned({s.top_k}, DType::i32), weights = poisoned({s.top_k}, DType::f32);
+    const MoeTokenRoute route{logits.to(Device::cuda), s.top_k, renormalize, ids, weights};
+    const Tensor x = random_tensor({1, s.hidden}, DType::bf16, rng);
+    const Tensor act = poisoned({s.top_k, s.inter}, DType::bf16), y = poisoned({s.top_k, s.hidden}, DType::f32);
+    moe_experts_decode(x.to(Device::cuda, stream), w13_gpu, w2_gpu, route, act, y, counters, stream);
+    stream.synchronize();
+
+    const Tensor act_got = act.to(Device::cpu);
+    std::vector<float> act_ref(size_t(s.top_k * s.inter));
+    Tensor y_ref = Tensor::empty({s.top_k, s.hidden}, DType::f32, Device::cpu);
+    for (int slot = 0; slot < s.top_k; ++slot) {
+      const int64_t e = ids_ref.data_as<int32_t>()[slot];
+      Tensor h = Tensor::empty({1, 2 * s.inter}, DType::f32, Device::cpu);
+      matmul_ref(x, expert(w13, e), nullptr, h);
+      silu_up_ref(h.data_as<const float>(), s.inter, &act_ref[size_t(slot * s.inter)]);
+      matmul_ref(act_got.slice(slot, slot + 1), expert(w2, e), nullptr, y_ref.slice(slot, slot + 1));
+    }
+    Tensor act_ref_t = Tensor::empty({s.top_k, s.inter}, DType::f32, Device::cpu);
+    from_f32_vector(act_ref, act_ref_t);
+    EXPECT_LE(rel_error(act_got, act_ref_t), kTol) << "gate_up";
+    EXPECT_LE(rel_error(y, y_ref), kTol) << "down";
+    const Tensor ids_got = ids.to(Device::cpu);
+    for (int slot = 0; slot < s.top_k; ++slot)
+      EXPECT_EQ(ids_got.data_as<int32_t>()[slot], ids_ref.data_as<int32_t>()[slot]) << "slot " << slot;
+    EXPECT_LE(rel_error(weights, weights_ref.view({s.top_k})), 1e-6) << "weights";
+    const Tensor c = counters.to(Device::cpu);
+    for (int64_t i = 0; i < c.numel(); ++i) EXPECT_EQ(c.data_as<int32_t>()[i], 0) << "counter " << i;
+  }
+}
+
+TEST(MoeDecode, OneTokenInOneLaunch) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  // Qwen3-30B-A3B, OLMoE and Qwen2-MoE experts, and a small shape with K tails (I = 96 is not a
+  // whole 64-k step) and three W2 blocks per slot.
+  for (const Shape4 s : {Shape4{128, 8, 2048, 768}, Shape4{64, 8, 2048, 1024}, Shape4{60, 4, 2048, 1408},
+                         Shape4{8, 2, 384, 96}})
+    check_one_launch(s, rng);
+  // What does not fit: H not a multiple of 128, Mixtral's W2 rows (14336 bytes each) in shared memory;
+  // a call that does not fit is an Error.
+  EXPECT_FALSE(moe_experts_one_launch_fits(200, 96, 2));
+  EXPECT_FALSE(moe_experts_one_launch_fits(4096, 14336, 2));
+  const MxTensor m13 = mxfp8_empty({4, 192, 224}, Device::cuda), m2 = mxfp8_empty({4, 224, 96}, Device::cuda);
+  const Tensor counters = Tensor::empty({4}, DType::i32, Device::cuda);
+  const MoeTokenRoute route{Tensor::empty({1, 4}, DType::f32, Device::cuda), 2, true,
+                            Tensor::empty({2}, DType::i32, Device::cuda), Tensor::empty({2}, DType::f32, Device::cuda)};
+  EXPECT_THROW(moe_experts_decode(Tensor::empty({1, 224}, DType::bf16, Device::cuda), m13, m2, route,
+                                  Tensor::empty({2, 96}, DType::bf16, Device::cuda),
+                                  Tensor::empty({2, 224}, DType::f32, Device::cuda), counters, nullptr),
                Error);
 }
 

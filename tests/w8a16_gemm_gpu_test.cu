@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -230,6 +231,55 @@ TEST(W8A16Gemm, Bf16GroupedMatchesReference) {
          GemmTile tile) { bf16_grouped_gemm(x, w.gpu, off, y, st, tile); });
 }
 
+// SiLU(x·gateᵀ) ⊙ (x·upᵀ) for rows `rows` of x against group weight w (MXFP8 [2I, K], gate rows first).
+Tensor silu_mul_rows_ref(const Tensor& x_cpu, const MxTensor& w, const std::vector<int64_t>& rows) {
+  const Tensor xs = gather_rows(x_cpu, rows);
+  const int64_t inter = w.elems.size(0) / 2;
+  const Tensor gate_up = Tensor::empty({xs.size(0), 2 * inter}, DType::f32, Device::cpu);
+  matmul_ref(xs, w, nullptr, gate_up);
+  Tensor act = Tensor::empty({xs.size(0), inter}, DType::f32, Device::cpu);
+  const float* gu = gate_up.data_as<const float>();
+  float* out = act.data_as<float>();
+  for (int64_t r = 0; r < xs.size(0); ++r)
+    for (int64_t i = 0; i < inter; ++i) {
+      const double g = gu[r * 2 * inter + i], u = gu[r * 2 * inter + inter + i];
+      out[r * inter + i] = float(g / (1.0 + std::exp(-g)) * u);
+    }
+  return act;
+}
+
+// The gated form (MoE prefill gate/up): every grouped case, I = N/2 from 50 to 768 (tails of the
+// 64-column tiles included), both register-A tile widths and the automatic choice. The kernel
+// rounds only act to bf16, so the same tolerance holds.
+TEST(W8A16Gemm, GroupedSiluMulMatchesReference) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  Stream stream;
+  for (const GroupedCase& c : kGroupedCases) {
+    const Tensor x = random_tensor({c.m, c.k}, DType::bf16, rng);
+    const CpuMx w = random_mx_weight({c.groups, c.n, c.k}, rng);
+    const std::vector<int> offsets = group_offsets(c.m, c.groups, c.mode, rng);
+    const Tensor off = offsets_tensor(offsets), xg = x.to(Device::cuda);
+    for (GemmTile tile : {GemmTile::automatic, GemmTile::rs_t256, GemmTile::rs_t128}) {
+      const Tensor act = poisoned({c.m, c.n / 2}, stream);
+      w8a16_grouped_gemm_silu_mul(xg, w.gpu, off, act, stream, tile);
+      stream.synchronize();
+      const Tensor ac = act.to(Device::cpu);
+      expect_all_finite(ac);
+      for (int64_t g = 0; g < c.groups; ++g) {
+        const int64_t begin = offsets[size_t(g)], rows = offsets[size_t(g) + 1] - begin;
+        std::vector<int64_t> r = rows_to_check(rows, rng, c.k >= 1024 ? 8 : 48);
+        if (r.empty()) continue;
+        for (int64_t& i : r) i += begin;
+        const MxTensor wg{w.cpu.elems.select(g), w.cpu.scales.select(g)};
+        EXPECT_LE(rel_error(gather_rows(ac, r), silu_mul_rows_ref(x, wg, r)), kTol)
+            << "M=" << c.m << " G=" << c.groups << " I=" << c.n / 2 << " K=" << c.k << " " << c.mode << " group " << g
+            << " tile=" << tile_name(tile);
+      }
+    }
+  }
+}
+
 // The grouped GEMM reads offsets on the device, so it can be captured once and replayed after the
 // offsets change (new routing) without re-capturing.
 TEST(W8A16Gemm, GroupedReplaysInCudaGraph) {
@@ -309,6 +359,13 @@ TEST(W8A16Gemm, RejectsBadArguments) {
   const Tensor x = random_tensor({4, 96}, DType::bf16, rng).to(Device::cuda);
   const Tensor off_short = offsets_tensor({0, 4});  // needs G + 1 = 3 entries
   EXPECT_THROW(w8a16_grouped_gemm(x, wg.gpu, off_short, y, stream), Error);
+  const Tensor act = Tensor::empty({4, 32}, DType::bf16, Device::cuda);  // I = 64 / 2
+  EXPECT_NO_THROW(w8a16_grouped_gemm_silu_mul(x, wg.gpu, offsets_tensor({0, 1, 4}), act, stream));
+  EXPECT_THROW(w8a16_grouped_gemm_silu_mul(x, wg.gpu, offsets_tensor({0, 1, 4}), y, stream), Error);  // act [4, 64]
+  EXPECT_THROW(w8a16_grouped_gemm_silu_mul(x, wg.gpu, offsets_tensor({0, 1, 4}), act, stream, GemmTile::m256_4wg),
+               Error);
+  const CpuMx odd = random_mx_weight({2, 63, 96}, rng);  // 63 rows: not gate + up
+  EXPECT_THROW(w8a16_grouped_gemm_silu_mul(x, odd.gpu, offsets_tensor({0, 1, 4}), act, stream), Error);
   const Tensor bias_bad = Tensor::empty({63}, DType::bf16, Device::cuda);
   EXPECT_THROW(w8a16_gemm(x, w.gpu, &bias_bad, y, stream), Error);
 }
