@@ -192,7 +192,6 @@ struct Down {
 // No deadlock: blocks wait only for warps of their own grid, which fits on the GPU at once, and the
 // next kernel (PDL) launches only after every block has passed its wait or exited.
 constexpr int kTokenDownRows = kWarps * kTileRows;  // W2 rows per down block
-constexpr int kTokenDepth = 8;                      // gate/up steps in flight per lane
 
 struct TokenExperts {
   TokenRouting routing;    // block 0 writes the slots' ids and weights
@@ -227,6 +226,7 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
 
 __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenExperts p) {
 #if defined(MXMOE_HAS_WGMMA)
+  constexpr int kTokenDepth = 8;  // gate/up steps in flight per lane
   extern __shared__ __align__(128) unsigned char smem[];
   uint8_t* const w2s = smem;  // [128][w2_stride] e4m3
   uint8_t* const w2_scales = smem + p.scales_at;  // [128][I/32] e8m0
