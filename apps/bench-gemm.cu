@@ -110,14 +110,19 @@ std::vector<int> routed_offsets(int64_t tokens, int experts, int top_k, std::mt1
   return offsets;
 }
 
-void bench_grouped(const char* name, int64_t tokens, int experts, int top_k, int64_t n, int64_t k,
-                   cudaStream_t stream) {
+// routed_offsets with a fixed seed, on the device.
+Tensor routed_offsets_device(int64_t tokens, int experts, int top_k) {
   std::mt19937_64 rng(7);
   const std::vector<int> offsets = routed_offsets(tokens, experts, top_k, rng);
-  const int64_t m = tokens * top_k;
   Tensor off = Tensor::empty({experts + 1}, DType::i32, Device::cpu);
   std::memcpy(off.data(), offsets.data(), offsets.size() * sizeof(int));
-  off = off.to(Device::cuda);
+  return off.to(Device::cuda);
+}
+
+void bench_grouped(const char* name, int64_t tokens, int experts, int top_k, int64_t n, int64_t k,
+                   cudaStream_t stream) {
+  const Tensor off = routed_offsets_device(tokens, experts, top_k);
+  const int64_t m = tokens * top_k;
   const Tensor x = bench::random_bf16({m, k}, 2, 1.f, stream);
   const Tensor y = Tensor::empty({m, n}, DType::bf16, Device::cuda);
   const Tensor w16 = bench::random_bf16({experts, n, k}, 3, 0.05f, stream);
@@ -139,12 +144,8 @@ void bench_grouped(const char* name, int64_t tokens, int experts, int top_k, int
 // silu_mul pass (two launches), against w8a16_grouped_gemm_silu_mul (SiLU·up in the epilogue).
 void bench_gated(const char* name, int64_t tokens, int experts, int top_k, int64_t inter, int64_t k,
                  cudaStream_t stream) {
-  std::mt19937_64 rng(7);
-  const std::vector<int> offsets = routed_offsets(tokens, experts, top_k, rng);
+  const Tensor off = routed_offsets_device(tokens, experts, top_k);
   const int64_t m = tokens * top_k;
-  Tensor off = Tensor::empty({experts + 1}, DType::i32, Device::cpu);
-  std::memcpy(off.data(), offsets.data(), offsets.size() * sizeof(int));
-  off = off.to(Device::cuda);
   const Tensor x = bench::random_bf16({m, k}, 2, 1.f, stream);
   const Tensor gate_up = Tensor::empty({m, 2 * inter}, DType::bf16, Device::cuda);
   const Tensor act = Tensor::empty({m, inter}, DType::bf16, Device::cuda);

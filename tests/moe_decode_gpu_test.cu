@@ -191,6 +191,31 @@ TEST(MoeDecode, ForcedSplits) {
   }
 }
 
+// act (computed from x) and y (from down_in) against per-expert matmul_ref in slot order, and the
+// ids and weights the kernels wrote against moe_route_ref's (ids_ref, weights_ref [1, top_k]).
+template <class WT>
+void expect_slots_match(const Shape4& s, const WT& w13, const WT& w2, const Tensor& x, const Tensor& act,
+                        const Tensor& down_in, const Tensor& y, const Tensor& ids_ref, const Tensor& weights_ref,
+                        const Tensor& ids, const Tensor& weights) {
+  std::vector<float> act_ref(size_t(s.top_k * s.inter));
+  Tensor y_ref = Tensor::empty({s.top_k, s.hidden}, DType::f32, Device::cpu);
+  for (int slot = 0; slot < s.top_k; ++slot) {
+    const int64_t e = ids_ref.data_as<int32_t>()[slot];
+    Tensor h = Tensor::empty({1, 2 * s.inter}, DType::f32, Device::cpu);
+    matmul_ref(x, expert(w13, e), nullptr, h);
+    silu_up_ref(h.data_as<const float>(), s.inter, &act_ref[size_t(slot * s.inter)]);
+    matmul_ref(down_in.slice(slot, slot + 1), expert(w2, e), nullptr, y_ref.slice(slot, slot + 1));
+  }
+  Tensor act_ref_t = Tensor::empty({s.top_k, s.inter}, DType::f32, Device::cpu);
+  from_f32_vector(act_ref, act_ref_t);
+  EXPECT_LE(rel_error(act, act_ref_t), kTol) << "gate_up";
+  EXPECT_LE(rel_error(y, y_ref), kTol) << "down";
+  const Tensor ids_got = ids.to(Device::cpu);
+  for (int slot = 0; slot < s.top_k; ++slot)
+    EXPECT_EQ(ids_got.data_as<int32_t>()[slot], ids_ref.data_as<int32_t>()[slot]) << "slot " << slot;
+  EXPECT_LE(rel_error(weights, weights_ref.view({s.top_k})), 1e-6) << "weights";
+}
+
 // One token routed by the kernels themselves (MoeTokenRoute): the slots' experts from the router
 // logits as moe_route_ref picks them (ties included: two experts share the top logit, and the
 // lowest index must win), act and y against per-expert matmul_ref in slot order, and the ids and
@@ -217,24 +242,7 @@ void check_one_token(const Shape4& s, const WT& w13, const WT& w2, bool renormal
   const Tensor a_in = random_tensor({s.top_k, s.inter}, DType::bf16, rng);
   const Tensor y = poisoned({s.top_k, s.hidden}, DType::f32);
   moe_down_decode(a_in.to(Device::cuda), w2_gpu, route, y, nullptr);
-
-  std::vector<float> act_ref(size_t(s.top_k * s.inter));
-  Tensor y_ref = Tensor::empty({s.top_k, s.hidden}, DType::f32, Device::cpu);
-  for (int slot = 0; slot < s.top_k; ++slot) {
-    const int64_t e = ids_ref.data_as<int32_t>()[slot];
-    Tensor h = Tensor::empty({1, 2 * s.inter}, DType::f32, Device::cpu);
-    matmul_ref(x, expert(w13, e), nullptr, h);
-    silu_up_ref(h.data_as<const float>(), s.inter, &act_ref[size_t(slot * s.inter)]);
-    matmul_ref(a_in.slice(slot, slot + 1), expert(w2, e), nullptr, y_ref.slice(slot, slot + 1));
-  }
-  Tensor act_ref_t = Tensor::empty({s.top_k, s.inter}, DType::f32, Device::cpu);
-  from_f32_vector(act_ref, act_ref_t);
-  EXPECT_LE(rel_error(act, act_ref_t), kTol) << "gate_up";
-  EXPECT_LE(rel_error(y, y_ref), kTol) << "down";
-  const Tensor ids_got = ids.to(Device::cpu);
-  for (int slot = 0; slot < s.top_k; ++slot)
-    EXPECT_EQ(ids_got.data_as<int32_t>()[slot], ids_ref.data_as<int32_t>()[slot]) << "slot " << slot;
-  EXPECT_LE(rel_error(weights, weights_ref.view({s.top_k})), 1e-6) << "weights";
+  expect_slots_match(s, w13, w2, x, act, a_in, y, ids_ref, weights_ref, ids, weights);
 }
 
 TEST(MoeDecode, OneTokenRoutesItself) {
@@ -294,23 +302,7 @@ void check_one_launch(const Shape4& s, std::mt19937_64& rng) {
     stream.synchronize();
 
     const Tensor act_got = act.to(Device::cpu);
-    std::vector<float> act_ref(size_t(s.top_k * s.inter));
-    Tensor y_ref = Tensor::empty({s.top_k, s.hidden}, DType::f32, Device::cpu);
-    for (int slot = 0; slot < s.top_k; ++slot) {
-      const int64_t e = ids_ref.data_as<int32_t>()[slot];
-      Tensor h = Tensor::empty({1, 2 * s.inter}, DType::f32, Device::cpu);
-      matmul_ref(x, expert(w13, e), nullptr, h);
-      silu_up_ref(h.data_as<const float>(), s.inter, &act_ref[size_t(slot * s.inter)]);
-      matmul_ref(act_got.slice(slot, slot + 1), expert(w2, e), nullptr, y_ref.slice(slot, slot + 1));
-    }
-    Tensor act_ref_t = Tensor::empty({s.top_k, s.inter}, DType::f32, Device::cpu);
-    from_f32_vector(act_ref, act_ref_t);
-    EXPECT_LE(rel_error(act_got, act_ref_t), kTol) << "gate_up";
-    EXPECT_LE(rel_error(y, y_ref), kTol) << "down";
-    const Tensor ids_got = ids.to(Device::cpu);
-    for (int slot = 0; slot < s.top_k; ++slot)
-      EXPECT_EQ(ids_got.data_as<int32_t>()[slot], ids_ref.data_as<int32_t>()[slot]) << "slot " << slot;
-    EXPECT_LE(rel_error(weights, weights_ref.view({s.top_k})), 1e-6) << "weights";
+    expect_slots_match(s, w13, w2, x, act_got, act_got, y, ids_ref, weights_ref, ids, weights);
     const Tensor c = counters.to(Device::cpu);
     for (int64_t i = 0; i < c.numel(); ++i) EXPECT_EQ(c.data_as<int32_t>()[i], 0) << "counter " << i;
   }

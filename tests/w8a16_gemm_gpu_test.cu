@@ -164,6 +164,14 @@ Tensor offsets_tensor(const std::vector<int>& offsets) {
   return t.to(Device::cuda);
 }
 
+// The rows of group g (offsets as group_offsets gives them) to check: all or a random subset.
+std::vector<int64_t> group_rows_to_check(const std::vector<int>& offsets, int64_t g, int64_t k, std::mt19937_64& rng) {
+  const int64_t begin = offsets[size_t(g)];
+  std::vector<int64_t> r = rows_to_check(offsets[size_t(g) + 1] - begin, rng, k >= 1024 ? 8 : 48);
+  for (int64_t& i : r) i += begin;
+  return r;
+}
+
 struct GroupedCase {
   int64_t m, groups, n, k;
   const char* mode;
@@ -191,10 +199,7 @@ void check_grouped(const std::vector<GemmTile>& tiles, MakeWeight make_weight, G
       const Tensor yc = y.to(Device::cpu);
       expect_all_finite(yc);
       for (int64_t g = 0; g < c.groups; ++g) {
-        const int64_t begin = offsets[size_t(g)], rows = offsets[size_t(g) + 1] - begin;
-        std::vector<int64_t> r = rows_to_check(rows, rng, c.k >= 1024 ? 8 : 48);
-        for (int64_t& i : r) i += begin;
-        expect_rows_match(x, w.select_cpu(g), nullptr, yc, r,
+        expect_rows_match(x, w.select_cpu(g), nullptr, yc, group_rows_to_check(offsets, g, c.k, rng),
                           cat("M=", c.m, " G=", c.groups, " N=", c.n, " K=", c.k, " ", c.mode, " group ", g,
                               " tile=", tile_name(tile)));
       }
@@ -267,10 +272,8 @@ TEST(W8A16Gemm, GroupedSiluMulMatchesReference) {
       const Tensor ac = act.to(Device::cpu);
       expect_all_finite(ac);
       for (int64_t g = 0; g < c.groups; ++g) {
-        const int64_t begin = offsets[size_t(g)], rows = offsets[size_t(g) + 1] - begin;
-        std::vector<int64_t> r = rows_to_check(rows, rng, c.k >= 1024 ? 8 : 48);
+        const std::vector<int64_t> r = group_rows_to_check(offsets, g, c.k, rng);
         if (r.empty()) continue;
-        for (int64_t& i : r) i += begin;
         const MxTensor wg{w.cpu.elems.select(g), w.cpu.scales.select(g)};
         EXPECT_LE(rel_error(gather_rows(ac, r), silu_mul_rows_ref(x, wg, r)), kTol)
             << "M=" << c.m << " G=" << c.groups << " I=" << c.n / 2 << " K=" << c.k << " " << c.mode << " group " << g
