@@ -18,7 +18,7 @@ struct MoeWorkspace::Impl {
   Tensor topk_ids, topk_weights, pair_rows, sorted_pairs, chunk_counts;  // [T*k] i32/f32, [chunks, E] i32
   Tensor expert_offsets, active_experts, num_active;                     // [E+1], [E], [1] i32
   Tensor blocks_done;  // [1] i32, zeroed once: the fused router kernel's counter (it leaves it zero)
-  Tensor slot_counters;  // [2·kMoeMaxTopK] i32, zeroed once: moe_experts_decode's (it leaves them zero)
+  Tensor slot_counters;  // i32, zeroed once: moe_experts_decode's (it leaves them zero)
   // [T*k, H] bf16, [T*k, 2I] bf16 (bf16 weights, or MXMOE_MOE_GATED_GEMM=0), [T*k, I] bf16,
   // [T*k, H] f32 (decode) | bf16
   Tensor xs, gate_up, act, y;
@@ -66,7 +66,7 @@ RoutingBuffers routing_buffers(MoeWorkspace::Impl& ws, const MoeShape& s, int k,
   }
   b.pb.blocks_done = ws.blocks_done;
   if (!ws.slot_counters.defined()) {
-    ws.slot_counters = Tensor::empty({2 * kMoeMaxTopK}, DType::i32, Device::cuda);
+    ws.slot_counters = Tensor::empty({moe_experts_counters(kMoeMaxTopK)}, DType::i32, Device::cuda);
     CUDA_CHECK(cudaMemsetAsync(ws.slot_counters.data(), 0, ws.slot_counters.nbytes(), stream));
   }
   return b;

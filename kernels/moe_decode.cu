@@ -181,16 +181,20 @@ struct Down {
 // ---- One token, both expert GEMMs in one launch (MXFP8) ----
 // With two kernels, down's weights could not start streaming before gate/up's blocks left (they do
 // not all fit beside them), and there was a kernel boundary between them. Here one block per SM
-// (the whole grid resident at once) routes the token and then:
-//  2. every warp computes gate/up tiles (8 gate + 8 up rows over all of H, kTokenDepth steps in
-//     flight per lane), writes SiLU(gate)·up to act[s] and counts the tile in ready[s];
-//  1. a down block (slot s, 128 rows of W2_e), its own gate/up work done, starts bulk copies of its
-//     rows into shared memory (issued before step 2 instead, they slowed its weight stream more
-//     than they saved: Qwen3-30B-A3B 3.000 vs 2.957 ms/step, .ci/device-ab-code);
-//  3. a down block waits until its slot's tiles are all counted, stages act[s] and multiplies its
-//     rows, by then in shared memory, into y[s].
-// No deadlock: blocks wait only for warps of their own grid, which fits on the GPU at once, and the
-// next kernel (PDL) launches only after every block has passed its wait or exited.
+// routes the token and then:
+//  1. gate/up: block "column" c takes unit (slot, 8-row tile) w·G + c in warp w (G = the grid), so
+//     every SM takes a share; a warp computes its 8 gate + 8 up rows over all of H (kTokenDepth
+//     steps in flight per lane), writes SiLU(gate)·up to act[s] and counts the tile in ready[s];
+//  2. down: a block takes 128 rows of W2_e for a slot, bulk-copies them into shared memory (issued
+//     before step 1 instead, the copies slowed its weight stream more than they saved: Qwen3-30B-A3B
+//     3.000 vs 2.957 ms/step, .ci/device-ab-code), waits until the slot's tiles are all counted,
+//     stages act[s] and multiplies the rows into y[s].
+// Blocks claim columns and down units from counters rather than by blockIdx, and wait only after
+// every column has been claimed by a running block: so the launch finishes on whatever part of the
+// grid is resident (another stream's kernels, or a second engine's launch, may hold SMs), instead
+// of waiting on blocks that cannot start. With the whole grid resident, each block takes one column
+// and one down unit. Every count is back at zero when the launch ends (the last block to finish
+// zeroes the claims, each slot's last reader its tile count).
 constexpr int kTokenDownRows = kWarps * kTileRows;  // W2 rows per down block
 
 struct TokenExperts {
@@ -199,8 +203,9 @@ struct TokenExperts {
   const __nv_bfloat16* x;  // [H]
   __nv_bfloat16* act;      // [k, I]
   float* y;                // [k, H]
-  unsigned* ready;         // [k] gate/up tiles done per slot; zero between calls
-  unsigned* passed;        // [k] down blocks past their wait per slot; zero between calls
+  unsigned* ready;         // [k] gate/up tiles done per slot
+  unsigned* passed;        // [k] down units past their wait per slot
+  unsigned* claims;        // [3] gate/up columns claimed, down units claimed, blocks done
   int hidden, inter;
   int w2_stride;                            // shared bytes per W2 row: I padded to 64 mod 128 (conflict-free LDS.128)
   int scales_at, x_at, act_at, bar_at, smem_bytes;  // shared-memory layout, after the W2 rows
@@ -233,104 +238,127 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
   auto* const xs = reinterpret_cast<__nv_bfloat16*>(smem + p.x_at);  // [H], groups of 4 interleaved
   auto* const as = reinterpret_cast<__nv_bfloat16*>(smem + p.act_at);  // [I], the same
   auto* const bar = reinterpret_cast<uint64_t*>(smem + p.bar_at);
+  __shared__ int claimed[2];  // this block's current gate/up column and down unit
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int hidden = p.hidden, inter = p.inter, top_k = p.routing.top_k, row_scales = inter / kMxBlock;
-  const int blocks_per_slot = hidden / kTokenDownRows;
-  const int slot = int(blockIdx.x) / blocks_per_slot, n0 = int(blockIdx.x) % blocks_per_slot * kTokenDownRows;
-  const bool down = slot < top_k;
+  const int columns = int(gridDim.x), tiles = (inter + 7) / 8;
+  const int blocks_per_slot = hidden / kTokenDownRows, down_units = top_k * blocks_per_slot;
 
   grid_dependency_wait();  // the router logits and x
-  const int* routed = p.routing.route();
-  if (down && threadIdx.x == 0) {
+  // The first claims fly while the block routes (their results are read after route()'s barriers).
+  int column = 0, unit = 0;
+  if (threadIdx.x == 0) {
+    column = int(atomicAdd(p.claims, 1u));
+    unit = int(atomicAdd(p.claims + 1, 1u));
     mbar_init(bar, 1);
     mbar_fence_init();
   }
+  const int* routed = p.routing.route();
   for (int v = threadIdx.x; v < hidden / 8; v += kThreads)
     reinterpret_cast<uint4*>(xs)[v] = interleaved(reinterpret_cast<const uint4*>(p.x)[v]);
+  if (threadIdx.x == 0) {
+    claimed[0] = column;
+    claimed[1] = unit;
+  }
   __syncthreads();
-  const auto copy_w2 = [&] {
-    if (!down || warp != 0) return;
-    const Fp8Rows w = p.w2.offset(int64_t(routed[slot]) * hidden + n0);
-    if (lane == 0) {
-      mbar_arrive_expect_tx(bar, uint32_t(kTokenDownRows * (inter + row_scales)));
-      bulk_load(w2_scales, w.scales, uint32_t(kTokenDownRows * row_scales), bar);
-    }
-    __syncwarp();
-    for (int r = lane; r < kTokenDownRows; r += 32)
-      bulk_load(w2s + r * p.w2_stride, w.elems + int64_t(r) * inter, uint32_t(inter), bar);
-  };
 
-  // 2. Unit u = (slot, 8-row tile), warp-major over the grid so that every SM takes a share.
-  const int tiles = (inter + 7) / 8;
-  for (int u = warp * int(gridDim.x) + int(blockIdx.x); u < top_k * tiles; u += kWarps * int(gridDim.x)) {
-    const int s = u / tiles, n = u % tiles * 8 + g;
-    const Fp8Rows w = p.w13.offset(int64_t(routed[s]) * 2 * inter);
-    const int64_t r0 = n < inter ? n : -1, r1 = n < inter ? inter + n : -1;
-    Fp8Rows::Chunk c[kTokenDepth][2];
-    const auto load_step = [&](int i, int k0) {
-      const int kk = k0 + i * kStepK + t * kLaneK;
-      c[i][0] = r0 >= 0 && kk < hidden ? w.load(r0, kk) : Fp8Rows::zero();
-      c[i][1] = r1 >= 0 && kk < hidden ? w.load(r1, kk) : Fp8Rows::zero();
-    };
+  // 1.
+  for (column = claimed[0]; column < columns;) {
+    if (threadIdx.x == 0) column = int(atomicAdd(p.claims, 1u));  // the next column, read after this one
+    for (int u = warp * columns + claimed[0]; u < top_k * tiles; u += kWarps * columns) {
+      const int s = u / tiles, n = u % tiles * 8 + g;
+      const Fp8Rows w = p.w13.offset(int64_t(routed[s]) * 2 * inter);
+      const int64_t r0 = n < inter ? n : -1, r1 = n < inter ? inter + n : -1;
+      Fp8Rows::Chunk c[kTokenDepth][2];
+      const auto load_step = [&](int i, int k0) {
+        const int kk = k0 + i * kStepK + t * kLaneK;
+        c[i][0] = r0 >= 0 && kk < hidden ? w.load(r0, kk) : Fp8Rows::zero();
+        c[i][1] = r1 >= 0 && kk < hidden ? w.load(r1, kk) : Fp8Rows::zero();
+      };
 #pragma unroll
-    for (int i = 0; i < kTokenDepth; ++i) load_step(i, 0);
-    float acc[1][4] = {};
-    for (int k0 = 0; k0 < hidden; k0 += kTokenDepth * kStepK) {
+      for (int i = 0; i < kTokenDepth; ++i) load_step(i, 0);
+      float acc[1][4] = {};
+      for (int k0 = 0; k0 < hidden; k0 += kTokenDepth * kStepK) {
 #pragma unroll
-      for (int i = 0; i < kTokenDepth; ++i) {
-        uint32_t a0[8], a1[8];
-        Fp8Rows::operands(c[i][0], a0);
-        Fp8Rows::operands(c[i][1], a1);
-        load_step(i, k0 + kTokenDepth * kStepK);
-        const int col = k0 + i * kStepK + t * kLaneK;
-        mma_chunk<1>(a0, a1, xs, 0, col, col < hidden ? 1 : 0, g, acc);
+        for (int i = 0; i < kTokenDepth; ++i) {
+          uint32_t a0[8], a1[8];
+          Fp8Rows::operands(c[i][0], a0);
+          Fp8Rows::operands(c[i][1], a1);
+          load_step(i, k0 + kTokenDepth * kStepK);
+          const int col = k0 + i * kStepK + t * kLaneK;
+          mma_chunk<1>(a0, a1, xs, 0, col, col < hidden ? 1 : 0, g, acc);
+        }
+      }
+      if (t == 0 && n < inter) p.act[int64_t(s) * inter + n] = __float2bfloat16(silu(acc[0][0]) * acc[0][2]);
+      __threadfence();  // the act row before its count, which other blocks acquire
+      __syncwarp();
+      if (lane == 0) atomicAdd(p.ready + s, 1u);
+    }
+    __syncthreads();  // every warp has read claimed[0]
+    if (threadIdx.x == 0) claimed[0] = column;
+    __syncthreads();
+    column = claimed[0];
+  }
+
+  // 2. Every column is claimed by a running block by now, so the waits below end.
+  for (uint32_t phase = 0; claimed[1] < down_units; phase ^= 1) {
+    const int slot = claimed[1] / blocks_per_slot, n0 = claimed[1] % blocks_per_slot * kTokenDownRows;
+    if (warp == 0) {
+      const Fp8Rows w = p.w2.offset(int64_t(routed[slot]) * hidden + n0);
+      if (lane == 0) {
+        unit = int(atomicAdd(p.claims + 1, 1u));  // the next unit, read after this one
+        mbar_arrive_expect_tx(bar, uint32_t(kTokenDownRows * (inter + row_scales)));
+        bulk_load(w2_scales, w.scales, uint32_t(kTokenDownRows * row_scales), bar);
+      }
+      __syncwarp();
+      for (int r = lane; r < kTokenDownRows; r += 32)
+        bulk_load(w2s + r * p.w2_stride, w.elems + int64_t(r) * inter, uint32_t(inter), bar);
+    }
+    if (threadIdx.x == 0) {
+      // A lost count would spin forever: trap after ~10 s (far beyond any legal wait) instead.
+      const long long start = clock64();
+      while (load_acquire(p.ready + slot) < unsigned(tiles))
+        if (clock64() - start > (1ll << 35)) __trap();
+      if (atomicAdd(p.passed + slot, 1u) == unsigned(blocks_per_slot - 1)) {  // the slot's last reader resets
+        p.passed[slot] = 0;
+        p.ready[slot] = 0;
       }
     }
-    if (t == 0 && n < inter) p.act[int64_t(s) * inter + n] = __float2bfloat16(silu(acc[0][0]) * acc[0][2]);
-    __threadfence();  // the act row before its count, which other blocks acquire
-    __syncwarp();
-    if (lane == 0) atomicAdd(p.ready + s, 1u);
-  }
-  copy_w2();  // 1., once this block's gate/up work is done
-  if (!down) return;  // an exited block counts as having launched the dependents
-
-  // 3.
-  if (threadIdx.x == 0) {
-    // A lost count would spin forever: trap after ~10 s (far beyond any legal wait) instead.
-    const long long start = clock64();
-    while (load_acquire(p.ready + slot) < unsigned(tiles))
-      if (clock64() - start > (1ll << 35)) __trap();
-    if (atomicAdd(p.passed + slot, 1u) == unsigned(blocks_per_slot - 1)) {  // the slot's last reader resets
-      p.passed[slot] = 0;
-      p.ready[slot] = 0;
+    __syncthreads();
+    launch_dependents();  // (every block has passed a wait or will exit without one)
+    const uint4* act = reinterpret_cast<const uint4*>(p.act + int64_t(slot) * inter);
+    for (int v = threadIdx.x; v < inter / 8; v += kThreads)
+      reinterpret_cast<uint4*>(as)[v] = interleaved(__ldcg(act + v));
+    __syncthreads();
+    mbar_wait(bar, phase);
+    const int rr = warp * kTileRows + g;  // this lane's rows rr and rr + 8 of the unit's 128
+    const uint32_t row0 = smem_addr(w2s + rr * p.w2_stride), row1 = row0 + 8 * p.w2_stride;
+    float acc[1][4] = {};
+    for (int k0 = 0; k0 < inter; k0 += kStepK) {
+      const int kk = k0 + t * kLaneK;
+      const bool in = kk < inter;
+      uint32_t a0[8], a1[8];
+      Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row0 + kk), w2_scales[rr * row_scales + kk / kMxBlock]}
+                           : Fp8Rows::zero(),
+                        a0);
+      Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row1 + kk), w2_scales[(rr + 8) * row_scales + kk / kMxBlock]}
+                           : Fp8Rows::zero(),
+                        a1);
+      mma_chunk<1>(a0, a1, as, 0, kk, in ? 1 : 0, g, acc);
     }
+    if (t == 0) {
+      float* y = p.y + int64_t(slot) * hidden + n0 + rr;
+      y[0] = acc[0][0];
+      y[8] = acc[0][2];
+    }
+    __syncthreads();  // the rows and act are read before the next unit's copies
+    if (threadIdx.x == 0) claimed[1] = unit;
+    __syncthreads();
   }
-  __syncthreads();
-  launch_dependents();
-  const uint4* act = reinterpret_cast<const uint4*>(p.act + int64_t(slot) * inter);
-  for (int v = threadIdx.x; v < inter / 8; v += kThreads)
-    reinterpret_cast<uint4*>(as)[v] = interleaved(__ldcg(act + v));
-  __syncthreads();
-  mbar_wait(bar, 0);
-  const int rr = warp * kTileRows + g;  // this lane's rows rr and rr + 8 of the block's 128
-  const uint32_t row0 = smem_addr(w2s + rr * p.w2_stride), row1 = row0 + 8 * p.w2_stride;
-  float acc[1][4] = {};
-  for (int k0 = 0; k0 < inter; k0 += kStepK) {
-    const int kk = k0 + t * kLaneK;
-    const bool in = kk < inter;
-    uint32_t a0[8], a1[8];
-    Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row0 + kk), w2_scales[rr * row_scales + kk / kMxBlock]}
-                         : Fp8Rows::zero(),
-                      a0);
-    Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row1 + kk), w2_scales[(rr + 8) * row_scales + kk / kMxBlock]}
-                         : Fp8Rows::zero(),
-                      a1);
-    mma_chunk<1>(a0, a1, as, 0, kk, in ? 1 : 0, g, acc);
-  }
-  if (t == 0) {
-    float* y = p.y + int64_t(slot) * hidden + n0 + rr;
-    y[0] = acc[0][0];
-    y[8] = acc[0][2];
+  if (threadIdx.x == 0 && atomicAdd(p.claims + 2, 1u) == gridDim.x - 1) {  // the last block: claims back to zero
+    p.claims[0] = 0;
+    p.claims[1] = 0;
+    p.claims[2] = 0;
   }
 #else
   __trap();  // bulk copies and mbarriers: the host runs this kernel on sm_90 only
@@ -618,8 +646,9 @@ void moe_experts_decode(const Tensor& x, const MxTensor& w13, const MxTensor& w2
   MXMOE_CHECK(moe_experts_one_launch_fits(hidden, inter, route.top_k), op, ": H = ", hidden, ", I = ", inter,
               ", top_k = ", route.top_k, " do not fit one launch (see moe_experts_one_launch_fits)");
   MXMOE_CHECK(counters.device() == Device::cuda && counters.dtype() == DType::i32 &&
-                  counters.numel() >= 2 * route.top_k && counters.is_contiguous(),
-              op, ": counters must be a contiguous CUDA i32 tensor of at least ", 2 * route.top_k, " elements");
+                  counters.numel() >= moe_experts_counters(route.top_k) && counters.is_contiguous(),
+              op, ": counters must be a contiguous CUDA i32 tensor of at least ", moe_experts_counters(route.top_k),
+              " elements");
   TokenExperts p(hidden, inter);
   p.routing = token_routing(route, experts, true, op);
   p.w13 = rows_of(w13);
@@ -629,6 +658,7 @@ void moe_experts_decode(const Tensor& x, const MxTensor& w13, const MxTensor& w2
   p.y = y.data_as<float>();
   p.ready = reinterpret_cast<unsigned*>(counters.data_as<int32_t>());
   p.passed = p.ready + route.top_k;
+  p.claims = p.passed + route.top_k;
   launch_pdl(token_experts_kernel, dim3(unsigned(gpu_info().sm_count)), dim3(kThreads), size_t(p.smem_bytes), stream,
              p);
 }

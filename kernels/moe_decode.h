@@ -51,9 +51,11 @@ void moe_down_decode(const Tensor& act, const Tensor& w2, const MoeTokenRoute& r
 // leave them, block 0 writing route.ids and route.weights), on sm_90 where
 // moe_experts_one_launch_fits: H a multiple of 128, top_k · H/128 <= the SM count (a block per 128
 // rows of a slot's W2), and those rows in one block's shared memory (I up to ~1500). counters: i32
-// [>= 2·top_k] on the device, zero before the first call; every call leaves them zero. Calls using
-// the same counters must not run concurrently.
+// [>= moe_experts_counters(top_k)] on the device, zero before the first call; every call leaves
+// them zero. Calls using the same counters must not run concurrently; calls with their own
+// counters may (the launch finishes on whatever part of the GPU it gets).
 bool moe_experts_one_launch_fits(int64_t hidden, int64_t inter, int top_k);
+constexpr int64_t moe_experts_counters(int top_k) { return 2 * int64_t(top_k) + 3; }
 void moe_experts_decode(const Tensor& x, const MxTensor& w13, const MxTensor& w2, const MoeTokenRoute& route,
                         const Tensor& act, const Tensor& y, const Tensor& counters, cudaStream_t stream);
 

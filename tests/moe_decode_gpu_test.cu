@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <vector>
 
 #include "engine/stream.h"
 #include "kernels/moe_decode.h"
@@ -284,7 +285,7 @@ void check_one_launch(const Shape4& s, std::mt19937_64& rng) {
   const MxTensor w13 = random_mxfp8({s.experts, 2 * s.inter, s.hidden}, rng);
   const MxTensor w2 = random_mxfp8({s.experts, s.hidden, s.inter}, rng);
   const MxTensor w13_gpu = to_device(w13), w2_gpu = to_device(w2);
-  Tensor counters = Tensor::empty({2 * s.top_k}, DType::i32, Device::cuda);
+  Tensor counters = Tensor::empty({moe_experts_counters(s.top_k)}, DType::i32, Device::cuda);
   CUDA_CHECK(cudaMemset(counters.data(), 0, counters.nbytes()));
   Stream stream;
   for (int call = 0; call < 3; ++call) {
@@ -308,6 +309,72 @@ void check_one_launch(const Shape4& s, std::mt19937_64& rng) {
   }
 }
 
+// Holds one SM per block (more than half its shared memory) for `cycles` clocks.
+__global__ void hold_sms(long long cycles) {
+  extern __shared__ unsigned char held[];
+  const long long start = clock64();
+  while (clock64() - start < cycles) held[threadIdx.x] = 0;
+}
+
+// The one-launch kernel on part of the GPU: a kernel on a third stream holds half the SMs while
+// two calls with their own counters run at once on two more streams, so neither gets its whole
+// grid resident at first. Blocks claim the work (several gate/up columns and down units each), so
+// both finish (a grid waiting on its non-resident blocks would deadlock against the other), and
+// both match the reference on their own inputs.
+TEST(MoeDecode, OneLaunchOnPartOfTheGpu) {
+  MXMOE_REQUIRE_GPU();
+  std::mt19937_64 rng(fresh_seed());
+  const Shape4 s{128, 8, 2048, 768};
+  ASSERT_TRUE(moe_experts_one_launch_fits(s.hidden, s.inter, s.top_k));
+  const MxTensor w13 = random_mxfp8({s.experts, 2 * s.inter, s.hidden}, rng);
+  const MxTensor w2 = random_mxfp8({s.experts, s.hidden, s.inter}, rng);
+  const MxTensor w13_gpu = to_device(w13), w2_gpu = to_device(w2);
+  const int hold_smem = 150 * 1024;
+  CUDA_CHECK(cudaFuncSetAttribute(hold_sms, cudaFuncAttributeMaxDynamicSharedMemorySize, hold_smem));
+  int sms = 0, clock_khz = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));
+  struct Call {
+    Stream stream;
+    Tensor logits, ids_ref, weights_ref, ids, weights, x, act, y, counters;
+  };
+  std::vector<Call> calls(2);
+  for (Call& c : calls) {
+    c.logits = random_tensor({1, s.experts}, DType::f32, rng);
+    c.ids_ref = Tensor::empty({1, s.top_k}, DType::i32, Device::cpu);
+    c.weights_ref = Tensor::empty({1, s.top_k}, DType::f32, Device::cpu);
+    moe_route_ref(c.logits, s.top_k, true, c.ids_ref, c.weights_ref);
+    c.ids = poisoned({s.top_k}, DType::i32);
+    c.weights = poisoned({s.top_k}, DType::f32);
+    c.x = random_tensor({1, s.hidden}, DType::bf16, rng);
+    c.act = poisoned({s.top_k, s.inter}, DType::bf16);
+    c.y = poisoned({s.top_k, s.hidden}, DType::f32);
+    c.counters = Tensor::empty({moe_experts_counters(s.top_k)}, DType::i32, Device::cuda);
+    CUDA_CHECK(cudaMemset(c.counters.data(), 0, c.counters.nbytes()));
+  }
+  std::vector<Tensor> logits_gpu, x_gpu;
+  for (Call& c : calls) {
+    logits_gpu.push_back(c.logits.to(Device::cuda));
+    x_gpu.push_back(c.x.to(Device::cuda));
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  Stream holder;
+  hold_sms<<<unsigned(sms / 2), 32, size_t(hold_smem), holder>>>(20LL * clock_khz);  // ~20 ms
+  CUDA_CHECK(cudaGetLastError());
+  for (size_t i = 0; i < calls.size(); ++i) {
+    Call& c = calls[i];
+    const MoeTokenRoute route{logits_gpu[i], s.top_k, true, c.ids, c.weights};
+    moe_experts_decode(x_gpu[i], w13_gpu, w2_gpu, route, c.act, c.y, c.counters, c.stream);
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  for (Call& c : calls) {
+    const Tensor act_got = c.act.to(Device::cpu);
+    expect_slots_match(s, w13, w2, c.x, act_got, act_got, c.y, c.ids_ref, c.weights_ref, c.ids, c.weights);
+    const Tensor counts = c.counters.to(Device::cpu);
+    for (int64_t i = 0; i < counts.numel(); ++i) EXPECT_EQ(counts.data_as<int32_t>()[i], 0) << "counter " << i;
+  }
+}
+
 TEST(MoeDecode, OneTokenInOneLaunch) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(fresh_seed());
@@ -321,7 +388,7 @@ TEST(MoeDecode, OneTokenInOneLaunch) {
   EXPECT_FALSE(moe_experts_one_launch_fits(200, 96, 2));
   EXPECT_FALSE(moe_experts_one_launch_fits(4096, 14336, 2));
   const MxTensor m13 = mxfp8_empty({4, 192, 224}, Device::cuda), m2 = mxfp8_empty({4, 224, 96}, Device::cuda);
-  const Tensor counters = Tensor::empty({4}, DType::i32, Device::cuda);
+  const Tensor counters = Tensor::empty({moe_experts_counters(2)}, DType::i32, Device::cuda);
   const MoeTokenRoute route{Tensor::empty({1, 4}, DType::f32, Device::cuda), 2, true,
                             Tensor::empty({2}, DType::i32, Device::cuda), Tensor::empty({2}, DType::f32, Device::cuda)};
   EXPECT_THROW(moe_experts_decode(Tensor::empty({1, 224}, DType::bf16, Device::cuda), m13, m2, route,
