@@ -35,8 +35,9 @@
 // kGated (grouped, MoE gate/up): W_g = [gate rows; up rows] (N = 2I) and the output is
 // act = SiLU(x·gateᵀ) ⊙ (x·upᵀ) [rows, I]. A tile takes 64 gate rows into warpgroup 0 and the 64
 // matching up rows into warpgroup 1 (two 64-row TMA boxes), so the two accumulators of a (row,
-// token) sit in the same thread of either warpgroup; warpgroup 1 hands its over through shared
-// memory and warpgroup 0 stores act. The [rows, 2I] gate_up tensor is never written or read back.
+// token) sit in the same thread of either warpgroup; the two swap half their accumulators through
+// shared memory and each stores act for half the tokens. The [rows, 2I] gate_up tensor is never
+// written or read back.
 #include <cuda.h>
 #include <cuda_bf16.h>
 
