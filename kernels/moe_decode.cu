@@ -185,16 +185,18 @@ struct Down {
 //  1. gate/up: block "column" c takes unit (slot, 8-row tile) w·G + c in warp w (G = the grid), so
 //     every SM takes a share; a warp computes its 8 gate + 8 up rows over all of H (kTokenDepth
 //     steps in flight per lane), writes SiLU(gate)·up to act[s] and counts the tile in ready[s];
-//  2. down: a block takes 128 rows of W2_e for a slot, bulk-copies them into shared memory (issued
-//     before step 1 instead, the copies slowed its weight stream more than they saved: Qwen3-30B-A3B
-//     3.000 vs 2.957 ms/step, .ci/device-ab-code), waits until the slot's tiles are all counted,
-//     stages act[s] and multiplies the rows into y[s].
+//  2. down: a block takes 128 rows of W2_e for a slot and bulk-copies them into shared memory: the
+//     first unit's copies go out as the block finishes its last gate/up column (issued before step
+//     1 instead, they slowed its gate/up weight stream more than they saved: Qwen3-30B-A3B 3.000 vs
+//     2.957 ms/step, .ci/device-ab-code); it waits until the slot's tiles are all counted, stages
+//     act[s] and multiplies the rows into y[s].
 // Blocks claim columns and down units from counters rather than by blockIdx, and wait only after
 // every column has been claimed by a running block: so the launch finishes on whatever part of the
 // grid is resident (another stream's kernels, or a second engine's launch, may hold SMs), instead
 // of waiting on blocks that cannot start. With the whole grid resident, each block takes one column
-// and one down unit. Every count is back at zero when the launch ends (the last block to finish
-// zeroes the claims, each slot's last reader its tile count).
+// and one down unit. Every count is back at zero when the launch ends: each block's last claim of
+// either kind fails, so a launch makes exactly G + columns and G + down units claims, and the block
+// that makes the last one zeroes the counter; each slot's last reader zeroes its tile count.
 constexpr int kTokenDownRows = kWarps * kTileRows;  // W2 rows per down block
 
 struct TokenExperts {
@@ -205,7 +207,7 @@ struct TokenExperts {
   float* y;                // [k, H]
   unsigned* ready;         // [k] gate/up tiles done per slot
   unsigned* passed;        // [k] down units past their wait per slot
-  unsigned* claims;        // [3] gate/up columns claimed, down units claimed, blocks done
+  unsigned* claims;        // [2] gate/up columns claimed, down units claimed
   int hidden, inter;
   int w2_stride;                            // shared bytes per W2 row: I padded to 64 mod 128 (conflict-free LDS.128)
   int scales_at, x_at, act_at, bar_at, smem_bytes;  // shared-memory layout, after the W2 rows
@@ -245,11 +247,19 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
   const int blocks_per_slot = hidden / kTokenDownRows, down_units = top_k * blocks_per_slot;
 
   grid_dependency_wait();  // the router logits and x
+  // Thread 0 claims (claim), and where it reads the result (settle) the launch's last claim zeroes
+  // its counter for the next launch; in between, the claim's round trip overlaps other work.
+  const auto claim = [&](int which) { return int(atomicAdd(p.claims + which, 1u)); };
+  const int column_claims = 2 * columns, unit_claims = columns + down_units;
+  const auto settle = [&](int which, int v) {
+    if (v == (which == 0 ? column_claims : unit_claims) - 1) p.claims[which] = 0;
+    return v;
+  };
   // The first claims fly while the block routes (their results are read after route()'s barriers).
   int column = 0, unit = 0;
   if (threadIdx.x == 0) {
-    column = int(atomicAdd(p.claims, 1u));
-    unit = int(atomicAdd(p.claims + 1, 1u));
+    column = claim(0);
+    unit = claim(1);
     mbar_init(bar, 1);
     mbar_fence_init();
   }
@@ -257,14 +267,27 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
   for (int v = threadIdx.x; v < hidden / 8; v += kThreads)
     reinterpret_cast<uint4*>(xs)[v] = interleaved(reinterpret_cast<const uint4*>(p.x)[v]);
   if (threadIdx.x == 0) {
-    claimed[0] = column;
-    claimed[1] = unit;
+    claimed[0] = settle(0, column);
+    claimed[1] = settle(1, unit);
   }
   __syncthreads();
+  // Warp 0: W2 rows of down unit d (slot, 128 rows) -> shared memory, completing on `bar`.
+  const auto copy_w2 = [&](int d) {
+    const int slot = d / blocks_per_slot, n0 = d % blocks_per_slot * kTokenDownRows;
+    const Fp8Rows w = p.w2.offset(int64_t(routed[slot]) * hidden + n0);
+    if (lane == 0) {
+      mbar_arrive_expect_tx(bar, uint32_t(kTokenDownRows * (inter + row_scales)));
+      bulk_load(w2_scales, w.scales, uint32_t(kTokenDownRows * row_scales), bar);
+    }
+    __syncwarp();
+    for (int r = lane; r < kTokenDownRows; r += 32)
+      bulk_load(w2s + r * p.w2_stride, w.elems + int64_t(r) * inter, uint32_t(inter), bar);
+  };
+  bool copied = false;  // warp 0: the first down unit's copies went out at the end of step 1
 
   // 1.
   for (column = claimed[0]; column < columns;) {
-    if (threadIdx.x == 0) column = int(atomicAdd(p.claims, 1u));  // the next column, read after this one
+    if (threadIdx.x == 0) column = claim(0);  // the next column, read after this one
     for (int u = warp * columns + claimed[0]; u < top_k * tiles; u += kWarps * columns) {
       const int s = u / tiles, n = u % tiles * 8 + g;
       const Fp8Rows w = p.w13.offset(int64_t(routed[s]) * 2 * inter);
@@ -294,8 +317,12 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
       __syncwarp();
       if (lane == 0) atomicAdd(p.ready + s, 1u);
     }
+    if (warp == 0 && __shfl_sync(~0u, column, 0) >= columns && claimed[1] < down_units) {
+      copy_w2(claimed[1]);  // this block's last column: its down rows start now, before the barrier
+      copied = true;
+    }
     __syncthreads();  // every warp has read claimed[0]
-    if (threadIdx.x == 0) claimed[0] = column;
+    if (threadIdx.x == 0) claimed[0] = settle(0, column);
     __syncthreads();
     column = claimed[0];
   }
@@ -303,29 +330,19 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
   // 2. Every column is claimed by a running block by now, so the waits below end.
   for (uint32_t phase = 0; claimed[1] < down_units; phase ^= 1) {
     const int slot = claimed[1] / blocks_per_slot, n0 = claimed[1] % blocks_per_slot * kTokenDownRows;
-    if (warp == 0) {
-      const Fp8Rows w = p.w2.offset(int64_t(routed[slot]) * hidden + n0);
-      if (lane == 0) {
-        unit = int(atomicAdd(p.claims + 1, 1u));  // the next unit, read after this one
-        mbar_arrive_expect_tx(bar, uint32_t(kTokenDownRows * (inter + row_scales)));
-        bulk_load(w2_scales, w.scales, uint32_t(kTokenDownRows * row_scales), bar);
-      }
-      __syncwarp();
-      for (int r = lane; r < kTokenDownRows; r += 32)
-        bulk_load(w2s + r * p.w2_stride, w.elems + int64_t(r) * inter, uint32_t(inter), bar);
-    }
+    if (threadIdx.x == 0) unit = claim(1);  // the next unit, read after this one
+    if (warp == 0 && !copied) copy_w2(claimed[1]);
+    copied = false;
     if (threadIdx.x == 0) {
       // A lost count would spin forever: trap after ~10 s (far beyond any legal wait) instead.
       const long long start = clock64();
       while (load_acquire(p.ready + slot) < unsigned(tiles))
         if (clock64() - start > (1ll << 35)) __trap();
-      if (atomicAdd(p.passed + slot, 1u) == unsigned(blocks_per_slot - 1)) {  // the slot's last reader resets
-        p.passed[slot] = 0;
-        p.ready[slot] = 0;
-      }
     }
     __syncthreads();
     launch_dependents();  // (every block has passed a wait or will exit without one)
+    // The slot's last reader zeroes its counts (the result is read at the end of the unit).
+    const unsigned readers = threadIdx.x == 0 ? atomicAdd(p.passed + slot, 1u) : 0u;
     const uint4* act = reinterpret_cast<const uint4*>(p.act + int64_t(slot) * inter);
     for (int v = threadIdx.x; v < inter / 8; v += kThreads)
       reinterpret_cast<uint4*>(as)[v] = interleaved(__ldcg(act + v));
@@ -351,14 +368,13 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
       y[0] = acc[0][0];
       y[8] = acc[0][2];
     }
+    if (threadIdx.x == 0 && readers == unsigned(blocks_per_slot - 1)) {
+      p.passed[slot] = 0;
+      p.ready[slot] = 0;
+    }
     __syncthreads();  // the rows and act are read before the next unit's copies
-    if (threadIdx.x == 0) claimed[1] = unit;
+    if (threadIdx.x == 0) claimed[1] = settle(1, unit);
     __syncthreads();
-  }
-  if (threadIdx.x == 0 && atomicAdd(p.claims + 2, 1u) == gridDim.x - 1) {  // the last block: claims back to zero
-    p.claims[0] = 0;
-    p.claims[1] = 0;
-    p.claims[2] = 0;
   }
 #else
   __trap();  // bulk copies and mbarriers: the host runs this kernel on sm_90 only

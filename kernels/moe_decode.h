@@ -55,7 +55,7 @@ void moe_down_decode(const Tensor& act, const Tensor& w2, const MoeTokenRoute& r
 // them zero. Calls using the same counters must not run concurrently; calls with their own
 // counters may (the launch finishes on whatever part of the GPU it gets).
 bool moe_experts_one_launch_fits(int64_t hidden, int64_t inter, int top_k);
-constexpr int64_t moe_experts_counters(int top_k) { return 2 * int64_t(top_k) + 3; }
+constexpr int64_t moe_experts_counters(int top_k) { return 2 * int64_t(top_k) + 2; }
 void moe_experts_decode(const Tensor& x, const MxTensor& w13, const MxTensor& w2, const MoeTokenRoute& route,
                         const Tensor& act, const Tensor& y, const Tensor& counters, cudaStream_t stream);
 
