@@ -453,14 +453,13 @@ constexpr int kCombineNormThreads = int(kMoeCombineNormMaxHidden / 8);
 __global__ void __launch_bounds__(kCombineNormThreads)
     combine_norm_kernel(const float* __restrict__ y, const float* __restrict__ weights, int top_k, int hidden,
                         __nv_bfloat16* residual, const __nv_bfloat16* __restrict__ norm_weight, float eps, int tpr,
-                        __nv_bfloat16* __restrict__ out) {
+                        __nv_bfloat16* __restrict__ out, bool early_dependents) {
   using namespace norm_row_detail;
   const int j = threadIdx.x;
   const auto has = [&](int) { return j < hidden / 8; };
   Bf16x8 v[1], r[1], nw[1], o[1];
   if (has(0)) nw[0].raw = load16(norm_weight + 8 * j);
-  grid_dependency_wait();
-  launch_dependents();
+  release_dependents_and_wait(early_dependents);  // next: the qkv GEMV, or the logit-row gather (waits first)
   if (has(0)) {
     float acc[8];
     sum_slots(y, weights, 0, top_k, hidden, 8 * j, [](int64_t pair) { return pair; }, acc);
@@ -653,7 +652,8 @@ void moe_combine_add_rmsnorm(const Tensor& y, const Tensor& weights, const Tenso
   const int tpr = one_row_norm_threads(hidden, kCombineNormThreads, op);
   launch_pdl(combine_norm_kernel, dim3(1), dim3(unsigned(std::max(tpr, 32))), 0, stream, y.data_as<const float>(),
              weights.data_as<const float>(), int(top_k), int(hidden), residual.data_as<__nv_bfloat16>(),
-             norm_weight.data_as<const __nv_bfloat16>(), eps, tpr, out.data_as<__nv_bfloat16>());
+             norm_weight.data_as<const __nv_bfloat16>(), eps, tpr, out.data_as<__nv_bfloat16>(),
+             early_dependents_enabled());
 }
 
 void moe_router_logits(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, cudaStream_t stream) {
