@@ -20,15 +20,15 @@ inline std::atomic<bool>& pdl_flag() {
 
 inline bool pdl_enabled() { return detail::pdl_flag().load(std::memory_order_relaxed); }
 
+// Overrides the environment for the rest of the process (tests and benchmarks comparing both in
+// one run). Affects launches made after the call; captured graphs keep what they were built with.
+inline void set_pdl_enabled(bool on) { detail::pdl_flag().store(on, std::memory_order_relaxed); }
+
 // Whether the kernels allowed to (kernels/pdl.cuh) let their dependents start before their own wait:
 // MXMOE_EARLY_DEPENDENTS, on unless 0, read once (for comparisons in one benchmark run).
 inline bool early_dependents_enabled() {
   static const bool on = env_flag("MXMOE_EARLY_DEPENDENTS", true);
   return on;
 }
-
-// Overrides the environment for the rest of the process (tests and benchmarks comparing both in
-// one run). Affects launches made after the call; captured graphs keep what they were built with.
-inline void set_pdl_enabled(bool on) { detail::pdl_flag().store(on, std::memory_order_relaxed); }
 
 }  // namespace mxmoe
