@@ -454,13 +454,13 @@ void launch(const Args& a, int64_t tokens, DecodeLaunch how, cudaStream_t stream
   const dim3 grid(unsigned(tokens), unsigned(a.n_kv_heads), unsigned(a.num_splits));
   const bool two = how == DecodeLaunch::two_kernels;
   launch_pdl(attention_kernel<HD, GP>, grid, kThreads, smem, stream, a, !two);
+  if (!two || a.num_splits == 1) return;
   // The merge lets the next kernel (o_proj) start under attention_kernel where that grid leaves
   // every SM room for it (at most one CTA each); with more CTAs the GEMV's blocks would crowd onto
   // the SMs free at the time. Measured on the H100 (bench, 512 + 256 tokens): Qwen3-30B-A3B (40
   // CTAs) 2.982 vs 3.023 ms/step, Mixtral (80) 6.285 vs 6.364; OLMoE (160, always early) 1.109 vs 1.084.
   const bool early = early_dependents_enabled() && int64_t(grid.x) * grid.y * grid.z <= gpu_info().sm_count;
-  if (two && a.num_splits > 1)
-    launch_pdl(attention_combine_kernel<HD>, dim3(unsigned(tokens), unsigned(a.n_heads)), HD, 0, stream, a, early);
+  launch_pdl(attention_combine_kernel<HD>, dim3(unsigned(tokens), unsigned(a.n_heads)), HD, 0, stream, a, early);
 }
 
 template <int HD>
