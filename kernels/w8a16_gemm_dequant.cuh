@@ -6,15 +6,14 @@
 // e4m3(b) · 2^-120 (its 4-bit exponent lands in the low bits of bf16's 8-bit exponent, the 3
 // mantissa bits on top of bf16's 7; e4m3 subnormals become bf16 subnormals), so one exact bf16
 // multiply by 2^(s - 127 + 120) applies the block scale 2^(s - 127). That factor is a normal bf16
-// for s <= kMaxFastScale (134; real checkpoints sit far below, around 110-125). Larger scales take
-// the wide path: x 2^120 first (exact: the e4m3 value itself), then x 2^(s - 127), which covers
-// every byte like e8m0_value (0 -> 2^-127, 255 -> NaN); only products below bf16's normal range
-// round. e4m3 NaN codes (0x7f/0xff), which quantization never produces, become finite.
+// for s <= 134; the GEMM takes this fast path where a K-step group's scales are all below 128 (a
+// test of their top bits; real checkpoints sit around 110-125). Other scales take the wide path:
+// x 2^120 first (exact: the e4m3 value itself), then x 2^(s - 127), which covers every byte like
+// e8m0_value (0 -> 2^-127, 255 -> NaN); only products below bf16's normal range round. e4m3 NaN
+// codes (0x7f/0xff), which quantization never produces, become finite.
 #include <cstdint>
 
 namespace mxmoe::w8a16 {
-
-constexpr uint32_t kMaxFastScale = 134;
 
 // prmt selector picking bytes 2t and 2t+1 of the 8 bytes {lo, hi}, each followed by a byte of
 // its sign bit: the result's 16-bit halves are [b, sign(b) x 8].

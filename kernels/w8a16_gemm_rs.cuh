@@ -147,8 +147,11 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
   // 64-byte swizzle: 16-byte chunk c of tile row r sits at chunk c ^ ((r / 2) % 4) (the same for r + 8).
   const int swz = (r / 2) % 4;
 
-  // Scale bytes of rows r, r+8 for the two 32-blocks of a K step; 127 (1.0) where the row or
-  // block is out of range (its fp8 bytes are zero fill or never stored).
+  // Scale bytes of rows r, r+8, read 4 K steps (8 blocks) at a time: word pair sw[j] holds blocks
+  // 8g..8g+7 of row r + 8j for K-step group g (steps 4g..4g+3), so a step costs no global load and
+  // the fast/wide choice is one test per group. 0x7f (1.0) where the row or block is out of range
+  // (its fp8 bytes are zero fill or never stored). One 8-byte load per row where the rows' scales
+  // are 8-byte aligned (K a multiple of 256, as every model shape here), else byte loads.
   const int k_blocks = a.K / kMxBlock;
   const uint8_t* sc[2];
   bool row_ok[2];
@@ -157,27 +160,38 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
     row_ok[j] = col0 + (r + 8 * j) % kTileCols < out_n;
     sc[j] = a.scales + (size_t(t.group) * a.N + size_t(row_ok[j] ? n : 0)) * k_blocks;
   }
-  auto load_scales = [&](int kt, uint32_t (&s)[4]) {
+  const bool scale_words = k_blocks % 8 == 0 && (reinterpret_cast<uintptr_t>(a.scales) & 7) == 0;
+  auto load_scale_group = [&](int g, uint2 (&sw)[2]) {
+    const int kb0 = 8 * g;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {  // i = 2·row + block
-      const int kb = 2 * kt + (i & 1);
-      s[i] = row_ok[i >> 1] && kb < k_blocks ? __ldg(sc[i >> 1] + kb) : 127u;
+    for (int j = 0; j < 2; ++j) {
+      sw[j] = make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu);
+      if (!row_ok[j] || kb0 >= k_blocks) continue;
+      if (scale_words) {
+        sw[j] = __ldg(reinterpret_cast<const uint2*>(sc[j] + kb0));
+      } else {
+        uint32_t w[2] = {sw[j].x, sw[j].y};
+        for (int i = 0; i < 8 && kb0 + i < k_blocks; ++i)
+          w[i / 4] = (w[i / 4] & ~(0xffu << (8 * (i % 4)))) | (uint32_t(__ldg(sc[j] + kb0 + i)) << (8 * (i % 4)));
+        sw[j] = make_uint2(w[0], w[1]);
+      }
     }
   };
 
+  // The x tile's descriptor: only its low word (the start address) changes with stage and k16 step.
   const uint64_t x_desc0 = smem_desc(x_s);
-  uint32_t scales[4], scales_next[4];  // K steps kt and kt + 1
-  load_scales(0, scales);
-  load_scales(1, scales_next);
+  const uint32_t x_desc_lo0 = uint32_t(x_desc0), x_desc_hi = uint32_t(x_desc0 >> 32);
+  const uint32_t w_s0 = smem_addr(w_s);
 
-  auto dequant = [&]<bool kWide>(uint32_t w_tile, int kk0, uint32_t (&frag)[2][4]) {
+  // Scale bytes s[2·row + block] of one K step; A fragments of its k16 steps kk0, kk0 + 1.
+  auto dequant = [&]<bool kWide>(uint32_t w_tile, int kk0, const uint32_t (&s)[4], uint32_t (&frag)[2][4]) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int kk = kk0 + i, chunk = (kk ^ swz) * 16;
       const uint4 row0 = ld_shared_16(w_tile + r * 64 + chunk);
       const uint4 row1 = ld_shared_16(w_tile + (r + 8) * 64 + chunk);
-      dequant_fragment<kWide>(row0, row1, sel, scale_factor<kWide>(scales[kk / 2]),
-                              scale_factor<kWide>(scales[2 + kk / 2]), frag[i]);
+      dequant_fragment<kWide>(row0, row1, sel, scale_factor<kWide>(s[kk / 2]), scale_factor<kWide>(s[2 + kk / 2]),
+                              frag[i]);
     }
   };
 
@@ -191,47 +205,72 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
     // dequantized (measured 2-15% faster than one on every bench-gemm shape), so a set is rewritten
     // only two K steps after it was issued, when wgmma_wait has retired the groups that read it.
     uint32_t frag_lo[2][2][4], frag_hi[2][2][4];
-    // Issues k16 steps kk0, kk0+1 on stage `stage`, then retires all but the last two groups.
-    auto mma = [&](int stage, int kk0, const uint32_t (&frag)[2][4]) {
-      const uint64_t x_desc = x_desc0 + uint64_t((stage * T::x_bytes) >> 4) + 2 * kk0;  // +32 bytes per k16
+    // Issues k16 steps kk0, kk0+1 from the x tile at descriptor low word x_lo, then retires all but
+    // the last two groups.
+    auto mma = [&](uint32_t x_lo, int kk0, const uint32_t (&frag)[2][4]) {
+      uint64_t desc[2];  // before the fence: ptxas serializes wgmmas whose inputs are defined inside
+#pragma unroll
+      for (int i = 0; i < 2; ++i) desc[i] = (uint64_t(x_desc_hi) << 32) | (x_lo + 2 * (kk0 + i));  // +32 bytes per k16
       fence_operands(acc);
       wgmma_fence();
 #pragma unroll
-      for (int i = 0; i < 2; ++i) wgmma_bf16_rs<kN>(acc, frag[i], x_desc + 2 * i);
+      for (int i = 0; i < 2; ++i) wgmma_bf16_rs<kN>(acc, frag[i], desc[i]);
       wgmma_commit();
       wgmma_wait<2>();
       fence_operands(acc);
     };
+    int stage = 0;       // kt % kStages
+    uint32_t phase = 0;  // (kt / kStages) & 1
+    // Scale words of the current group of 4 K steps and the next; wide: the current group needs the
+    // wide dequant (a scale >= 128: the fast factor 2^(s-7) is a normal bf16 only up to s = 134).
+    uint2 sw[2], sw_next[2];
+    bool wide = false;
+    load_scale_group(0, sw_next);
+    auto enter_group = [&](int kt) {  // kt % 4 == 0
+      sw[0] = sw_next[0];
+      sw[1] = sw_next[1];
+      load_scale_group(kt / 4 + 1, sw_next);
+      wide = __any_sync(~0u, ((sw[0].x | sw[0].y | sw[1].x | sw[1].y) & 0x80808080u) != 0);
+    };
+    // K step kt: blocks 2(kt % 4), +1 of the group, bytes 0-1 (even kt) or 2-3 (odd) of word x
+    // (kt % 4 < 2) or y.
     auto step = [&](int kt, uint32_t (&lo)[2][4], uint32_t (&hi)[2][4]) {
-      const int stage = kt % kStages;
-      mbar_wait(&full[stage], (kt / kStages) & 1);
-      const uint32_t w_tile = smem_addr(w_s + stage * T::w_bytes);
-      const bool wide = scales[0] > kMaxFastScale || scales[1] > kMaxFastScale || scales[2] > kMaxFastScale ||
-                        scales[3] > kMaxFastScale;
-      const bool any_wide = __any_sync(~0u, wide);
-      if (any_wide) dequant.template operator()<true>(w_tile, 0, lo);
-      else dequant.template operator()<false>(w_tile, 0, lo);
-      mma(stage, 0, lo);
-      if (any_wide) dequant.template operator()<true>(w_tile, 2, hi);
-      else dequant.template operator()<false>(w_tile, 2, hi);
-      mma(stage, 2, hi);  // retires step kt-1: its stage can be refilled
+      mbar_wait(&full[stage], phase);
+      uint32_t s[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)  // i = 2·row + block
+        s[i] = prmt(kt & 2 ? sw[i >> 1].y : sw[i >> 1].x, 0, 0x4440u | uint32_t(2 * (kt & 1) + (i & 1)));
+      const uint32_t w_tile = w_s0 + stage * T::w_bytes;
+      const uint32_t x_lo = x_desc_lo0 + stage * (T::x_bytes >> 4);
+      if (wide) dequant.template operator()<true>(w_tile, 0, s, lo);
+      else dequant.template operator()<false>(w_tile, 0, s, lo);
+      mma(x_lo, 0, lo);
+      if (wide) dequant.template operator()<true>(w_tile, 2, s, hi);
+      else dequant.template operator()<false>(w_tile, 2, s, hi);
+      mma(x_lo, 2, hi);  // retires step kt-1: its stage can be refilled
       if (kt > 0 && lane == 0) {
-        mbar_arrive(&empty[(kt - 1) % kStages]);
-        if constexpr (kPair) mbar_arrive_cluster(&empty[(kt - 1) % kStages], rank ^ 1);
+        const int prev = stage == 0 ? kStages - 1 : stage - 1;
+        mbar_arrive(&empty[prev]);
+        if constexpr (kPair) mbar_arrive_cluster(&empty[prev], rank ^ 1);
       }
       // Thread 0 refills the stage of step kt-2, which every warp left a step ago, so it seldom
       // waits for the other warpgroup.
       if (threadIdx.x == 0 && kt >= 2 && kt - 2 + kStages < k_tiles) produce(kt - 2 + kStages);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) scales[i] = scales_next[i];
-      load_scales(kt + 2, scales_next);
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
     };
     int kt = 0;
     for (; kt + 1 < k_tiles; kt += 2) {
+      if (kt % 4 == 0) enter_group(kt);
       step(kt, frag_lo[0], frag_hi[0]);
       step(kt + 1, frag_lo[1], frag_hi[1]);
     }
-    if (kt < k_tiles) step(kt, frag_lo[0], frag_hi[0]);
+    if (kt < k_tiles) {
+      if (kt % 4 == 0) enter_group(kt);
+      step(kt, frag_lo[0], frag_hi[0]);
+    }
     wgmma_wait<0>();
     fence_operands(acc);
     // Gated: warpgroup 0 finishes the tile's first kN/2 tokens (acc[0, kN/4)), warpgroup 1 the

@@ -322,10 +322,10 @@ TEST(W8A16Gemm, GroupedReplaysInCudaGraph) {
 }
 
 // Scale bytes across the whole useful range: the kernels turn e4m3 into bf16 times 2^-120 and
-// multiply by 2^(s-7), a normal bf16 only for s <= 134; larger scales take the wide path
-// (kernels/w8a16_gemm_dequant.cuh). Each range is its own weight (a wrong tiny block would vanish
-// beside huge ones); every e4m3 code but NaN occurs, subnormals included; 100-160 mixes both
-// paths inside a warp. Up to 200 keeps y finite in bf16.
+// multiply by 2^(s-7) where every scale of a 4-K-step group is below 128; other groups take the
+// wide path (kernels/w8a16_gemm_dequant.cuh). Each range is its own weight (a wrong tiny block
+// would vanish beside huge ones); every e4m3 code but NaN occurs, subnormals included; 120-134 and
+// 100-160 mix both paths inside a warp. Up to 200 keeps y finite in bf16.
 TEST(W8A16Gemm, ScaleRangeMatchesReference) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(fresh_seed());
