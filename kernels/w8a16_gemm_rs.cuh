@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
   // loads and multiplies only the blocks it has (wgmma N = 64 · x_blocks).
   const int x_blocks = kFitTokens ? (min(kBT, t.m_end - row0) + 63) / 64 : kBT / 64;
 
-  // Thread 0: TMA of K step kt into its stage once every warp has released the stage's last use.
+  // TMA of K step kt into its stage once every warp has released the stage's last use.
   const int w_row0 = t.group * a.N + col0;
   auto produce = [&](int kt) {
     const int s = kt % kStages;
@@ -253,9 +253,12 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
         mbar_arrive(&empty[prev]);
         if constexpr (kPair) mbar_arrive_cluster(&empty[prev], rank ^ 1);
       }
-      // Thread 0 refills the stage of step kt-2, which every warp left a step ago, so it seldom
-      // waits for the other warpgroup.
-      if (threadIdx.x == 0 && kt >= 2 && kt - 2 + kStages < k_tiles) produce(kt - 2 + kStages);
+      // Lane 0 of one warp refills the stage of step kt-2, which every warp left a step ago, so it
+      // seldom waits for the other warpgroup. The warp rotates (warpgroups alternating): the ~90
+      // instructions of a refill on one warp would pace its whole warpgroup, which syncs at every
+      // wgmma.
+      if (threadIdx.x == 128 * (kt & 1) + 32 * ((kt >> 1) & 3) && kt >= 2 && kt - 2 + kStages < k_tiles)
+        produce(kt - 2 + kStages);
       if (++stage == kStages) {
         stage = 0;
         phase ^= 1;
