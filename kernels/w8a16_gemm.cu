@@ -121,9 +121,9 @@ void launch_rs_kernel(const GemmArgs& g, cudaStream_t stream) {
   MXMOE_CHECK(int64_t(g.G) * 4 + 4 <= int64_t(T::stages) * T::stage_bytes, "grouped GEMM: ", g.G, " groups, too many");
   w8a16::RsArgs args{};
   const uint64_t k = uint64_t(g.K);
-  // x boxes: 64 tokens (a tile loads the boxes it has rows in), or half the tile for a pair.
   args.x_map = w8a16::make_tensor_map({g.x, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, uint64_t(g.M), 2 * k, w8a16::kBK,
-                                       uint32_t(kPair ? kBT / 2 : 64), CU_TENSOR_MAP_SWIZZLE_128B});
+                                       uint32_t(w8a16::x_box_rows<kBT, kPair, kFitTokens>()),
+                                       CU_TENSOR_MAP_SWIZZLE_128B});
   args.w_map = w8a16::make_tensor_map({g.w, CU_TENSOR_MAP_DATA_TYPE_UINT8, k, uint64_t(g.G) * uint64_t(g.N), k,
                                        w8a16::kBK, uint32_t(kGated ? T::BW / 2 : T::BW), CU_TENSOR_MAP_SWIZZLE_64B});
   args.g = g;

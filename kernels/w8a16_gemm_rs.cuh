@@ -9,21 +9,23 @@
 // next K step runs while the tensor cores work on this one.
 //
 // One CTA of 2 warpgroups owns a tile of 128 W rows (y columns) x kBT tokens (y rows):
-//  - TMA: thread 0 issues the loads of the x tile
-//    [kBT, 64] bf16 (128-byte swizzle, the wgmma layout; in 64-token boxes, only those the tile
-//    has rows in) and the W tile [128, 64] fp8 (64-byte swizzle: a warp's 8 row reads hit 8
-//    distinct bank groups) into a ring of stages guarded by full (TMA bytes landed) and empty
-//    (all 8 warps done) mbarriers, kStages - 2 steps ahead of the wgmma. Tails (M, N, K) are TMA
-//    zero fill or rows whose results are never stored.
+//  - TMA: lane 0 of one warp issues the loads of the x tile [kBT, 64] bf16 (128-byte swizzle, the
+//    wgmma layout; one box, or in grouped GEMMs 64-token boxes, only those the tile has rows in)
+//    and the W tile [128, 64] fp8 (64-byte swizzle: a warp's 8 row reads hit 8 distinct bank
+//    groups) into a ring of stages guarded by full (TMA bytes landed) and empty (all 8 warps done)
+//    mbarriers, kStages - 2 steps ahead of the wgmma. The warp that refills rotates: the ~90
+//    instructions of a refill on warp 0 at every step paced its warpgroup (the four warps sync at
+//    every wgmma) and, through the empty barrier, the other (+8.5% dense when spread). Tails (M, N,
+//    K) are TMA zero fill or rows whose results are never stored.
 //  - warpgroups 0 and 1: 64 W rows each, wgmma m64 x N x k16, N = kBT, or in grouped GEMMs the
 //    tile's tokens rounded up to 64 (a group's last tile is often short: at ~128 rows per expert a
 //    full 256-token wgmma would do twice the work); fp32 accumulators; the scale bytes come from
-//    global memory two steps ahead.
-// Why no dedicated producer warp: the 256-token tile needs ~200 registers per thread
+//    global memory a group of 4 K steps ahead.
+// Why no dedicated producer warp: the 256-token tile needs ~210 registers per thread
 // (128 accumulators + fragments). A 9th warp puts 3 warps on one SM sub-partition (16K registers),
-// capping every thread at 168 (launch fails above); a producer warpgroup with setmaxnreg built
-// with 168 too and ptxas serialized the wgmma for lack of registers. With 8 warps each thread may
-// use 255, and issuing 2 TMA copies per K step costs thread 0 almost nothing.
+// capping every thread at 168 (launch fails above); with a producer warpgroup and setmaxnreg,
+// ptxas still compiles every thread to the launch bound's 168 (spills, serialized wgmma: measured
+// again on CUDA 13). With 8 warps each thread may use 255.
 // kPair: CTAs run in clusters of 2 that own the same tokens and neighbouring W tiles; each loads
 // half of the x tile and TMA multicasts it to both, so a CTA pulls 24 KB instead of 40 KB per K
 // step through L2 (the unpaired kernel needs ~40 B/clk per SM at full wgmma rate). A stage is
@@ -66,8 +68,15 @@ struct RsTile {
   static constexpr int smem_bytes = stages * stage_bytes + 1024 + 256;
 };
 
+// Rows of an x TMA box: the whole tile (one load per K step), 64 in grouped GEMMs (a tile loads
+// the 64-token blocks it has rows in), half the tile for a CTA pair (each CTA loads its half).
+template <int kBT, bool kPair, bool kFitTokens>
+constexpr int x_box_rows() {
+  return kPair ? kBT / 2 : kFitTokens ? 64 : kBT;
+}
+
 struct RsArgs {
-  CUtensorMap x_map;  // x [M, K] bf16, box [kBT / cluster, 64], 128-byte swizzle
+  CUtensorMap x_map;  // x [M, K] bf16, box [kBT / cluster or 64 (grouped), 64], 128-byte swizzle
   CUtensorMap w_map;  // W [G*N, K] e4m3, box [128, 64] (gated: [64, 64]), 64-byte swizzle
   GemmArgs g;         // y, bias, scales, offsets, sizes (x and w unused)
 };
@@ -129,9 +138,10 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
       tma_load_2d_multicast(x_stage + int(rank) * (T::x_bytes / 2), &args.x_map, kt * kBK, row0 + int(rank) * (kBT / 2),
                             &full[s], 0x3);
     } else {
+      constexpr int kBox = x_box_rows<kBT, kPair, kFitTokens>();
       mbar_arrive_expect_tx(&full[s], x_blocks * kXBlockBytes + T::w_bytes);
-      for (int b = 0; b < x_blocks; ++b)
-        tma_load_2d(x_stage + b * kXBlockBytes, &args.x_map, kt * kBK, row0 + 64 * b, &full[s]);
+      for (int b = 0; b < x_blocks * 64 / kBox; ++b)
+        tma_load_2d(x_stage + b * kBox * kBK * 2, &args.x_map, kt * kBK, row0 + kBox * b, &full[s]);
     }
     tma_load_2d(w_s + s * T::w_bytes, &args.w_map, kt * kBK, w_row0, &full[s]);
     if constexpr (kGated) tma_load_2d(w_s + s * T::w_bytes + 64 * kBK, &args.w_map, kt * kBK, w_row0 + out_n, &full[s]);
