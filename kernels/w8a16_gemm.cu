@@ -121,9 +121,14 @@ void launch_rs_kernel(const GemmArgs& g, cudaStream_t stream) {
   MXMOE_CHECK(int64_t(g.G) * 4 + 4 <= int64_t(T::stages) * T::stage_bytes, "grouped GEMM: ", g.G, " groups, too many");
   w8a16::RsArgs args{};
   const uint64_t k = uint64_t(g.K);
-  args.x_map = w8a16::make_tensor_map({g.x, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, uint64_t(g.M), 2 * k, w8a16::kBK,
-                                       uint32_t(w8a16::x_box_rows<kBT, kPair, kFitTokens>()),
-                                       CU_TENSOR_MAP_SWIZZLE_128B});
+  // x boxes: the tile (half of it for each CTA of a pair); grouped tiles with fewer rows load the
+  // 64-token blocks they have rows in.
+  const auto x_map = [&](int box_rows) {
+    return w8a16::make_tensor_map({g.x, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, uint64_t(g.M), 2 * k, w8a16::kBK,
+                                   uint32_t(box_rows), CU_TENSOR_MAP_SWIZZLE_128B});
+  };
+  args.x_map = x_map(kBT / T::cluster);
+  if constexpr (kFitTokens) args.x_blocks_map = x_map(64);
   args.w_map = w8a16::make_tensor_map({g.w, CU_TENSOR_MAP_DATA_TYPE_UINT8, k, uint64_t(g.G) * uint64_t(g.N), k,
                                        w8a16::kBK, uint32_t(kGated ? T::BW / 2 : T::BW), CU_TENSOR_MAP_SWIZZLE_64B});
   args.g = g;

@@ -10,7 +10,7 @@
 //
 // One CTA of 2 warpgroups owns a tile of 128 W rows (y columns) x kBT tokens (y rows):
 //  - TMA: lane 0 of one warp issues the loads of the x tile [kBT, 64] bf16 (128-byte swizzle, the
-//    wgmma layout; one box, or in grouped GEMMs 64-token boxes, only those the tile has rows in)
+//    wgmma layout; one box, or for a grouped tile with fewer rows 64-token boxes, those it has)
 //    and the W tile [128, 64] fp8 (64-byte swizzle: a warp's 8 row reads hit 8 distinct bank
 //    groups) into a ring of stages guarded by full (TMA bytes landed) and empty (all 8 warps done)
 //    mbarriers, kStages - 2 steps ahead of the wgmma. The warp that refills rotates: the ~90
@@ -68,15 +68,9 @@ struct RsTile {
   static constexpr int smem_bytes = stages * stage_bytes + 1024 + 256;
 };
 
-// Rows of an x TMA box: the whole tile (one load per K step), 64 in grouped GEMMs (a tile loads
-// the 64-token blocks it has rows in), half the tile for a CTA pair (each CTA loads its half).
-template <int kBT, bool kPair, bool kFitTokens>
-constexpr int x_box_rows() {
-  return kPair ? kBT / 2 : kFitTokens ? 64 : kBT;
-}
-
 struct RsArgs {
-  CUtensorMap x_map;  // x [M, K] bf16, box [kBT / cluster or 64 (grouped), 64], 128-byte swizzle
+  CUtensorMap x_map;         // x [M, K] bf16, box [kBT / cluster, 64] (the tile), 128-byte swizzle
+  CUtensorMap x_blocks_map;  // grouped: the same with box [64, 64], for tiles of fewer rows
   CUtensorMap w_map;  // W [G*N, K] e4m3, box [128, 64] (gated: [64, 64]), 64-byte swizzle
   GemmArgs g;         // y, bias, scales, offsets, sizes (x and w unused)
 };
@@ -138,10 +132,13 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
       tma_load_2d_multicast(x_stage + int(rank) * (T::x_bytes / 2), &args.x_map, kt * kBK, row0 + int(rank) * (kBT / 2),
                             &full[s], 0x3);
     } else {
-      constexpr int kBox = x_box_rows<kBT, kPair, kFitTokens>();
       mbar_arrive_expect_tx(&full[s], x_blocks * kXBlockBytes + T::w_bytes);
-      for (int b = 0; b < x_blocks * 64 / kBox; ++b)
-        tma_load_2d(x_stage + b * kBox * kBK * 2, &args.x_map, kt * kBK, row0 + kBox * b, &full[s]);
+      if (kFitTokens && x_blocks < kBT / 64) {
+        for (int b = 0; b < x_blocks; ++b)
+          tma_load_2d(x_stage + b * kXBlockBytes, &args.x_blocks_map, kt * kBK, row0 + 64 * b, &full[s]);
+      } else {
+        tma_load_2d(x_stage, &args.x_map, kt * kBK, row0, &full[s]);
+      }
     }
     tma_load_2d(w_s + s * T::w_bytes, &args.w_map, kt * kBK, w_row0, &full[s]);
     if constexpr (kGated) tma_load_2d(w_s + s * T::w_bytes + 64 * kBK, &args.w_map, kt * kBK, w_row0 + out_n, &full[s]);
