@@ -249,9 +249,9 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
         s[i] = prmt(kt & 2 ? sw[i >> 1].y : sw[i >> 1].x, 0, 0x4440u | uint32_t(2 * (kt & 1) + (i & 1)));
       const uint32_t w_tile = w_s0 + stage * T::w_bytes;
       const uint32_t x_lo = x_desc_lo0 + stage * (T::x_bytes >> 4);
-      // Check ptxas's output after any edit here (-Xptxas -v: C7510-C7513 "wgmma ... serialized"):
-      // compiling the wide path out, for a measurement, let ptxas move fragment writes across the
-      // groups in flight, serialize every wgmma and run 18% slower.
+      // ptxas serializes every wgmma, silently, where it sees fragment writes that may cross the
+      // groups in flight: compiling the wide path out (a measurement) or one branch around both
+      // halves did so (0.82x). The CPU test gemm_wgmma_not_serialized reads ptxas's notes.
       if (wide) dequant.template operator()<true>(w_tile, 0, s, lo);
       else dequant.template operator()<false>(w_tile, 0, s, lo);
       mma(x_lo, 0, lo);
