@@ -16,9 +16,9 @@
 #include "kernels/moe_routing.h"
 #include "kernels/moe_routing.cuh"
 #include "kernels/pdl.cuh"
-#include "kernels/silu.cuh"
 #include "kernels/rmsnorm.h"
 #include "kernels/rmsnorm_row.cuh"
+#include "kernels/silu.cuh"
 
 namespace mxmoe {
 

@@ -323,24 +323,24 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
           if (n_pair + 8 * h + e < out_n) bias[h][e] = __bfloat162float(a.bias[n_pair + 8 * h + e]);
     const auto store = [&]<int kNb0, int kNb1>() {  // token blocks [kNb0, kNb1) of 8
 #pragma unroll
-    for (int nb = kNb0; nb < kNb1; ++nb) {
-      const int row = row0 + 8 * nb + 2 * (lane % 4) + (odd ? 1 : 0);
+      for (int nb = kNb0; nb < kNb1; ++nb) {
+        const int row = row0 + 8 * nb + 2 * (lane % 4) + (odd ? 1 : 0);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float mine0 = acc[4 * nb + 2 * h], mine1 = acc[4 * nb + 2 * h + 1];
-        const float other = __shfl_xor_sync(~0u, odd ? mine0 : mine1, 4);
-        const float v0 = (odd ? other : mine0) + bias[h][0], v1 = (odd ? mine1 : other) + bias[h][1];
-        const int col = n_pair + 8 * h;
-        if (row >= t.m_end || col >= out_n) continue;
-        __nv_bfloat16* out = a.y + size_t(row) * out_n + col;
-        if (pairs) {
-          *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1);
-        } else {
-          out[0] = __float2bfloat16_rn(v0);
-          if (col + 1 < out_n) out[1] = __float2bfloat16_rn(v1);
+        for (int h = 0; h < 2; ++h) {
+          const float mine0 = acc[4 * nb + 2 * h], mine1 = acc[4 * nb + 2 * h + 1];
+          const float other = __shfl_xor_sync(~0u, odd ? mine0 : mine1, 4);
+          const float v0 = (odd ? other : mine0) + bias[h][0], v1 = (odd ? mine1 : other) + bias[h][1];
+          const int col = n_pair + 8 * h;
+          if (row >= t.m_end || col >= out_n) continue;
+          __nv_bfloat16* out = a.y + size_t(row) * out_n + col;
+          if (pairs) {
+            *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1);
+          } else {
+            out[0] = __float2bfloat16_rn(v0);
+            if (col + 1 < out_n) out[1] = __float2bfloat16_rn(v1);
+          }
         }
       }
-    }
     };
     if constexpr (!kGated) store.template operator()<0, kN / 8>();
     else if (cw == 0) store.template operator()<0, kN / 16>();
