@@ -10,6 +10,7 @@
 #include "kernels/moe_decode.h"
 
 #include <tuple>
+#include <type_traits>
 
 #include "kernels/moe_routing.cuh"
 #include "kernels/moe_routing.h"
@@ -234,6 +235,7 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
 __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenExperts p) {
 #if defined(MXMOE_HAS_WGMMA)
   constexpr int kTokenDepth = 8;  // gate/up steps in flight per lane
+  constexpr int kRoundWords = kTokenDepth / 2;  // scale words per row and round of kTokenDepth steps
   extern __shared__ __align__(128) unsigned char smem[];
   uint8_t* const w2s = smem;  // [128][w2_stride] e4m3
   uint8_t* const w2_scales = smem + p.scales_at;  // [128][I/32] e8m0
@@ -243,9 +245,14 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
   __shared__ int claimed[2];  // this block's current gate/up column and down unit
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int hidden = p.hidden, inter = p.inter, top_k = p.routing.top_k, row_scales = inter / kMxBlock;
+  const int w13_row_scales = hidden / kMxBlock;
   const int columns = int(gridDim.x), tiles = (inter + 7) / 8;
   const int blocks_per_slot = hidden / kTokenDownRows, down_units = top_k * blocks_per_slot;
 
+  if (threadIdx.x == 0) {  // (its fence waits for this thread's earlier memory operations: none yet)
+    mbar_init(bar, 1);
+    mbar_fence_init();
+  }
   grid_dependency_wait();  // the router logits and x
   // Thread 0 claims (claim), and where it reads the result (settle) the launch's last claim zeroes
   // its counter for the next launch; in between, the claim's round trip overlaps other work.
@@ -260,8 +267,6 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
   if (threadIdx.x == 0) {
     column = claim(0);
     unit = claim(1);
-    mbar_init(bar, 1);
-    mbar_fence_init();
   }
   const int* routed = p.routing.route();
   for (int v = threadIdx.x; v < hidden / 8; v += kThreads)
@@ -289,30 +294,63 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
   for (column = claimed[0]; column < columns;) {
     if (threadIdx.x == 0) column = claim(0);  // the next column, read after this one
     for (int u = warp * columns + claimed[0]; u < top_k * tiles; u += kWarps * columns) {
-      const int s = u / tiles, n = u % tiles * 8 + g;
-      const Fp8Rows w = p.w13.offset(int64_t(routed[s]) * 2 * inter);
-      const int64_t r0 = n < inter ? n : -1, r1 = n < inter ? inter + n : -1;
-      Fp8Rows::Chunk c[kTokenDepth][2];
+      const int s = u / tiles, n = u % tiles * 8 + g;  // n < I: I is a multiple of 32
+      const int64_t gate = int64_t(routed[s]) * 2 * inter + n;  // W13 rows gate and gate + I (up)
+      const uint8_t* const elems[2] = {p.w13.elems + gate * hidden + t * kLaneK,
+                                       p.w13.elems + (gate + inter) * hidden + t * kLaneK};
+      const uint32_t* const scales[2] = {reinterpret_cast<const uint32_t*>(p.w13.scales + gate * w13_row_scales),
+                                         reinterpret_cast<const uint32_t*>(p.w13.scales + (gate + inter) * w13_row_scales)};
+      // A round is kTokenDepth steps: lane t's 16 bytes at k0 + 64 i + 16 t of step i, and the
+      // round's scale bytes as kRoundWords words (word j: k0 + 128 j on; H is a multiple of 128).
+      uint4 q[kTokenDepth][2];
+      uint32_t sc[2][kRoundWords], next_sc[2][kRoundWords];
+      const auto load_scales = [&](int k0, uint32_t (&dst)[2][kRoundWords]) {
+#pragma unroll
+        for (int j = 0; j < kRoundWords; ++j)
+          if (k0 + j * 128 < hidden)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) dst[r][j] = scales[r][k0 / 128 + j];
+      };
       const auto load_step = [&](int i, int k0) {
-        const int kk = k0 + i * kStepK + t * kLaneK;
-        c[i][0] = r0 >= 0 && kk < hidden ? w.load(r0, kk) : Fp8Rows::zero();
-        c[i][1] = r1 >= 0 && kk < hidden ? w.load(r1, kk) : Fp8Rows::zero();
+        if (k0 + i * kStepK < hidden)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) q[i][r] = __ldcs(reinterpret_cast<const uint4*>(elems[r] + k0 + i * kStepK));
       };
 #pragma unroll
       for (int i = 0; i < kTokenDepth; ++i) load_step(i, 0);
+      load_scales(0, next_sc);
       float acc[1][4] = {};
-      for (int k0 = 0; k0 < hidden; k0 += kTokenDepth * kStepK) {
+      // Each step converts its chunks, refills them from the next round and multiplies; the
+      // scale choice (fast unless a byte of the round has its top bit set) is made once per round
+      // for the whole warp.
+      const auto round = [&](int k0, auto wide) {
 #pragma unroll
         for (int i = 0; i < kTokenDepth; ++i) {
-          uint32_t a0[8], a1[8];
-          Fp8Rows::operands(c[i][0], a0);
-          Fp8Rows::operands(c[i][1], a1);
+          if (k0 + i * kStepK >= hidden) break;
+          uint32_t a[2][8];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            Fp8Rows::unscaled(q[i][r], a[r]);
+            Fp8Rows::scale<decltype(wide)::value>(a[r], __byte_perm(sc[r][i / 2], 0, 0x4440 | (2 * (i & 1) + t / 2)));
+          }
           load_step(i, k0 + kTokenDepth * kStepK);
-          const int col = k0 + i * kStepK + t * kLaneK;
-          mma_chunk<1>(a0, a1, xs, 0, col, col < hidden ? 1 : 0, g, acc);
+          mma_chunk<1>(a[0], a[1], xs, 0, k0 + i * kStepK + t * kLaneK, 1, g, acc);
         }
+      };
+      for (int k0 = 0; k0 < hidden; k0 += kTokenDepth * kStepK) {
+        uint32_t top = 0;
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+          for (int j = 0; j < kRoundWords; ++j) {
+            sc[r][j] = next_sc[r][j];
+            top |= sc[r][j];
+          }
+        load_scales(k0 + kTokenDepth * kStepK, next_sc);
+        if (__any_sync(~0u, (top & 0x80808080u) != 0)) round(k0, std::true_type{});
+        else round(k0, std::false_type{});
       }
-      if (t == 0 && n < inter) p.act[int64_t(s) * inter + n] = __float2bfloat16(silu(acc[0][0]) * acc[0][2]);
+      if (t == 0) p.act[int64_t(s) * inter + n] = __float2bfloat16(silu(acc[0][0]) * acc[0][2]);
       __threadfence();  // the act row before its count, which other blocks acquire
       __syncwarp();
       if (lane == 0) atomicAdd(p.ready + s, 1u);
@@ -350,15 +388,16 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
     mbar_wait(bar, phase);
     const int rr = warp * kTileRows + g;  // this lane's rows rr and rr + 8 of the unit's 128
     const uint32_t row0 = smem_addr(w2s + rr * p.w2_stride), row1 = row0 + 8 * p.w2_stride;
+    const uint32_t scales0 = smem_addr(w2_scales + rr * row_scales), scales1 = scales0 + 8 * row_scales;
     float acc[1][4] = {};
     for (int k0 = 0; k0 < inter; k0 += kStepK) {
       const int kk = k0 + t * kLaneK;
       const bool in = kk < inter;
       uint32_t a0[8], a1[8];
-      Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row0 + kk), w2_scales[rr * row_scales + kk / kMxBlock]}
+      Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row0 + kk), ld_shared_u8(scales0 + kk / kMxBlock)}
                            : Fp8Rows::zero(),
                         a0);
-      Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row1 + kk), w2_scales[(rr + 8) * row_scales + kk / kMxBlock]}
+      Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row1 + kk), ld_shared_u8(scales1 + kk / kMxBlock)}
                            : Fp8Rows::zero(),
                         a1);
       mma_chunk<1>(a0, a1, as, 0, kk, in ? 1 : 0, g, acc);

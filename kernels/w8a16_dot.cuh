@@ -45,6 +45,7 @@
 #include "kernels/mxfp8_format.h"
 #include "kernels/pdl.cuh"
 #include "kernels/silu.cuh"
+#include "kernels/w8a16_gemm_dequant.cuh"
 #include "kernels/w8a16_gemv.h"
 
 namespace mxmoe::w8a16 {
@@ -62,12 +63,6 @@ constexpr int kXPad = 8;                   // bf16 pad per staged row: a row is 
 constexpr size_t kSmemBudget = 100 * 1024;  // per block: two blocks fit an SM
 
 // ---- bf16x2 bit helpers ----
-
-__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
 
 // (a0, a1), (a2, a3) -> lo = (a0, a2), hi = (a1, a3): 16-bit halves of two words.
 __device__ __forceinline__ void interleave(uint32_t w0, uint32_t w1, uint32_t& lo, uint32_t& hi) {
@@ -102,29 +97,29 @@ struct Fp8Rows {
   __device__ Chunk load(int64_t row, int64_t kk) const {
     return {__ldcs(reinterpret_cast<const uint4*>(elems + row * k + kk)), scales[row * (k / kMxBlock) + kk / kMxBlock]};
   }
-  __device__ static void operands(const Chunk& c, uint32_t (&a)[8]) {
-    const uint32_t w[4] = {c.q.x, c.q.y, c.q.z, c.q.w};
+  // 16 e4m3 as operand words of value · 2^-120: e4m3 s.eeee.mmm in the high byte of a 16-bit half,
+  // shifted right by 4, is a bf16 of the same bits with exponent bias 7 instead of 127, subnormals
+  // included (kernels/w8a16_gemm_dequant.cuh).
+  __device__ static void unscaled(uint4 q, uint32_t (&a)[8]) {
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      // e4m3 s.eeee.mmm in the high byte of a 16-bit half, shifted right by 4, is a bf16 of the
-      // same bits with exponent bias 7 instead of 127: the value times 2^-120, subnormals included.
-      const uint32_t q = w[j];
-      a[2 * j + 1] = (q & 0x80008000u) | ((q & 0x7f007f00u) >> 4);                    // bytes 1, 3
-      a[2 * j] = ((q << 8) & 0x80008000u) | (((q << 8) & 0x7f007f00u) >> 4);          // bytes 0, 2
+      a[2 * j + 1] = (w[j] & 0x80008000u) | ((w[j] & 0x7f007f00u) >> 4);                    // bytes 1, 3
+      a[2 * j] = ((w[j] << 8) & 0x80008000u) | (((w[j] << 8) & 0x7f007f00u) >> 4);          // bytes 0, 2
     }
-    // Times 2^120 · 2^(s-127) = 2^(s-7), one exact bf16 multiply while that is a normal bf16
-    // (s <= 134, i.e. block amax below ~2^15); larger scales take two steps; 0xFF is NaN.
-    uint32_t f;
-    if (c.scale <= 134u) {
-      f = (c.scale + 120u) << 7;
-    } else {
+  }
+  // Applies scale byte s: fast, one exact multiply by 2^(s-7) (a normal bf16 for s <= 134, i.e.
+  // block amax below ~2^15); wide, any s, x 2^120 first (w8a16_gemm_dequant.cuh's scale_factor).
+  template <bool kWide>
+  __device__ static void scale(uint32_t (&a)[8], uint32_t s) {
+    const uint32_t f = scale_factor<kWide>(s);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) a[i] = mul_bf16x2(a[i], (247u << 7) * 0x10001u);
-      f = c.scale == kE8M0Nan ? 0x7fc0u : c.scale << 7;
-    }
-    f *= 0x10001u;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) a[i] = mul_bf16x2(a[i], f);
+    for (int i = 0; i < 8; ++i) a[i] = bf16x2_mul(kWide ? bf16x2_mul(a[i], kTwoPow120) : a[i], f);
+  }
+  __device__ static void operands(const Chunk& c, uint32_t (&a)[8]) {
+    unscaled(c.q, a);
+    if (c.scale <= 134u) scale<false>(a, c.scale);
+    else scale<true>(a, c.scale);
   }
 };
 
