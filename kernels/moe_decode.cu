@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             Fp8Rows::unscaled(q[i][r], a[r]);
-            Fp8Rows::scale<decltype(wide)::value>(a[r], __byte_perm(sc[r][i / 2], 0, 0x4440 | (2 * (i & 1) + t / 2)));
+            Fp8Rows::scale<decltype(wide)::value>(a[r], scale_byte(sc[r][i / 2], 2 * (i & 1) + t / 2));
           }
           load_step(i, k0 + kTokenDepth * kStepK);
           mma_chunk<1>(a[0], a[1], xs, 0, k0 + i * kStepK + t * kLaneK, 1, g, acc);
@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
             top |= sc[r][j];
           }
         load_scales(k0 + kTokenDepth * kStepK, next_sc);
-        if (__any_sync(~0u, (top & 0x80808080u) != 0)) round(k0, std::true_type{});
+        if (warp_needs_wide(top)) round(k0, std::true_type{});
         else round(k0, std::false_type{});
       }
       if (t == 0) p.act[int64_t(s) * inter + n] = __float2bfloat16(silu(acc[0][0]) * acc[0][2]);

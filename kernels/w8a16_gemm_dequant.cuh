@@ -6,11 +6,11 @@
 // e4m3(b) · 2^-120 (its 4-bit exponent lands in the low bits of bf16's 8-bit exponent, the 3
 // mantissa bits on top of bf16's 7; e4m3 subnormals become bf16 subnormals), so one exact bf16
 // multiply by 2^(s - 127 + 120) applies the block scale 2^(s - 127). That factor is a normal bf16
-// for s <= 134; the GEMM takes this fast path where a K-step group's scales are all below 128 (a
-// test of their top bits; real checkpoints sit around 110-125). Other scales take the wide path:
-// x 2^120 first (exact: the e4m3 value itself), then x 2^(s - 127), which covers every byte like
-// e8m0_value (0 -> 2^-127, 255 -> NaN); only products below bf16's normal range round. e4m3 NaN
-// codes (0x7f/0xff), which quantization never produces, become finite.
+// for s <= 134; the kernels take this fast path where a group of scales is all below 128
+// (warp_needs_wide: a test of their top bits; real checkpoints sit around 110-125). Other scales
+// take the wide path: x 2^120 first (exact: the e4m3 value itself), then x 2^(s - 127), which
+// covers every byte like e8m0_value (0 -> 2^-127, 255 -> NaN); only products below bf16's normal
+// range round. e4m3 NaN codes (0x7f/0xff), which quantization never produces, become finite.
 #include <cstdint>
 
 namespace mxmoe::w8a16 {
@@ -46,6 +46,14 @@ __device__ __forceinline__ uint32_t scale_factor(uint32_t s) {
   if constexpr (kWide) return bf16x2_bits(s == 0 ? 0x40u : s == 255 ? 0x7fc0u : s << 7);
   return bf16x2_bits((s + 120) << 7);
 }
+
+// Byte b (0..3) of a word of packed scale bytes.
+__device__ __forceinline__ uint32_t scale_byte(uint32_t word, uint32_t b) { return prmt(word, 0, 0x4440u | b); }
+
+// Whether the warp dequantizes a group of scales on the wide path (`bits`: the group's scale words
+// OR-ed together): where any lane's group has a byte >= 128. One choice for the whole warp, so
+// its lanes do not diverge.
+__device__ __forceinline__ bool warp_needs_wide(uint32_t bits) { return __any_sync(~0u, (bits & 0x80808080u) != 0); }
 
 template <bool kWide>
 __device__ __forceinline__ uint32_t dequant_pair(uint32_t lo, uint32_t hi, uint32_t sel, uint32_t factor) {

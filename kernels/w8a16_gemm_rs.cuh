@@ -237,7 +237,7 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
       sw[0] = sw_next[0];
       sw[1] = sw_next[1];
       load_scale_group(kt / 4 + 1, sw_next);
-      wide = __any_sync(~0u, ((sw[0].x | sw[0].y | sw[1].x | sw[1].y) & 0x80808080u) != 0);
+      wide = warp_needs_wide(sw[0].x | sw[0].y | sw[1].x | sw[1].y);
     };
     // K step kt: blocks 2(kt % 4), +1 of the group, bytes 0-1 (even kt) or 2-3 (odd) of word x
     // (kt % 4 < 2) or y.
@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(256, 1) rs_gemm_kernel(const __grid_constant__
       uint32_t s[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i)  // i = 2·row + block
-        s[i] = prmt(kt & 2 ? sw[i >> 1].y : sw[i >> 1].x, 0, 0x4440u | uint32_t(2 * (kt & 1) + (i & 1)));
+        s[i] = scale_byte(kt & 2 ? sw[i >> 1].y : sw[i >> 1].x, uint32_t(2 * (kt & 1) + (i & 1)));
       const uint32_t w_tile = w_s0 + stage * T::w_bytes;
       const uint32_t x_lo = x_desc_lo0 + stage * (T::x_bytes >> 4);
       // ptxas serializes every wgmma, silently, where it sees fragment writes that may cross the
