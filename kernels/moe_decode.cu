@@ -185,12 +185,12 @@ struct Down {
 // routes the token and then:
 //  1. gate/up: block "column" c takes unit (slot, 8-row tile) w·G + c in warp w (G = the grid), so
 //     every SM takes a share; a warp computes its 8 gate + 8 up rows over all of H (kTokenDepth
-//     steps in flight per lane), writes SiLU(gate)·up to act[s] and counts the tile in ready[s];
-//  2. down: a block takes 128 rows of W2_e for a slot and bulk-copies them into shared memory: the
-//     first unit's copies go out as the block finishes its last gate/up column (issued before step
-//     1 instead, they slowed its gate/up weight stream more than they saved: Qwen3-30B-A3B 3.000 vs
-//     2.957 ms/step, .ci/device-ab-code); it waits until the slot's tiles are all counted, stages
-//     act[s] and multiplies the rows into y[s].
+//     steps in flight per lane, through a cp.async ring in the bytes that W2 takes later), writes
+//     SiLU(gate)·up to act[s] and counts the tile in ready[s];
+//  2. down: a block takes 128 rows of W2_e for a slot and bulk-copies them into shared memory once
+//     its warps are done with their rings (issued before step 1 instead, they slowed the gate/up
+//     weight stream more than they saved: Qwen3-30B-A3B 3.000 vs 2.957 ms/step, .ci/device-ab-code);
+//     it waits until the slot's tiles are all counted, stages act[s] and multiplies the rows into y[s].
 // Blocks claim columns and down units from counters rather than by blockIdx, and wait only after
 // every column has been claimed by a running block: so the launch finishes on whatever part of the
 // grid is resident (another stream's kernels, or a second engine's launch, may hold SMs), instead
@@ -199,6 +199,10 @@ struct Down {
 // either kind fails, so a launch makes exactly G + columns and G + down units claims, and the block
 // that makes the last one zeroes the counter; each slot's last reader zeroes its tile count.
 constexpr int kTokenDownRows = kWarps * kTileRows;  // W2 rows per down block
+constexpr int kTokenDepth = 8;                      // gate/up steps in flight per lane (a round)
+// Per warp, the gate/up ring: kTokenDepth stages of each lane's two 16-byte chunks, and two rounds
+// of each lane's [2 rows][kTokenDepth / 2] scale words.
+constexpr int kRingBytes = kWarps * kTokenDepth * 2 * 32 * 16, kScaleRingBytes = kWarps * 2 * 2 * 32 * 16;
 
 struct TokenExperts {
   TokenRouting routing;    // block 0 writes the slots' ids and weights
@@ -211,12 +215,14 @@ struct TokenExperts {
   unsigned* claims;        // [2] gate/up columns claimed, down units claimed
   int hidden, inter;
   int w2_stride;                            // shared bytes per W2 row: I padded to 64 mod 128 (conflict-free LDS.128)
-  int scales_at, x_at, act_at, bar_at, smem_bytes;  // shared-memory layout, after the W2 rows
+  // Shared-memory layout: the W2 rows first, the gate/up rings in the same bytes (they are done
+  // before the first W2 copy), then the rest.
+  int scales_at, x_at, act_at, bar_at, smem_bytes;
 
   TokenExperts(int64_t h, int64_t i) : hidden(int(h)), inter(int(i)) {
     const auto round16 = [](int64_t b) { return int((b + 15) / 16 * 16); };
     w2_stride = int(i + (64 - i % 128 + 128) % 128);
-    scales_at = kTokenDownRows * w2_stride;
+    scales_at = std::max(kTokenDownRows * w2_stride, kRingBytes + kScaleRingBytes);
     x_at = scales_at + round16(kTokenDownRows * i / kMxBlock);
     act_at = x_at + round16(2 * h);
     bar_at = act_at + round16(2 * i);
@@ -234,8 +240,6 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
 
 __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenExperts p) {
 #if defined(MXMOE_HAS_WGMMA)
-  constexpr int kTokenDepth = 8;  // gate/up steps in flight per lane
-  constexpr int kRoundWords = kTokenDepth / 2;  // scale words per row and round of kTokenDepth steps
   extern __shared__ __align__(128) unsigned char smem[];
   uint8_t* const w2s = smem;  // [128][w2_stride] e4m3
   uint8_t* const w2_scales = smem + p.scales_at;  // [128][I/32] e8m0
@@ -288,7 +292,12 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
     for (int r = lane; r < kTokenDownRows; r += 32)
       bulk_load(w2s + r * p.w2_stride, w.elems + int64_t(r) * inter, uint32_t(inter), bar);
   };
-  bool copied = false;  // warp 0: the first down unit's copies went out at the end of step 1
+  constexpr int kRoundWords = kTokenDepth / 2;  // scale words per row and round
+  static_assert(kRoundWords == 4, "a lane's scale words of a row and round are one 16-byte slot");
+  uint4* const ring = reinterpret_cast<uint4*>(smem) + warp * kTokenDepth * 64 + lane;  // stage i, row r: [(2i + r)·32]
+  uint4* const scale_ring = reinterpret_cast<uint4*>(smem + kRingBytes) + warp * 128 + lane;  // slot q, row r: [(2q + r)·32]
+  const uint32_t ring_addr = smem_addr(ring), scale_ring_addr = smem_addr(scale_ring);
+  const int steps = hidden / kStepK;
 
   // 1.
   for (column = claimed[0]; column < columns;) {
@@ -300,66 +309,71 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
                                        p.w13.elems + (gate + inter) * hidden + t * kLaneK};
       const uint32_t* const scales[2] = {reinterpret_cast<const uint32_t*>(p.w13.scales + gate * w13_row_scales),
                                          reinterpret_cast<const uint32_t*>(p.w13.scales + (gate + inter) * w13_row_scales)};
-      // A round is kTokenDepth steps: lane t's 16 bytes at k0 + 64 i + 16 t of step i, and the
-      // round's scale bytes as kRoundWords words (word j: k0 + 128 j on; H is a multiple of 128).
-      uint4 q[kTokenDepth][2];
-      uint32_t sc[2][kRoundWords], next_sc[2][kRoundWords];
-      const auto load_scales = [&](int k0, uint32_t (&dst)[2][kRoundWords]) {
+      // Step i reads lane t's 16 bytes at 64 i + 16 t of both rows into ring stage i mod
+      // kTokenDepth, by cp.async: its groups complete in order, so a lane waits for step i alone
+      // while the next kTokenDepth - 1 stay in flight (register loads all wait on one scoreboard:
+      // each round of steps waited for the whole round). A round's first step also brings the
+      // round's scale bytes (word j: k from 128 j on; H is a multiple of 128) into scale slot
+      // round mod 2.
+      const auto issue = [&](int step) {
+        if (step < steps) {
+          if (step % kTokenDepth == 0) {
+            const int k0 = step * kStepK;
+            uint32_t* const slot = reinterpret_cast<uint32_t*>(scale_ring + (step / kTokenDepth % 2) * 64);
 #pragma unroll
-        for (int j = 0; j < kRoundWords; ++j)
-          if (k0 + j * 128 < hidden)
+            for (int r = 0; r < 2; ++r)
 #pragma unroll
-            for (int r = 0; r < 2; ++r) dst[r][j] = scales[r][k0 / 128 + j];
+              for (int j = 0; j < kRoundWords; ++j) {
+                const bool in = k0 + j * 128 < hidden;
+                cp_async4(slot + r * 128 + j, scales[r] + (in ? k0 / 128 + j : 0), in);
+              }
+          }
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            cp_async16(ring + (step % kTokenDepth * 2 + r) * 32, elems[r] + step * kStepK, true);
+        }
+        cp_async_commit();  // (empty past the end: the wait counts groups)
       };
-      const auto load_step = [&](int i, int k0) {
-        if (k0 + i * kStepK < hidden)
 #pragma unroll
-          for (int r = 0; r < 2; ++r) q[i][r] = __ldcs(reinterpret_cast<const uint4*>(elems[r] + k0 + i * kStepK));
-      };
-#pragma unroll
-      for (int i = 0; i < kTokenDepth; ++i) load_step(i, 0);
-      load_scales(0, next_sc);
+      for (int i = 0; i < kTokenDepth; ++i) issue(i);
       float acc[1][4] = {};
-      // Each step converts its chunks, refills them from the next round and multiplies; the
-      // scale choice (fast unless a byte of the round has its top bit set) is made once per round
-      // for the whole warp.
-      const auto round = [&](int k0, auto wide) {
+      // Each step converts its chunks, refills their stage and multiplies; the scale choice (fast
+      // unless a byte of the round has its top bit set) is made once per round for the whole warp.
+      const auto round = [&](int first, const uint32_t (&sc)[2][kRoundWords], auto wide) {
 #pragma unroll
         for (int i = 0; i < kTokenDepth; ++i) {
-          if (k0 + i * kStepK >= hidden) break;
+          if (first + i >= steps) break;
+          if (i > 0) cp_async_wait<kTokenDepth - 1>();
           uint32_t a[2][8];
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            Fp8Rows::unscaled(q[i][r], a[r]);
+            Fp8Rows::unscaled(ld_shared_16(ring_addr + (i * 2 + r) * 512), a[r]);
             Fp8Rows::scale<decltype(wide)::value>(a[r], scale_byte(sc[r][i / 2], 2 * (i & 1) + t / 2));
           }
-          load_step(i, k0 + kTokenDepth * kStepK);
-          mma_chunk<1>(a[0], a[1], xs, 0, k0 + i * kStepK + t * kLaneK, 1, g, acc);
+          issue(first + i + kTokenDepth);
+          mma_chunk<1>(a[0], a[1], xs, 0, (first + i) * kStepK + t * kLaneK, 1, g, acc);
         }
       };
-      for (int k0 = 0; k0 < hidden; k0 += kTokenDepth * kStepK) {
-        uint32_t top = 0;
+      for (int first = 0; first < steps; first += kTokenDepth) {
+        cp_async_wait<kTokenDepth - 1>();  // the round's first step and its scales
+        const uint32_t slot = scale_ring_addr + (first / kTokenDepth % 2) * 1024;
+        uint32_t sc[2][kRoundWords], top = 0;
 #pragma unroll
-        for (int r = 0; r < 2; ++r)
-#pragma unroll
-          for (int j = 0; j < kRoundWords; ++j) {
-            sc[r][j] = next_sc[r][j];
-            top |= sc[r][j];
-          }
-        load_scales(k0 + kTokenDepth * kStepK, next_sc);
-        if (warp_needs_wide(top)) round(k0, std::true_type{});
-        else round(k0, std::false_type{});
+        for (int r = 0; r < 2; ++r) {
+          const uint4 v = ld_shared_16(slot + r * 512);
+          sc[r][0] = v.x, sc[r][1] = v.y, sc[r][2] = v.z, sc[r][3] = v.w;
+          top |= v.x | v.y | v.z | v.w;
+        }
+        if (warp_needs_wide(top)) round(first, sc, std::true_type{});
+        else round(first, sc, std::false_type{});
       }
       if (t == 0) p.act[int64_t(s) * inter + n] = __float2bfloat16(silu(acc[0][0]) * acc[0][2]);
       __threadfence();  // the act row before its count, which other blocks acquire
       __syncwarp();
       if (lane == 0) atomicAdd(p.ready + s, 1u);
     }
-    if (warp == 0 && __shfl_sync(~0u, column, 0) >= columns && claimed[1] < down_units) {
-      copy_w2(claimed[1]);  // this block's last column: its down rows start now, before the barrier
-      copied = true;
-    }
-    __syncthreads();  // every warp has read claimed[0]
+    fence_proxy_async();  // the ring's cp.async writes before the W2 bulk copies over them
+    __syncthreads();  // every warp has read claimed[0] and is done with its ring
     if (threadIdx.x == 0) claimed[0] = settle(0, column);
     __syncthreads();
     column = claimed[0];
@@ -369,8 +383,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
   for (uint32_t phase = 0; claimed[1] < down_units; phase ^= 1) {
     const int slot = claimed[1] / blocks_per_slot, n0 = claimed[1] % blocks_per_slot * kTokenDownRows;
     if (threadIdx.x == 0) unit = claim(1);  // the next unit, read after this one
-    if (warp == 0 && !copied) copy_w2(claimed[1]);
-    copied = false;
+    if (warp == 0) copy_w2(claimed[1]);
     if (threadIdx.x == 0) {
       // A lost count would spin forever: trap after ~10 s (far beyond any legal wait) instead.
       const long long start = clock64();
@@ -389,23 +402,37 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
     const int rr = warp * kTileRows + g;  // this lane's rows rr and rr + 8 of the unit's 128
     const uint32_t row0 = smem_addr(w2s + rr * p.w2_stride), row1 = row0 + 8 * p.w2_stride;
     const uint32_t scales0 = smem_addr(w2_scales + rr * row_scales), scales1 = scales0 + 8 * row_scales;
-    float acc[1][4] = {};
-    for (int k0 = 0; k0 < inter; k0 += kStepK) {
+    // Two accumulator sets, even and odd steps, so that consecutive steps' mmas do not wait on each
+    // other (the rows are in shared memory: here the mma chain is the latency); the dequant (fast
+    // or wide) is chosen once for the warp's 16 rows.
+    float acc[2][1][4] = {};
+    const auto step = [&](int k0, auto wide, float (&sum)[1][4]) {
       const int kk = k0 + t * kLaneK;
       const bool in = kk < inter;
       uint32_t a0[8], a1[8];
-      Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row0 + kk), ld_shared_u8(scales0 + kk / kMxBlock)}
-                           : Fp8Rows::zero(),
-                        a0);
-      Fp8Rows::operands(in ? Fp8Rows::Chunk{ld_shared_16(row1 + kk), ld_shared_u8(scales1 + kk / kMxBlock)}
-                           : Fp8Rows::zero(),
-                        a1);
-      mma_chunk<1>(a0, a1, as, 0, kk, in ? 1 : 0, g, acc);
-    }
+      Fp8Rows::unscaled(in ? ld_shared_16(row0 + kk) : make_uint4(0, 0, 0, 0), a0);
+      Fp8Rows::scale<decltype(wide)::value>(a0, in ? ld_shared_u8(scales0 + kk / kMxBlock) : 0u);
+      Fp8Rows::unscaled(in ? ld_shared_16(row1 + kk) : make_uint4(0, 0, 0, 0), a1);
+      Fp8Rows::scale<decltype(wide)::value>(a1, in ? ld_shared_u8(scales1 + kk / kMxBlock) : 0u);
+      mma_chunk<1>(a0, a1, as, 0, kk, in ? 1 : 0, g, sum);
+    };
+    const auto multiply = [&](auto wide) {
+      for (int k0 = 0; k0 < inter; k0 += 2 * kStepK) {
+        step(k0, wide, acc[0]);
+        step(k0 + kStepK, wide, acc[1]);
+      }
+    };
+    uint32_t top = 0;  // the warp's 16 rows of scale bytes (contiguous, 16·I/32 of them: whole words) OR-ed
+    const uint32_t warp_scales = smem_addr(w2_scales + warp * kTileRows * row_scales);
+    for (int w = lane; w < kTileRows * row_scales / 4; w += 32) top |= ld_shared_u32(warp_scales + 4 * w);
+    if (warp_needs_wide(top)) multiply(std::true_type{});
+    else multiply(std::false_type{});
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[0][0][i] += acc[1][0][i];
     if (t == 0) {
       float* y = p.y + int64_t(slot) * hidden + n0 + rr;
-      y[0] = acc[0][0];
-      y[8] = acc[0][2];
+      y[0] = acc[0][0][0];
+      y[8] = acc[0][0][2];
     }
     if (threadIdx.x == 0 && readers == unsigned(blocks_per_slot - 1)) {
       p.passed[slot] = 0;
