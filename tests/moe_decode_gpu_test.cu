@@ -275,6 +275,18 @@ TEST(MoeDecode, OneTokenRoutesItself) {
                Error);
 }
 
+// The one-launch kernel's counters, zeroed as a caller hands them over, and the check that a launch
+// left them so.
+Tensor zeroed_counters(int top_k) {
+  Tensor counters = Tensor::empty({moe_experts_counters(top_k)}, DType::i32, Device::cuda);
+  CUDA_CHECK(cudaMemset(counters.data(), 0, counters.nbytes()));
+  return counters;
+}
+void expect_counters_zero(const Tensor& counters) {
+  const Tensor c = counters.to(Device::cpu);
+  for (int64_t i = 0; i < c.numel(); ++i) EXPECT_EQ(c.data_as<int32_t>()[i], 0) << "counter " << i;
+}
+
 // Both expert GEMMs of one token in one launch (moe_experts_decode): act against the reference from
 // x, y against the reference from the kernel's own act (so down is checked on exactly its input),
 // the ids and weights as moe_route_ref picks them, and the slot counters back at zero. Three calls
@@ -285,8 +297,7 @@ void check_one_launch(const Shape4& s, std::mt19937_64& rng) {
   const MxTensor w13 = random_mxfp8({s.experts, 2 * s.inter, s.hidden}, rng);
   const MxTensor w2 = random_mxfp8({s.experts, s.hidden, s.inter}, rng);
   const MxTensor w13_gpu = to_device(w13), w2_gpu = to_device(w2);
-  Tensor counters = Tensor::empty({moe_experts_counters(s.top_k)}, DType::i32, Device::cuda);
-  CUDA_CHECK(cudaMemset(counters.data(), 0, counters.nbytes()));
+  const Tensor counters = zeroed_counters(s.top_k);
   Stream stream;
   for (int call = 0; call < 3; ++call) {
     SCOPED_TRACE(::testing::Message() << "call " << call);
@@ -304,8 +315,7 @@ void check_one_launch(const Shape4& s, std::mt19937_64& rng) {
 
     const Tensor act_got = act.to(Device::cpu);
     expect_slots_match(s, w13, w2, x, act_got, act_got, y, ids_ref, weights_ref, ids, weights);
-    const Tensor c = counters.to(Device::cpu);
-    for (int64_t i = 0; i < c.numel(); ++i) EXPECT_EQ(c.data_as<int32_t>()[i], 0) << "counter " << i;
+    expect_counters_zero(counters);
   }
 }
 
@@ -349,8 +359,7 @@ TEST(MoeDecode, OneLaunchOnPartOfTheGpu) {
     c.x = random_tensor({1, s.hidden}, DType::bf16, rng);
     c.act = poisoned({s.top_k, s.inter}, DType::bf16);
     c.y = poisoned({s.top_k, s.hidden}, DType::f32);
-    c.counters = Tensor::empty({moe_experts_counters(s.top_k)}, DType::i32, Device::cuda);
-    CUDA_CHECK(cudaMemset(c.counters.data(), 0, c.counters.nbytes()));
+    c.counters = zeroed_counters(s.top_k);
   }
   std::vector<Tensor> logits_gpu, x_gpu;
   for (Call& c : calls) {
@@ -370,8 +379,7 @@ TEST(MoeDecode, OneLaunchOnPartOfTheGpu) {
   for (Call& c : calls) {
     const Tensor act_got = c.act.to(Device::cpu);
     expect_slots_match(s, w13, w2, c.x, act_got, act_got, c.y, c.ids_ref, c.weights_ref, c.ids, c.weights);
-    const Tensor counts = c.counters.to(Device::cpu);
-    for (int64_t i = 0; i < counts.numel(); ++i) EXPECT_EQ(counts.data_as<int32_t>()[i], 0) << "counter " << i;
+    expect_counters_zero(c.counters);
   }
 }
 
