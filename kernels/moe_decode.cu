@@ -400,21 +400,23 @@ __global__ void __launch_bounds__(kThreads, 1) token_experts_kernel(const TokenE
     __syncthreads();
     mbar_wait(bar, phase);
     const int rr = warp * kTileRows + g;  // this lane's rows rr and rr + 8 of the unit's 128
-    const uint32_t row0 = smem_addr(w2s + rr * p.w2_stride), row1 = row0 + 8 * p.w2_stride;
-    const uint32_t scales0 = smem_addr(w2_scales + rr * row_scales), scales1 = scales0 + 8 * row_scales;
-    // Two accumulator sets, even and odd steps, so that consecutive steps' mmas do not wait on each
-    // other (the rows are in shared memory: here the mma chain is the latency); the dequant (fast
-    // or wide) is chosen once for the warp's 16 rows.
+    const uint32_t rows[2] = {smem_addr(w2s + rr * p.w2_stride), smem_addr(w2s + (rr + 8) * p.w2_stride)};
+    const uint32_t row_scale_bytes[2] = {smem_addr(w2_scales + rr * row_scales),
+                                         smem_addr(w2_scales + (rr + 8) * row_scales)};
+    // Two accumulator sets, even and odd steps, so that consecutive steps' mmas need not wait on
+    // each other (the rows are in shared memory, so the mmas set the pace); the dequant (fast or
+    // wide) is chosen once for the warp's 16 rows.
     float acc[2][1][4] = {};
     const auto step = [&](int k0, auto wide, float (&sum)[1][4]) {
       const int kk = k0 + t * kLaneK;
       const bool in = kk < inter;
-      uint32_t a0[8], a1[8];
-      Fp8Rows::unscaled(in ? ld_shared_16(row0 + kk) : make_uint4(0, 0, 0, 0), a0);
-      Fp8Rows::scale<decltype(wide)::value>(a0, in ? ld_shared_u8(scales0 + kk / kMxBlock) : 0u);
-      Fp8Rows::unscaled(in ? ld_shared_16(row1 + kk) : make_uint4(0, 0, 0, 0), a1);
-      Fp8Rows::scale<decltype(wide)::value>(a1, in ? ld_shared_u8(scales1 + kk / kMxBlock) : 0u);
-      mma_chunk<1>(a0, a1, as, 0, kk, in ? 1 : 0, g, sum);
+      uint32_t a[2][8];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        Fp8Rows::unscaled(in ? ld_shared_16(rows[r] + kk) : make_uint4(0, 0, 0, 0), a[r]);
+        Fp8Rows::scale<decltype(wide)::value>(a[r], in ? ld_shared_u8(row_scale_bytes[r] + kk / kMxBlock) : 0u);
+      }
+      mma_chunk<1>(a[0], a[1], as, 0, kk, in ? 1 : 0, g, sum);
     };
     const auto multiply = [&](auto wide) {
       for (int k0 = 0; k0 < inter; k0 += 2 * kStepK) {
