@@ -256,7 +256,7 @@ bool FusedMoELayer::forward_after_norm(const Tensor& residual, const Tensor& add
 void FusedMoELayer::combine_add_rmsnorm(const Tensor& residual, const Tensor& norm_weight, float eps, const Tensor& n,
                                         cudaStream_t stream) {
   MXMOE_CHECK(combine_pending(), "layer ", name(), ": combine_add_rmsnorm without a deferred combine");
-  moe_combine_add_rmsnorm(pending_.y, pending_.weights, residual, norm_weight, eps, n, stream);
+  moe_combine_add_rmsnorm(pending_.y, pending_.weights, residual, norm_weight, eps, n, !pending_.one_launch, stream);
   pending_ = {};
 }
 

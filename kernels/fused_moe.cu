@@ -193,7 +193,7 @@ MoeSlots fused_moe_token_slots(const Tensor& x, const Tensor& router_logits, con
   MoeWorkspace::Impl& ws = workspace.impl();
   const RoutingBuffers rb = routing_buffers(ws, s, routing.top_k, stream);
   const Tensor y = decode_expert_slots(x, w, s, routing.top_k, token_route(router_logits, routing, rb), ws, stream);
-  return {y, rb.weights};
+  return {y, rb.weights, one_launch(w, s, routing.top_k)};
 }
 
 bool fused_moe_router_fusable(const Tensor& x, const Tensor& router_weight, const MoeRouting& routing) {

@@ -66,6 +66,10 @@ constexpr int64_t kMoeDecodeMaxTokens = 16;
 // kernels/moe_permute.h). The expert kernels route the token themselves, as fused_moe does.
 struct MoeSlots {
   Tensor y, weights;
+  // Whether the expert pair ran as one launch (moe_experts_decode), whose tail streams W2 rows: the
+  // caller's next kernel then should not let a GEMV start loading its weights under it (see
+  // moe_combine_add_rmsnorm's release_next_early).
+  bool one_launch = false;
 };
 MoeSlots fused_moe_token_slots(const Tensor& x, const Tensor& router_logits, const MoeWeights& w,
                                const MoeRouting& routing, MoeWorkspace& workspace, cudaStream_t stream);

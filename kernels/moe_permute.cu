@@ -635,7 +635,7 @@ void moe_norm_router_logits(const Tensor& residual, const Tensor& add, const Ten
 }
 
 void moe_combine_add_rmsnorm(const Tensor& y, const Tensor& weights, const Tensor& residual, const Tensor& norm_weight,
-                             float eps, const Tensor& out, cudaStream_t stream) {
+                             float eps, const Tensor& out, bool release_next_early, cudaStream_t stream) {
   constexpr const char* op = "moe_combine_add_rmsnorm";
   check_cuda_contiguous(y, DType::f32, op, "y");
   check_cuda_contiguous(weights, DType::f32, op, "weights");
@@ -653,7 +653,7 @@ void moe_combine_add_rmsnorm(const Tensor& y, const Tensor& weights, const Tenso
   launch_pdl(combine_norm_kernel, dim3(1), dim3(unsigned(std::max(tpr, 32))), 0, stream, y.data_as<const float>(),
              weights.data_as<const float>(), int(top_k), int(hidden), residual.data_as<__nv_bfloat16>(),
              norm_weight.data_as<const __nv_bfloat16>(), eps, tpr, out.data_as<__nv_bfloat16>(),
-             early_dependents_enabled());
+             release_next_early && early_dependents_enabled());
 }
 
 void moe_router_logits(const Tensor& x, const Tensor& router_weight, const Tensor& router_logits, cudaStream_t stream) {

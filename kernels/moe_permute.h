@@ -70,12 +70,18 @@ void moe_norm_router_logits(const Tensor& residual, const Tensor& add, const Ten
 // bit-equal to the two. y [top_k, H] f32; weights [top_k] f32; residual, out [1, H] bf16 (residual
 // updated in place); norm_weight [H] bf16. Needs moe_combine_norm_fusable(H): one block holds the
 // row, a vector of 8 per thread, and the slots' loads in flight together need 512 threads' registers.
+// release_next_early: the next kernel (the qkv GEMV) may launch before this one waits (PDL,
+// kernels/pdl.cuh; never with MXMOE_EARLY_DEPENDENTS=0), so its blocks load their first weights
+// under the MoE tail. Measured on the H100 (bench, one call, ms/step, let go early vs held back):
+// after the two expert kernels it pays, Mixtral-8x7B 6.367 / 6.354 vs 6.373 / 6.371, OLMoE 1.067 /
+// 1.065 vs 1.080 / 1.078; after the one-launch expert pair, whose tail streams its W2 rows, it
+// costs, Qwen3-30B-A3B 2.805 / 2.796 vs 2.781 / 2.778 (MoeSlots::one_launch tells them apart).
 constexpr int64_t kMoeCombineNormMaxHidden = 4096;
 inline bool moe_combine_norm_fusable(int64_t hidden) {
   return hidden > 0 && hidden % 8 == 0 && hidden <= kMoeCombineNormMaxHidden;
 }
 void moe_combine_add_rmsnorm(const Tensor& y, const Tensor& weights, const Tensor& residual, const Tensor& norm_weight,
-                             float eps, const Tensor& out, cudaStream_t stream);
+                             float eps, const Tensor& out, bool release_next_early, cudaStream_t stream);
 
 // xs[i] = x[sorted_pairs[i] / top_k]. x [T, H] bf16; xs [T * top_k, H] bf16.
 void moe_gather_rows(const Tensor& x, const MoePermutation& perm, int top_k, const Tensor& xs, cudaStream_t stream);

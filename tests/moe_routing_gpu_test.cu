@@ -313,13 +313,16 @@ TEST(MoePermuteGpu, NormRouterRejectsBadArguments) {
 }
 
 // The MoE combine folded into the next add_rmsnorm: bit-equal to moe_combine then add_rmsnorm on
-// the GPU, and the residual against a CPU loop of the same roundings.
+// the GPU, and the residual against a CPU loop of the same roundings; with the next kernel let go
+// early and held back (cases alternate).
 TEST(MoePermuteGpu, CombineAddRmsnormMatchesUnfused) {
   MXMOE_REQUIRE_GPU();
   std::mt19937_64 rng(testing::fresh_seed());
   const float eps = 1e-5f;
+  bool early = true;
   for (auto [k, h] : {std::pair{8, 2048}, {2, 4096}, {4, 200}, {1, 64}, {9, 4096}, {32, 256}}) {
-    SCOPED_TRACE(cat("k=", k, " H=", h));
+    early = !early;
+    SCOPED_TRACE(cat("k=", k, " H=", h, " release_next_early=", early));
     const Tensor y = testing::random_tensor({k, h}, DType::f32, rng), weights = testing::random_tensor({k}, DType::f32, rng);
     const Tensor residual = testing::random_tensor({1, h}, DType::bf16, rng, 4.f);
     const Tensor norm_w = testing::random_tensor({h}, DType::bf16, rng);
@@ -330,7 +333,7 @@ TEST(MoePermuteGpu, CombineAddRmsnormMatchesUnfused) {
     add_rmsnorm(want_res, mlp, d_nw, eps, want_n, nullptr);
     const Tensor res = residual.to(Device::cuda), n = Tensor::empty({1, h}, DType::bf16, Device::cuda);
     poison(n);
-    moe_combine_add_rmsnorm(d_y, d_wt, res, d_nw, eps, n, nullptr);
+    moe_combine_add_rmsnorm(d_y, d_wt, res, d_nw, eps, n, early, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     EXPECT_TRUE(bit_equal(res, want_res));
     EXPECT_TRUE(bit_equal(n, want_n));
@@ -348,7 +351,7 @@ TEST(MoePermuteGpu, CombineAddRmsnormMatchesUnfused) {
   const auto call = [](int64_t k, int64_t h, int64_t y_rows) {
     const Tensor y = Tensor::empty({y_rows, h}, DType::f32, Device::cuda), wt = Tensor::empty({k}, DType::f32, Device::cuda);
     const Tensor r = Tensor::empty({1, h}, DType::bf16, Device::cuda), nw = Tensor::empty({h}, DType::bf16, Device::cuda);
-    moe_combine_add_rmsnorm(y, wt, r, nw, 1e-5f, Tensor::empty({1, h}, DType::bf16, Device::cuda), nullptr);
+    moe_combine_add_rmsnorm(y, wt, r, nw, 1e-5f, Tensor::empty({1, h}, DType::bf16, Device::cuda), true, nullptr);
   };
   EXPECT_THROW(call(8, 2048, 7), Error);   // y rows != slots
   EXPECT_THROW(call(8, 4104, 8), Error);   // H > 4096
