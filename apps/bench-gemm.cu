@@ -190,8 +190,10 @@ int main(int argc, char** argv) {
     for (int64_t m : {2048, 4096})
       for (const Dense& s : shapes) bench_dense(s.name, m, s.n, s.k, stream);
   if (section("grouped")) {
-    bench_grouped("qwen3 moe w13 E128 k8", 4096, 128, 8, 1536, 2048, stream);
-    bench_grouped("qwen3 moe w2 E128 k8", 4096, 128, 8, 2048, 768, stream);
+    for (int64_t tokens : {2048, 4096}) {  // ~128 and ~256 rows per expert
+      bench_grouped("qwen3 moe w13 E128 k8", tokens, 128, 8, 1536, 2048, stream);
+      bench_grouped("qwen3 moe w2 E128 k8", tokens, 128, 8, 2048, 768, stream);
+    }
     // The same rows as one dense GEMM: what grouping (tile lookup, short tails, 128 weights) costs.
     bench_dense("qwen3 w13 rows, dense", 32768, 1536, 2048, stream);
     bench_dense("qwen3 w2 rows, dense", 32768, 2048, 768, stream);
