@@ -21,13 +21,12 @@
 // r % 8, so the 8 rows an ldmatrix phase reads hit distinct banks.
 #include <cuda_bf16.h>
 
-#include <atomic>
 #include <cmath>
 
 #include "engine/cuda_check.h"
 #include "engine/error.h"
-#include "engine/memory.h"
 #include "kernels/attention_prefill.cuh"
+#include "kernels/smem_limit.h"
 #include "kernels/w8a16_dot.cuh"      // mma_bf16
 #include "kernels/w8a16_gemm_ptx.cuh"  // cp_async16 / commit / wait
 
@@ -302,12 +301,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
 template <int HD, int MT>
 void launch(const Args& a, int64_t tokens, cudaStream_t stream) {
   constexpr int smem = kSmemBytes<HD, MT>;
-  static std::atomic<uint64_t> ready{0};  // devices whose shared-memory limit is raised
-  const uint64_t bit = uint64_t(1) << (current_device() & 63);
-  if (!(ready.load() & bit)) {
-    CUDA_CHECK(cudaFuncSetAttribute(prefill_kernel<HD, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    ready.fetch_or(bit);
-  }
+  allow_dynamic_smem<prefill_kernel<HD, MT>>(smem);
   const int64_t tiles = tokens / kBM<MT> + a.num_seqs;
   MXMOE_CHECK(tiles < 65536, "paged_attention: ", tokens, " query tokens are too many for the prefill grid");
   prefill_kernel<HD, MT><<<dim3(unsigned(a.n_heads), unsigned(tiles)), kThreads, smem, stream>>>(a);

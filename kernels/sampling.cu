@@ -12,12 +12,11 @@
 
 #include <cuda_bf16.h>
 
-#include <atomic>
 #include <type_traits>
 
 #include "engine/cuda_check.h"
-#include "engine/memory.h"
 #include "kernels/sampling.h"
+#include "kernels/smem_limit.h"
 
 namespace mxmoe {
 
@@ -257,17 +256,6 @@ sample_kernel(const T* logits, int64_t n, const SamplingParams* params, const in
   cluster.sync();  // keep this CTA's shared memory alive until the others have read it
 }
 
-// Raises the kernel's dynamic shared-memory limit to the largest slice, once per device.
-template <class T>
-void allow_shared_slices() {
-  static std::atomic<uint64_t> ready{0};
-  const uint64_t bit = uint64_t(1) << (current_device() & 63);
-  if (ready.load() & bit) return;
-  CUDA_CHECK(cudaFuncSetAttribute(sample_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(kMaxSharedSlice * sizeof(float))));
-  ready.fetch_or(bit);
-}
-
 template <class T>
 void launch(const Tensor& logits, const SamplingParams* p, const Tensor& prev_offsets, const Tensor& prev_ids,
             const Tensor& workspace, const Tensor& tokens, cudaStream_t stream) {
@@ -275,7 +263,7 @@ void launch(const Tensor& logits, const SamplingParams* p, const Tensor& prev_of
   const int64_t per_cta = (vocab + kCtas - 1) / kCtas;
   const bool in_shared = per_cta <= kMaxSharedSlice;
   const size_t smem = in_shared ? size_t(per_cta) * sizeof(float) : 0;
-  allow_shared_slices<T>();
+  allow_dynamic_smem<sample_kernel<T>>(int(kMaxSharedSlice * sizeof(float)));  // the largest slice
   sample_kernel<T><<<unsigned(rows * kCtas), kThreads, smem, stream>>>(logits.data_as<const T>(), vocab, p,
       prev_offsets.data_as<const int32_t>(), prev_ids.data_as<const int32_t>(), workspace.data_as<float>(), in_shared,
       tokens.data_as<int32_t>());

@@ -32,7 +32,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -45,6 +44,7 @@
 #include "kernels/mxfp8_format.h"
 #include "kernels/pdl.cuh"
 #include "kernels/silu.cuh"
+#include "kernels/smem_limit.h"
 #include "kernels/w8a16_gemm_dequant.cuh"
 #include "kernels/w8a16_gemv.h"
 
@@ -322,12 +322,9 @@ __global__ void __launch_bounds__(kThreads, 2) tile_kernel(const P p) {
 // Raises the kernel's dynamic shared-memory limit (and allows clusters of 16) once per device.
 template <class P>
 void prepare_kernel() {
-  static std::atomic<uint64_t> ready{0};
-  const uint64_t bit = uint64_t(1) << (current_device() & 63);
-  if (ready.load() & bit) return;
-  CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<P>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBudget)));
-  CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<P>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  ready.fetch_or(bit);
+  allow_dynamic_smem<tile_kernel<P>>(int(kSmemBudget), [](auto kernel) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  });
 }
 
 // Launch attributes live in `attrs` (2 slots): the cluster when splits > 1, PDL when asked.

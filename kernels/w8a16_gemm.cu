@@ -3,11 +3,9 @@
 // and kernels/w8a16_gemm_kernel.cuh (bf16 weights; MXFP8 kept as a measured comparison).
 #include "kernels/w8a16_gemm.h"
 
-#include <array>
-#include <mutex>
-
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
+#include "kernels/smem_limit.h"
 #include "kernels/w8a16_gemm_kernel.cuh"
 #include "kernels/w8a16_gemm_tensor_map.h"
 #include "kernels/w8a16_gemm_tile.cuh"
@@ -89,20 +87,10 @@ unsigned grid_size(GemmArgs& a, int bm, int bn) {
   return unsigned(grid);
 }
 
-// Raises a kernel's dynamic shared-memory limit once per device (one flag set per kernel).
-template <auto kKernel>
-void allow_smem(int bytes) {
-  static std::array<std::once_flag, 64> once;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  std::call_once(once[size_t(device) % once.size()],
-                 [&] { CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)); });
-}
-
 template <int BM, int BN, bool kFp8, int kCtas, int kWG>
 void launch(GemmArgs a, cudaStream_t stream) {
   using T = w8a16::Tile<BM, BN, kFp8, kCtas, kWG>;
-  allow_smem<w8a16::gemm_kernel<BM, BN, kFp8, kCtas, kWG>>(T::smem_bytes);
+  allow_dynamic_smem<w8a16::gemm_kernel<BM, BN, kFp8, kCtas, kWG>>(T::smem_bytes);
   constexpr int max_groups = w8a16::max_groups<T>();
   MXMOE_CHECK(a.G <= max_groups, "grouped GEMM: ", a.G, " groups, at most ", max_groups, " supported");
   const unsigned grid = grid_size(a, BM, BN);
@@ -116,7 +104,7 @@ template <int kBT, bool kPair, bool kFitTokens, bool kGated = false>
 void launch_rs_kernel(const GemmArgs& g, cudaStream_t stream) {
   using T = w8a16::RsTile<kBT, kPair>;
   constexpr auto kernel = w8a16::rs_gemm_kernel<kBT, kPair, kFitTokens, kGated>;
-  allow_smem<kernel>(T::smem_bytes);
+  allow_dynamic_smem<kernel>(T::smem_bytes);
   // find_tile keeps the G+1 offsets in the (not yet used) stage buffers.
   MXMOE_CHECK(int64_t(g.G) * 4 + 4 <= int64_t(T::stages) * T::stage_bytes, "grouped GEMM: ", g.G, " groups, too many");
   w8a16::RsArgs args{};
