@@ -50,9 +50,18 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t by
                : "memory");
 }
 
-// Waits until the phase of parity `parity` has completed. A pipeline that lost a transfer or an
-// arrive would spin forever; after ~2^35 cycles (over 10 s, far beyond any legal wait) it traps
-// instead, so the launch fails with an error rather than hanging the GPU.
+// Spins until ready() holds. A lost transfer, arrive or count would spin forever; after ~2^35
+// cycles (over 10 s, far beyond any legal wait) it traps instead, so the launch fails with an error
+// rather than hanging the GPU.
+template <class Ready>
+__device__ __forceinline__ void spin_until(Ready ready) {
+  if (ready()) return;
+  const long long start = clock64();
+  while (!ready())
+    if (clock64() - start > (1ll << 35)) __trap();
+}
+
+// Waits until the phase of parity `parity` has completed (spin_until: traps if it never does).
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   const uint32_t addr = smem_addr(bar);
   auto ready = [&] {
@@ -64,10 +73,7 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
         : "memory");
     return done != 0;
   };
-  if (ready()) return;
-  const long long start = clock64();
-  while (!ready())
-    if (clock64() - start > (1ll << 35)) __trap();
+  spin_until(ready);
 }
 
 // Arrives on the barrier at the same shared-memory offset in cluster CTA `cta` (release at
