@@ -47,15 +47,6 @@ const GenerationStats& Generator::stats() const {
   return stats_;
 }
 
-Tensor Generator::upload(std::span<const int32_t> values) const {
-  const Tensor host = Tensor::wrap(const_cast<int32_t*>(values.data()), {int64_t(values.size())}, DType::i32,
-                                   Device::cpu);
-  if (device_ == Device::cpu) return host;
-  Tensor out = Tensor::empty(host.shape(), DType::i32, Device::cuda);
-  out.copy_from(host, stream());  // asynchronous: `values` must stay put until the copy is done
-  return out;
-}
-
 Tensor Generator::step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
                        const std::vector<int32_t>& logit_rows) {
   return run_step(seqs, tokens, logit_rows, nullptr);
@@ -142,8 +133,8 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
     size_t n_prev = 0;
     if (needs_history)
       for (size_t i : who) n_prev += history[i].size();
-    // Staged as params [b] | prev_offsets [b + 1] | prev_ids [n_prev] (SamplingParams is 40 bytes).
-    std::byte* staged = sampled_.staging(slot, b * sizeof(SamplingParams) + (b + 1 + n_prev) * sizeof(int32_t));
+    // Staged as params [b] | prev_offsets [b + 1] | prev_ids [n_prev] (ops::SamplerInputs).
+    std::byte* staged = sampled_.staging(slot, ops::sampler_input_bytes(int64_t(b), int64_t(n_prev)));
     const std::span<SamplingParams> params(reinterpret_cast<SamplingParams*>(staged), b);
     const std::span<int32_t> prev_offsets(reinterpret_cast<int32_t*>(staged + b * sizeof(SamplingParams)), b + 1);
     const std::span<int32_t> prev_ids(prev_offsets.data() + b + 1, n_prev);
@@ -156,10 +147,9 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
       prev_offsets[r + 1] = prev_offsets[r] + int32_t(needs_history ? history[i].size() : 0);
     }
     const bool gpu = device_ == Device::cuda;
-    Tensor params_buffer = gpu ? Tensor::empty({int64_t(params.size_bytes())}, DType::u8, Device::cuda) : Tensor();
     Tensor workspace = gpu ? Tensor::empty({int64_t(b), vocab}, DType::f32, Device::cuda) : Tensor();
-    ops::sample(logits, params, params_buffer, upload(prev_offsets), upload(prev_ids), workspace,
-                sampled_.buffer(slot, int64_t(b)), stream());
+    const ops::SamplerInputs inputs = ops::upload_sampler_inputs(staged, int64_t(b), int64_t(n_prev), device_, stream());
+    ops::sample(logits, params, inputs, workspace, sampled_.buffer(slot, int64_t(b)), stream());
     sampled_.start_read(slot, b, stream());
   };
 

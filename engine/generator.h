@@ -97,9 +97,6 @@ class Generator {
   cudaStream_t stream() const { return stream_ ? cudaStream_t(*stream_) : nullptr; }
 
  private:
-  // An i32 tensor on the model's device with `values` (on the CPU backend a view of them; on the
-  // GPU an asynchronous copy, from pinned memory so that it does not wait for the stream).
-  Tensor upload(std::span<const int32_t> values) const;
   // step() with the token ids taken from `fed` (i32 [S] on the device) when given.
   Tensor run_step(std::span<const int> seqs, const std::vector<std::vector<int32_t>>& tokens,
                   const std::vector<int32_t>& logit_rows, const Tensor* fed);

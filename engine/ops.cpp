@@ -1,5 +1,7 @@
 #include "engine/ops.h"
 
+#include <cstring>
+
 #include "engine/cuda_check.h"
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
@@ -58,17 +60,41 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
               : mxmoe::paged_attention(q, k_cache, v_cache, batch, scale, workspace, out, stream);
 }
 
-void sample(const Tensor& logits, std::span<const SamplingParams> params, const Tensor& params_buffer,
-            const Tensor& prev_offsets, const Tensor& prev_ids, const Tensor& workspace, const Tensor& tokens,
-            cudaStream_t stream) {
-  if (on_cpu(logits)) {
-    sample_ref(logits, params, prev_offsets, prev_ids, tokens);
-    return;
+size_t sampler_input_bytes(int64_t rows, int64_t n_prev) {
+  return size_t(rows) * sizeof(SamplingParams) + size_t(rows + 1 + n_prev) * sizeof(int32_t);
+}
+
+void pack_sampler_inputs(std::span<const SamplingParams> params, std::span<const int32_t> prev_offsets,
+                         std::span<const int32_t> prev_ids, std::byte* staged) {
+  MXMOE_CHECK(prev_offsets.size() == params.size() + 1, "pack_sampler_inputs: ", prev_offsets.size(),
+              " offsets for ", params.size(), " rows");
+  std::memcpy(staged, params.data(), params.size_bytes());
+  std::memcpy(staged + params.size_bytes(), prev_offsets.data(), prev_offsets.size_bytes());
+  std::memcpy(staged + params.size_bytes() + prev_offsets.size_bytes(), prev_ids.data(), prev_ids.size_bytes());
+}
+
+SamplerInputs upload_sampler_inputs(std::byte* staged, int64_t rows, int64_t n_prev, Device device, cudaStream_t stream) {
+  const int64_t bytes = int64_t(sampler_input_bytes(rows, n_prev));
+  SamplerInputs in;
+  std::byte* base = staged;
+  if (device == Device::cuda) {
+    in.storage = Tensor::empty({bytes}, DType::u8, device);
+    in.storage.copy_from(Tensor::wrap(staged, {bytes}, DType::u8, Device::cpu), stream);
+    base = in.storage.data_as<std::byte>();
   }
-  MXMOE_CHECK(params_buffer.nbytes() >= params.size_bytes(), "sample: parameter buffer too small");
-  CUDA_CHECK(cudaMemcpyAsync(params_buffer.data(), params.data(), params.size_bytes(), cudaMemcpyHostToDevice, stream));
-  mxmoe::sample(logits, params_buffer.slice(0, int64_t(params.size_bytes())), prev_offsets, prev_ids, workspace,
-                tokens, stream);
+  const int64_t param_bytes = rows * int64_t(sizeof(SamplingParams));
+  in.params = Tensor::wrap(base, {param_bytes}, DType::u8, device);
+  in.prev_offsets = Tensor::wrap(base + param_bytes, {rows + 1}, DType::i32, device);
+  in.prev_ids = Tensor::wrap(base + param_bytes + (rows + 1) * int64_t(sizeof(int32_t)), {n_prev}, DType::i32, device);
+  return in;
+}
+
+void sample(const Tensor& logits, std::span<const SamplingParams> params, const SamplerInputs& in,
+            const Tensor& workspace, const Tensor& tokens, cudaStream_t stream) {
+  if (on_cpu(logits)) return sample_ref(logits, params, in.prev_offsets, in.prev_ids, tokens);
+  MXMOE_CHECK(in.params.nbytes() == params.size_bytes(), "sample: ", in.params.nbytes(), " bytes of uploaded params for ",
+              params.size(), " rows");
+  mxmoe::sample(logits, in.params, in.prev_offsets, in.prev_ids, workspace, tokens, stream);
 }
 
 }  // namespace mxmoe::ops

@@ -27,9 +27,23 @@ void add_sigmoid_gated(const Tensor& out, const Tensor& x, const Tensor& gate, c
 // workspace: GPU only (paged_attention_workspace_bytes); ignored on the CPU.
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttentionBatch& batch,
                      float scale, const Tensor& workspace, const Tensor& out, cudaStream_t stream);
-// params: the rows' SamplingParams (uploaded by this call on the GPU path into `params_buffer`).
-void sample(const Tensor& logits, std::span<const SamplingParams> params, const Tensor& params_buffer,
-            const Tensor& prev_offsets, const Tensor& prev_ids, const Tensor& workspace, const Tensor& tokens,
-            cudaStream_t stream);
+// The sampler's per-row inputs, staged on the host as params [B] | prev_offsets [B + 1] |
+// prev_ids [n] (the repetition penalty's history) and viewed where sampling runs: on the GPU one
+// buffer filled by one copy (each small copy between a step's kernels costs it microseconds).
+struct SamplerInputs {
+  Tensor params;        // u8 [B · sizeof(SamplingParams)]
+  Tensor prev_offsets;  // i32 [B + 1]
+  Tensor prev_ids;      // i32 [n]
+  Tensor storage;       // the GPU buffer they live in (undefined on the CPU: they view `staged`)
+};
+size_t sampler_input_bytes(int64_t rows, int64_t n_prev);
+// Lays out params, prev_offsets, prev_ids in `staged` (sampler_input_bytes long, 4-byte aligned).
+void pack_sampler_inputs(std::span<const SamplingParams> params, std::span<const int32_t> prev_offsets,
+                         std::span<const int32_t> prev_ids, std::byte* staged);
+// `staged` must stay put until the copy is done (pinned memory lets it overlap the step).
+SamplerInputs upload_sampler_inputs(std::byte* staged, int64_t rows, int64_t n_prev, Device device, cudaStream_t stream);
+// params: the rows' SamplingParams on the host (the CPU path reads them); `in` as uploaded.
+void sample(const Tensor& logits, std::span<const SamplingParams> params, const SamplerInputs& in,
+            const Tensor& workspace, const Tensor& tokens, cudaStream_t stream);
 
 }  // namespace mxmoe::ops

@@ -19,13 +19,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-
-// i32 values as a tensor on `device` (the copy is complete when this returns).
-Tensor upload(const std::vector<int32_t>& values, Device device, cudaStream_t stream) {
-  return Tensor::wrap(const_cast<int32_t*>(values.data()), {int64_t(values.size())}, DType::i32, Device::cpu)
-      .to(device, stream);
-}
-
 }  // namespace
 
 SamplingParams to_sampling_params(const SamplingOptions& options) {
@@ -315,11 +308,12 @@ void Scheduler::step() {
       const Device device = logits.device();
       const int64_t b = int64_t(sampled.size()), vocab = logits.size(1);
       const Tensor chosen = Tensor::empty({b}, DType::i32, device);
-      const Tensor params_buffer =
-          device == Device::cuda ? Tensor::empty({b * int64_t(sizeof(SamplingParams))}, DType::u8, device) : Tensor();
       const Tensor workspace = device == Device::cuda ? Tensor::empty({b, vocab}, DType::f32, device) : Tensor();
-      ops::sample(logits, params, params_buffer, upload(prev_offsets, device, stream), upload(prev_ids, device, stream),
-                  workspace, chosen, stream);
+      std::vector<std::byte> staged(ops::sampler_input_bytes(b, int64_t(prev_ids.size())));  // pageable: copied in the call
+      ops::pack_sampler_inputs(params, prev_offsets, prev_ids, staged.data());
+      const ops::SamplerInputs inputs =
+          ops::upload_sampler_inputs(staged.data(), b, int64_t(prev_ids.size()), device, stream);
+      ops::sample(logits, params, inputs, workspace, chosen, stream);
       const Tensor host = chosen.to(Device::cpu, stream);  // synchronizes the step
       for (size_t r = 0; r < sampled.size(); ++r) accept_token(*running_[sampled[r]], host.data_as<int32_t>()[r]);
     }
