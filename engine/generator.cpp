@@ -135,9 +135,7 @@ std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_
       for (size_t i : who) n_prev += history[i].size();
     // Staged as params [b] | prev_offsets [b + 1] | prev_ids [n_prev] (ops::SamplerInputs).
     std::byte* staged = sampled_.staging(slot, ops::sampler_input_bytes(int64_t(b), int64_t(n_prev)));
-    const std::span<SamplingParams> params(reinterpret_cast<SamplingParams*>(staged), b);
-    const std::span<int32_t> prev_offsets(reinterpret_cast<int32_t*>(staged + b * sizeof(SamplingParams)), b + 1);
-    const std::span<int32_t> prev_ids(prev_offsets.data() + b + 1, n_prev);
+    const auto [params, prev_offsets, prev_ids] = ops::sampler_staging(staged, int64_t(b), int64_t(n_prev));
     prev_offsets[0] = 0;
     for (size_t r = 0; r < b; ++r) {
       const size_t i = who[r];

@@ -1,7 +1,5 @@
 #include "engine/ops.h"
 
-#include <cstring>
-
 #include "engine/cuda_check.h"
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
@@ -64,13 +62,10 @@ size_t sampler_input_bytes(int64_t rows, int64_t n_prev) {
   return size_t(rows) * sizeof(SamplingParams) + size_t(rows + 1 + n_prev) * sizeof(int32_t);
 }
 
-void pack_sampler_inputs(std::span<const SamplingParams> params, std::span<const int32_t> prev_offsets,
-                         std::span<const int32_t> prev_ids, std::byte* staged) {
-  MXMOE_CHECK(prev_offsets.size() == params.size() + 1, "pack_sampler_inputs: ", prev_offsets.size(),
-              " offsets for ", params.size(), " rows");
-  std::memcpy(staged, params.data(), params.size_bytes());
-  std::memcpy(staged + params.size_bytes(), prev_offsets.data(), prev_offsets.size_bytes());
-  std::memcpy(staged + params.size_bytes() + prev_offsets.size_bytes(), prev_ids.data(), prev_ids.size_bytes());
+StagedSamplerInputs sampler_staging(std::byte* staged, int64_t rows, int64_t n_prev) {
+  auto* params = reinterpret_cast<SamplingParams*>(staged);
+  auto* prev_offsets = reinterpret_cast<int32_t*>(params + rows);
+  return {{params, size_t(rows)}, {prev_offsets, size_t(rows + 1)}, {prev_offsets + rows + 1, size_t(n_prev)}};
 }
 
 SamplerInputs upload_sampler_inputs(std::byte* staged, int64_t rows, int64_t n_prev, Device device, cudaStream_t stream) {
@@ -82,10 +77,10 @@ SamplerInputs upload_sampler_inputs(std::byte* staged, int64_t rows, int64_t n_p
     in.storage.copy_from(Tensor::wrap(staged, {bytes}, DType::u8, Device::cpu), stream);
     base = in.storage.data_as<std::byte>();
   }
-  const int64_t param_bytes = rows * int64_t(sizeof(SamplingParams));
-  in.params = Tensor::wrap(base, {param_bytes}, DType::u8, device);
-  in.prev_offsets = Tensor::wrap(base + param_bytes, {rows + 1}, DType::i32, device);
-  in.prev_ids = Tensor::wrap(base + param_bytes + (rows + 1) * int64_t(sizeof(int32_t)), {n_prev}, DType::i32, device);
+  const StagedSamplerInputs parts = sampler_staging(base, rows, n_prev);  // views only: no access on the host
+  in.params = Tensor::wrap(parts.params.data(), {int64_t(parts.params.size_bytes())}, DType::u8, device);
+  in.prev_offsets = Tensor::wrap(parts.prev_offsets.data(), {rows + 1}, DType::i32, device);
+  in.prev_ids = Tensor::wrap(parts.prev_ids.data(), {n_prev}, DType::i32, device);
   return in;
 }
 

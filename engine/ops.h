@@ -37,9 +37,12 @@ struct SamplerInputs {
   Tensor storage;       // the GPU buffer they live in (undefined on the CPU: they view `staged`)
 };
 size_t sampler_input_bytes(int64_t rows, int64_t n_prev);
-// Lays out params, prev_offsets, prev_ids in `staged` (sampler_input_bytes long, 4-byte aligned).
-void pack_sampler_inputs(std::span<const SamplingParams> params, std::span<const int32_t> prev_offsets,
-                         std::span<const int32_t> prev_ids, std::byte* staged);
+// The three parts of a staging buffer (sampler_input_bytes long, 4-byte aligned), to fill in place.
+struct StagedSamplerInputs {
+  std::span<SamplingParams> params;
+  std::span<int32_t> prev_offsets, prev_ids;
+};
+StagedSamplerInputs sampler_staging(std::byte* staged, int64_t rows, int64_t n_prev);
 // `staged` must stay put until the copy is done (pinned memory lets it overlap the step).
 SamplerInputs upload_sampler_inputs(std::byte* staged, int64_t rows, int64_t n_prev, Device device, cudaStream_t stream);
 // params: the rows' SamplingParams on the host (the CPU path reads them); `in` as uploaded.

@@ -309,10 +309,13 @@ void Scheduler::step() {
       const int64_t b = int64_t(sampled.size()), vocab = logits.size(1);
       const Tensor chosen = Tensor::empty({b}, DType::i32, device);
       const Tensor workspace = device == Device::cuda ? Tensor::empty({b, vocab}, DType::f32, device) : Tensor();
-      std::vector<std::byte> staged(ops::sampler_input_bytes(b, int64_t(prev_ids.size())));  // pageable: copied in the call
-      ops::pack_sampler_inputs(params, prev_offsets, prev_ids, staged.data());
-      const ops::SamplerInputs inputs =
-          ops::upload_sampler_inputs(staged.data(), b, int64_t(prev_ids.size()), device, stream);
+      const int64_t n_prev = int64_t(prev_ids.size());
+      std::vector<std::byte> staged(ops::sampler_input_bytes(b, n_prev));  // pageable: copied in the call
+      const ops::StagedSamplerInputs parts = ops::sampler_staging(staged.data(), b, n_prev);
+      std::copy(params.begin(), params.end(), parts.params.begin());
+      std::copy(prev_offsets.begin(), prev_offsets.end(), parts.prev_offsets.begin());
+      std::copy(prev_ids.begin(), prev_ids.end(), parts.prev_ids.begin());
+      const ops::SamplerInputs inputs = ops::upload_sampler_inputs(staged.data(), b, n_prev, device, stream);
       ops::sample(logits, params, inputs, workspace, chosen, stream);
       const Tensor host = chosen.to(Device::cpu, stream);  // synchronizes the step
       for (size_t r = 0; r < sampled.size(); ++r) accept_token(*running_[sampled[r]], host.data_as<int32_t>()[r]);
