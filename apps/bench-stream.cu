@@ -9,6 +9,7 @@
 //   rows      the same units, each row read front to back by the whole warp (512 bytes a load)
 //   flat      all warps stride over the 25 MB, 512 contiguous bytes a load
 //   tile-all  the tile pattern with units of half a row (1536 units): every warp of the grid works
+#include <algorithm>
 #include <cstdio>
 #include <random>
 #include <vector>
